@@ -1,0 +1,272 @@
+/*
+ * fibershim.h - the fibershim runtime's one public header.
+ *
+ * The runtime runs M:N fibers on a small pool of carrier kernel threads,
+ * with an edge-triggered epoll netpoller and min-heap timers. It is usable
+ * directly by C programs; libfibershim.so (shim/) builds on it to run
+ * unmodified pthread programs as fibers.
+ *
+ * Conventions:
+ *  - Functions return 0 (or a value >= 0) on success and a negative errno on
+ *    failure. Nothing here sets errno.
+ *  - Times are CLOCK_MONOTONIC nanoseconds (fs_now()). A deadline of
+ *    FS_NO_DEADLINE means "wait forever"; a deadline in the past means
+ *    "poll once, do not wait".
+ *  - "Any thread" means a fiber, a carrier, or a plain kernel thread that is
+ *    not a fiber. Calls marked "fiber only" return -EPERM elsewhere.
+ */
+#ifndef FIBERSHIM_H
+#define FIBERSHIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FS_API __attribute__((visibility("default")))
+
+#define FS_NO_DEADLINE INT64_MAX
+
+/* Default fiber stack size when neither the spawner nor FIBERSHIM_STACK_SIZE
+ * says otherwise. Stacks are reserved, not committed: only touched pages
+ * cost memory. */
+#define FS_DEFAULT_STACK_SIZE (256u * 1024u)
+#define FS_MIN_STACK_SIZE (16u * 1024u)
+#define FS_MAX_STACK_SIZE (1024u * 1024u * 1024u)
+#define FS_MAX_CARRIERS 1024u
+
+typedef struct fs_fiber fs_fiber;
+
+/* ---- configuration ---------------------------------------------------- */
+
+struct fs_config {
+    unsigned carriers;  /* carrier threads; 0 = from affinity and cgroup quota */
+    size_t stack_size;  /* default stack size; 0 = FS_DEFAULT_STACK_SIZE */
+    bool migrate;       /* let started fibers move between carriers (see README) */
+};
+
+/* Fills *cfg from FIBERSHIM_CARRIERS, FIBERSHIM_STACK_SIZE and
+ * FIBERSHIM_MIGRATE (read with secure_getenv). On a bad value returns
+ * -EINVAL and writes one line naming the variable, the value and what is
+ * accepted into err. */
+FS_API int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen);
+
+/* The carrier count used when the configuration says 0: the CPUs in the
+ * affinity mask, capped by the cgroup v2 cpu.max quota (rounded up). */
+FS_API unsigned fs_default_carriers(void);
+
+/* Starts the runtime with *cfg (NULL: defaults). Returns -EALREADY if it is
+ * already running. Other calls start it on demand with fs_config_from_env()
+ * values, so calling this is optional. Any thread. */
+FS_API int fs_init(const struct fs_config *cfg);
+
+/* Turns the calling kernel thread into a carrier whose current fiber keeps
+ * running on the thread's own stack (the shim does this for main()). The
+ * thread's fiber is returned in *out. Plain thread only; once per thread. */
+FS_API int fs_adopt_thread(fs_fiber **out);
+
+/* ---- fibers ----------------------------------------------------------- */
+
+struct fs_spawn_attr {
+    size_t stack_size;   /* 0: the configured default */
+    void *stack_addr;    /* lowest address of a caller-owned stack, or NULL */
+    bool detached;       /* no join; resources freed at exit */
+};
+
+/* Creates a fiber running fn(arg). It starts on the spawner's carrier
+ * (runnext) and may be stolen by an idle carrier until it first runs.
+ * Returns -EAGAIN when no stack or fiber memory can be had, -EINVAL for a
+ * bad attribute. Any thread. */
+FS_API int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg,
+                    const struct fs_spawn_attr *attr);
+
+/* Waits until f has exited and frees it; *ret gets fn's return value.
+ * deadline: FS_NO_DEADLINE to wait forever, 0 to try once (-EBUSY if not
+ * exited), else an absolute fs_now() time (-ETIMEDOUT). -EINVAL if f is
+ * detached or already joined, -EDEADLK if f is the caller. Any thread. */
+FS_API int fs_join(fs_fiber *f, void **ret, int64_t deadline);
+
+/* Marks f detached: it is freed when it exits. -EINVAL if already. */
+FS_API int fs_detach(fs_fiber *f);
+
+/* Ends the calling fiber with value ret, as if its function returned. */
+FS_API __attribute__((noreturn)) void fs_exit(void *ret);
+
+/* The calling fiber, or NULL on a thread that is not running one. */
+FS_API fs_fiber *fs_self(void);
+
+/* A stable, unique id (never reused within a process). */
+FS_API uint64_t fs_fiber_id(const fs_fiber *f);
+
+/* The fiber's usable stack: [*lo, *lo + *size). */
+FS_API void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size);
+
+/* Per-fiber name for dumps (copied, truncated to 15 bytes). */
+FS_API void fs_fiber_set_name(fs_fiber *f, const char *name);
+FS_API void fs_fiber_get_name(const fs_fiber *f, char *buf, size_t len);
+
+/* One word of per-fiber storage for the layer above (the shim keeps its
+ * thread-specific data there). */
+FS_API void *fs_fiber_local(const fs_fiber *f);
+FS_API void fs_fiber_set_local(fs_fiber *f, void *p);
+
+/* Gives up the carrier to other runnable fibers. Fiber: yields; plain
+ * thread: sched_yield(). */
+FS_API void fs_yield(void);
+
+/* ---- time ------------------------------------------------------------- */
+
+FS_API int64_t fs_now(void);
+
+/* Sleeps until fs_now() >= deadline. Never returns early. 0, or -EPERM off
+ * a fiber (callers on plain threads use clock_nanosleep). Fiber only. */
+FS_API int fs_sleep_until(int64_t deadline);
+
+/* ---- parking: the one mechanism everything blocks with ---------------- */
+
+enum fs_park_reason {
+    FS_PARK_READ,
+    FS_PARK_WRITE,
+    FS_PARK_ACCEPT,
+    FS_PARK_CONNECT,
+    FS_PARK_POLL,
+    FS_PARK_SLEEP,
+    FS_PARK_MUTEX,
+    FS_PARK_COND,
+    FS_PARK_RWLOCK,
+    FS_PARK_SEM,
+    FS_PARK_BARRIER,
+    FS_PARK_ONCE,
+    FS_PARK_JOIN,
+    FS_PARK_YIELD,
+    FS_PARK_OTHER,
+    FS_PARK_NREASONS
+};
+
+/* A fiber's park token: identifies one park, so a late unpark aimed at an
+ * earlier park can never wake a later one. */
+typedef uint64_t fs_park_token;
+
+/* Starts a park of the calling fiber and returns its token. The caller then
+ * publishes (fiber, token) where a waker will find it, and calls fs_park().
+ * Fiber only. */
+FS_API fs_park_token fs_park_prepare(void);
+
+/* Parks the calling fiber. After the fiber is switched out and its stack is
+ * no longer in use, commit(arg) runs on the carrier (release a lock, publish
+ * to a slot); if commit returns false the park is undone at once and
+ * fs_park() returns 0. Returns 0 when woken by fs_unpark() and -ETIMEDOUT
+ * when the deadline passed first. A park never returns early: a wake aimed
+ * at it is its only cause besides the deadline. errno is preserved.
+ * Fiber only. */
+FS_API int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj,
+                   int64_t deadline, bool (*commit)(void *arg), void *arg);
+
+/* Wakes fiber f if it is still in the park named by tok. Returns true if
+ * this call woke it, false if that park already ended (timed out, or woken
+ * by someone else). Any thread; never blocks; no syscall unless f's carrier
+ * is asleep. */
+FS_API bool fs_unpark(fs_fiber *f, fs_park_token tok);
+
+/* A waiter that works on any thread: a fiber parks, a plain thread sleeps
+ * on a futex. Wait queues in the shim are lists of these. */
+struct fs_waiter {
+    fs_fiber *fiber;          /* NULL for a plain thread */
+    fs_park_token tok;        /* the fiber's park token */
+    uint32_t futex;           /* plain threads: 0 waiting, 1 woken */
+    void *next, *prev;        /* list links for the owner of the queue */
+    uintptr_t data;           /* owner's use (e.g. requested mode) */
+};
+
+/* Prepares w for the calling thread. Any thread. */
+FS_API void fs_waiter_prepare(struct fs_waiter *w);
+
+/* Blocks until fs_waiter_wake(w) or the deadline. For fibers commit runs as
+ * for fs_park(); for plain threads it runs before the futex wait. Returns 0
+ * or -ETIMEDOUT (the caller must then take w out of its queue itself, and
+ * a concurrent wake may still have fired: check fs_waiter_woken()). */
+FS_API int fs_waiter_wait(struct fs_waiter *w, enum fs_park_reason why, const void *wait_obj,
+                          int64_t deadline, bool (*commit)(void *arg), void *arg);
+
+/* Wakes w. Returns false if w had already timed out (wake someone else). */
+FS_API bool fs_waiter_wake(struct fs_waiter *w);
+FS_API bool fs_waiter_woken(const struct fs_waiter *w);
+
+/* ---- the netpoller ---------------------------------------------------- */
+
+#define FS_POLL_READ 1u
+#define FS_POLL_WRITE 2u
+
+/* Waits until fd may be ready in direction `dir` (one of FS_POLL_*).
+ * Returns 0 when an edge (or error/hangup) was seen since the last wait,
+ * -ETIMEDOUT at the deadline, -EBADF if fs_fd_close() ran while waiting,
+ * -EPERM if epoll refuses the fd (regular files). The first wait registers
+ * the fd once (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET); later waits cost no
+ * epoll_ctl. Readiness is latched: an edge that arrives before the wait is
+ * never lost. Fiber only. */
+FS_API int fs_wait_fd(int fd, unsigned dir, int64_t deadline);
+
+/* Waits on several fds at once (poll(2) semantics for fibers): returns
+ * when any of them has an edge, or at the deadline. dirs[i] is a mask of
+ * FS_POLL_*. Returns 0 or -ETIMEDOUT. Fiber only. */
+FS_API int fs_wait_fds(const int *fds, const unsigned *dirs, int n, int64_t deadline);
+
+/* What the netpoller knows of fd, without a syscall. */
+#define FS_FD_READABLE 1u   /* an unconsumed read edge is latched */
+#define FS_FD_WRITABLE 2u   /* an unconsumed write edge is latched */
+#define FS_FD_HUP 4u        /* peer hung up or error seen: reads will not block */
+#define FS_FD_REGISTERED 8u /* fd is in an epoll set */
+FS_API unsigned fs_fd_state(int fd);
+
+/* Forget a latched read edge (the caller just proved fd drained, e.g. a
+ * short read on a stream), so the next fs_wait_fd parks at once. */
+FS_API void fs_fd_drained(int fd, unsigned dir);
+
+/* Must be called before fd is closed (or replaced by dup2): wakes every
+ * fiber waiting on fd with -EBADF and deregisters it. Any thread. */
+FS_API void fs_fd_close(int fd);
+
+/* ---- statistics ------------------------------------------------------- */
+
+struct fs_stats {
+    uint64_t fibers_created;
+    uint64_t fibers_live;
+    uint64_t fibers_peak;
+    uint64_t switches;
+    uint64_t steals;           /* fibers taken from other carriers */
+    uint64_t spins;            /* carrier searches for work before sleeping */
+    uint64_t carrier_sleeps;
+    uint64_t carrier_wakes;    /* wake-ups sent to sleeping carriers */
+    uint64_t parks[FS_PARK_NREASONS];
+    uint64_t epoll_wait_calls;
+    uint64_t epoll_ctl_calls;
+    uint64_t timers_armed;
+    uint64_t timers_fired;
+    uint64_t syscalls_avoided; /* I/O attempts skipped because fd known not ready */
+    unsigned carriers;
+};
+
+/* Sums the counters of every carrier. Values are a snapshot, not atomic as
+ * a whole. Any thread. */
+FS_API void fs_stats_get(struct fs_stats *st);
+
+/* Per-carrier view, for balance: fibers run and nanoseconds busy. i <
+ * carriers. Returns -EINVAL past the last one. */
+struct fs_carrier_stats {
+    uint64_t fibers_run;     /* fibers started on this carrier */
+    uint64_t busy_ns;        /* time spent running fibers */
+    uint64_t switches;
+    uint32_t runq_len;
+    bool sleeping;
+};
+FS_API int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs);
+
+FS_API const char *fs_park_reason_name(enum fs_park_reason why);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FIBERSHIM_H */
