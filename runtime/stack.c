@@ -67,6 +67,7 @@
 #include <unistd.h>
 
 #include "fibershim.h"
+#include "spinlock.h"
 
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
@@ -111,7 +112,10 @@ struct size_class {
     size_t next_len;   /* length to ask for when a new arena is needed */
 };
 
-static pthread_mutex_t stack_mutex = PTHREAD_MUTEX_INITIALIZER;
+/* A spinlock, not a pthread mutex: inside libfibershim.so the pthread
+ * mutex functions are the shim's fiber-aware ones, which themselves may
+ * allocate stacks. Holders do bounded work (an mmap at worst). */
+static fs_spinlock stack_mutex = FS_SPINLOCK_INIT;
 
 static struct arena arenas[FS_STACK_MAX_ARENAS];
 static _Atomic unsigned arena_count;
@@ -127,12 +131,12 @@ static _Atomic int guard_mode = GUARD_UNKNOWN;
 
 static void stack_lock(void)
 {
-    pthread_mutex_lock(&stack_mutex);
+    fs__spin_lock(&stack_mutex);
 }
 
 static void stack_unlock(void)
 {
-    pthread_mutex_unlock(&stack_mutex);
+    fs__spin_unlock(&stack_mutex);
 }
 
 /* Picks the guard mechanism by trying MADV_GUARD_INSTALL on a scratch

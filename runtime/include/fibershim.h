@@ -197,36 +197,61 @@ FS_API bool fs_waiter_woken(const struct fs_waiter *w);
 
 /* ---- the netpoller ---------------------------------------------------- */
 
+/*
+ * Readiness is edge-triggered and latched per fd and direction. Each edge
+ * bumps a counter; an I/O wrapper snapshots the counter (fs_fd_edges)
+ * before trying the call, and after EAGAIN waits for an edge newer than
+ * the snapshot (fs_wait_fd). An edge that lands between the failed call
+ * and the park is therefore never lost, and parking again costs no
+ * epoll_ctl: an fd is added to epoll once, at its first wait, with
+ * EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLPRI|EPOLLET, and leaves it when the
+ * kernel closes the file.
+ */
 #define FS_POLL_READ 1u
 #define FS_POLL_WRITE 2u
 
-/* Waits until fd may be ready in direction `dir` (one of FS_POLL_*).
- * Returns 0 when an edge (or error/hangup) was seen since the last wait,
- * -ETIMEDOUT at the deadline, -EBADF if fs_fd_close() ran while waiting,
- * -EPERM if epoll refuses the fd (regular files). The first wait registers
- * the fd once (EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET); later waits cost no
- * epoll_ctl. Readiness is latched: an edge that arrives before the wait is
- * never lost. Fiber only. */
-FS_API int fs_wait_fd(int fd, unsigned dir, int64_t deadline);
+/* State bits of an fd, as far as the netpoller knows (no syscall). */
+#define FS_FD_READABLE 0x01u   /* a read edge came after the last drain */
+#define FS_FD_WRITABLE 0x02u   /* a write edge came after the last drain */
+#define FS_FD_RDHUP 0x04u      /* peer shut down its sending side */
+#define FS_FD_HUP 0x08u        /* hung up */
+#define FS_FD_ERR 0x10u        /* error pending */
+#define FS_FD_PRI 0x20u        /* urgent data */
+#define FS_FD_REGISTERED 0x40u /* in an epoll set: the bits above are live */
 
-/* Waits on several fds at once (poll(2) semantics for fibers): returns
- * when any of them has an edge, or at the deadline. dirs[i] is a mask of
- * FS_POLL_*. Returns 0 or -ETIMEDOUT. Fiber only. */
-FS_API int fs_wait_fds(const int *fds, const unsigned *dirs, int n, int64_t deadline);
+/* The edge counter of fd in direction dir. Any thread; no syscall. */
+FS_API uint32_t fs_fd_edges(int fd, unsigned dir);
 
-/* What the netpoller knows of fd, without a syscall. */
-#define FS_FD_READABLE 1u   /* an unconsumed read edge is latched */
-#define FS_FD_WRITABLE 2u   /* an unconsumed write edge is latched */
-#define FS_FD_HUP 4u        /* peer hung up or error seen: reads will not block */
-#define FS_FD_REGISTERED 8u /* fd is in an epoll set */
+/* Waits until an edge newer than `since` (a value of fs_fd_edges taken
+ * before the failed I/O) arrives in direction dir, or the fd hangs up or
+ * errs. Returns 0 when the I/O should be retried, -ETIMEDOUT at the
+ * deadline, -EBADF if fs_fd_close() ran while waiting, -EPERM if epoll
+ * refuses the fd (regular files), or another negative errno from
+ * epoll_ctl. Fiber only. */
+FS_API int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline);
+
+/* Records that an I/O attempt made after snapshot `since` proved fd not
+ * ready in direction dir (EAGAIN, or a short read on a stream). Clears the
+ * READABLE/WRITABLE bit unless a newer edge came meanwhile. */
+FS_API void fs_fd_drained(int fd, unsigned dir, uint32_t since);
+
+/* The fd's state bits (FS_FD_*), without a syscall; 0 if never seen. */
 FS_API unsigned fs_fd_state(int fd);
 
-/* Forget a latched read edge (the caller just proved fd drained, e.g. a
- * short read on a stream), so the next fs_wait_fd parks at once. */
-FS_API void fs_fd_drained(int fd, unsigned dir);
+/* Registers fd with the calling carrier's epoll if it is not yet, and
+ * harvests its initial readiness; returns its state bits, or -EPERM /
+ * -EBADF from epoll_ctl. Fiber only. */
+FS_API int fs_fd_probe(int fd);
 
-/* Must be called before fd is closed (or replaced by dup2): wakes every
- * fiber waiting on fd with -EBADF and deregisters it. Any thread. */
+/* Waits until any fds[i] has a bit of masks[i] (FS_FD_*) set, or the
+ * deadline. HUP and ERR always count. Returns 0 or -ETIMEDOUT; the caller
+ * then reads fs_fd_state(). Every fd must have been probed. Fiber only. */
+FS_API int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t deadline);
+
+/* Must be called before fd is closed (or replaced by dup2/dup3): wakes
+ * every fiber waiting on fd with -EBADF and forgets its state, so events
+ * still in flight for the old file are recognised as stale and dropped.
+ * Any thread. */
 FS_API void fs_fd_close(int fd);
 
 /* ---- statistics ------------------------------------------------------- */

@@ -1,0 +1,292 @@
+/*
+ * fiber.c - a fiber's life: spawn, first run, exit, join, detach, free.
+ *
+ * Memory: a fiber on a runtime-allocated stack keeps its struct at the top
+ * of that stack (one allocation, and the struct shares the page the fiber
+ * touches first, which keeps an idle fiber near one resident page). Fibers
+ * on caller-owned stacks take their struct from a pool that never returns
+ * memory to malloc. Either way a struct stays mapped forever, so a late
+ * fs_unpark() on an exited fiber reads harmless memory, and its park token
+ * (seeded from the unique fiber id) fails the compare-and-swap.
+ *
+ * Exit is completed on the next context, after the dying fiber's stack is
+ * no longer in use: only then is it marked dead, its joiner woken, and (if
+ * detached) its stack freed.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+static fs_spinlock fs__pool_lock = FS_SPINLOCK_INIT;
+static struct fs_fiber *fs__pool; /* structs for caller-owned stacks */
+
+static struct fs_fiber *fs__struct_from_pool(void)
+{
+    fs__spin_lock(&fs__pool_lock);
+    struct fs_fiber *f = fs__pool;
+    if (f)
+        fs__pool = f->next;
+    fs__spin_unlock(&fs__pool_lock);
+    if (!f)
+        f = aligned_alloc(64, sizeof *f);
+    return f;
+}
+
+static void fs__struct_to_pool(struct fs_fiber *f)
+{
+    fs__spin_lock(&fs__pool_lock);
+    f->next = fs__pool;
+    fs__pool = f;
+    fs__spin_unlock(&fs__pool_lock);
+}
+
+static void fs__fiber_init(struct fs_fiber *f)
+{
+    memset(f, 0, sizeof *f);
+    f->id = atomic_fetch_add(&fs__g.next_id, 1) + 1;
+    /* Token space of this incarnation starts at id << 24: see the header. */
+    atomic_store_explicit(&f->park, (f->id << 26) | FS_PW_WOKEN, memory_order_relaxed);
+    fs__timer_init(&f->timer);
+    f->join = FS_J_JOINABLE;
+
+    fs__spin_lock(&fs__g.all_lock);
+    f->all_next = fs__g.all_fibers;
+    if (f->all_next)
+        f->all_next->all_prev = f;
+    fs__g.all_fibers = f;
+    fs__spin_unlock(&fs__g.all_lock);
+
+    uint64_t live = atomic_fetch_add(&fs__g.live, 1) + 1;
+    atomic_fetch_add_explicit(&fs__g.created, 1, memory_order_relaxed);
+    uint64_t peak = atomic_load_explicit(&fs__g.peak, memory_order_relaxed);
+    while (live > peak &&
+           !atomic_compare_exchange_weak_explicit(&fs__g.peak, &peak, live, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
+
+void fs__fiber_free(struct fs_fiber *f)
+{
+    fs__spin_lock(&fs__g.all_lock);
+    if (f->all_prev)
+        f->all_prev->all_next = f->all_next;
+    else
+        fs__g.all_fibers = f->all_next;
+    if (f->all_next)
+        f->all_next->all_prev = f->all_prev;
+    fs__spin_unlock(&fs__g.all_lock);
+    atomic_fetch_sub(&fs__g.live, 1);
+
+    if (f->own_stack) {
+        struct fs_stack st = f->stack; /* f lives inside st */
+        fs__stack_free(&st);
+    } else {
+        fs__struct_to_pool(f);
+    }
+}
+
+struct fs_fiber *fs__fiber_alloc_adopted(void)
+{
+    struct fs_fiber *f = fs__struct_from_pool();
+    if (!f)
+        return NULL;
+    fs__fiber_init(f);
+    f->is_adopted = true;
+    atomic_store(&f->state, FS_F_RUNNING);
+    return f;
+}
+
+void fs__fiber_start_hook(void);
+
+void fs__fiber_entry(void *arg)
+{
+    struct fs_fiber *f = arg;
+    fs__fiber_start_hook();
+    fs_exit(f->fn(f->arg));
+}
+
+int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spawn_attr *attr)
+{
+    int rc = fs__ensure_init();
+    if (rc)
+        return rc;
+    size_t size = attr && attr->stack_size ? attr->stack_size : fs__g.cfg.stack_size;
+    struct fs_fiber *f;
+    if (attr && attr->stack_addr) {
+        if (size < FS_MIN_STACK_SIZE / 4)
+            return -EINVAL;
+        if (!(f = fs__struct_from_pool()))
+            return -EAGAIN;
+        fs__fiber_init(f);
+        f->stack.lo = attr->stack_addr;
+        f->stack.size = size;
+    } else {
+        if (size > FS_MAX_STACK_SIZE)
+            return -EINVAL;
+        struct fs_stack st;
+        /* Room for the struct at the top, on top of what was asked. */
+        size_t want = size + ((sizeof(struct fs_fiber) + 63) & ~(size_t)63);
+        if ((rc = fs__stack_alloc(want, &st)))
+            return rc;
+        uintptr_t top = ((uintptr_t)st.lo + st.size - sizeof(struct fs_fiber)) & ~(uintptr_t)63;
+        f = (struct fs_fiber *)top;
+        fs__fiber_init(f);
+        f->own_stack = true;
+        f->stack = st;
+        f->stack.size = top - (uintptr_t)st.lo; /* usable part, below the struct */
+    }
+    f->fn = fn;
+    f->arg = arg;
+    if (attr && attr->detached)
+        f->join = FS_J_DETACHED;
+    fs__context_make(&f->ctx, f->stack.lo, f->stack.size, fs__fiber_entry, f);
+    if (out)
+        *out = f;
+
+    struct fs_sched *s = fs__cur_sched();
+    if (s && s->cur) {
+        /* Fibers spawned by fibers start local, in runnext: a creator that
+         * joins at once pays no cross-core hop. Idle carriers may steal it
+         * until it first runs. */
+        if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) < fs__g.nsched)
+            fs__start_carriers();
+        fs__ready(f);
+    } else {
+        if ((rc = fs__start_carriers()) && atomic_load(&fs__g.nstarted) == 0)
+            return rc;
+        atomic_store_explicit(&f->state, FS_F_RUNNABLE, memory_order_relaxed);
+        fs__global_push(f);
+        fs__wakep();
+    }
+    return 0;
+}
+
+/* Completes the exit of prev, on the next context of its carrier. */
+static void fs__after_exit(struct fs_sched *s, struct fs_fiber *prev)
+{
+    fs__spin_lock(&prev->lock);
+    atomic_store_explicit(&prev->state, FS_F_DEAD, memory_order_release);
+    struct fs_waiter *w = prev->joiner;
+    bool detached = prev->join == FS_J_DETACHED;
+    prev->joiner = NULL;
+    if (w)
+        fs_waiter_wake(w); /* under the lock: w lives on the joiner's stack */
+    fs__spin_unlock(&prev->lock);
+    if (detached)
+        fs__fiber_free(prev);
+}
+
+void fs_exit(void *ret)
+{
+    struct fs_sched *s = fs__cur_sched();
+    struct fs_fiber *self = s ? s->cur : NULL;
+    FS_CHECK(self != NULL);
+    self->ret = ret;
+    s->after_fn = fs__after_exit;
+    s->after_prev = self;
+    fs__switch_out(s, self);
+    FS_CHECK(!"a dead fiber was resumed");
+    __builtin_unreachable();
+}
+
+struct fs_join_commit {
+    struct fs_fiber *f;
+};
+
+static bool fs__join_commit(void *arg)
+{
+    fs__spin_unlock(&((struct fs_fiber *)arg)->lock);
+    return true;
+}
+
+int fs_join(fs_fiber *f, void **ret, int64_t deadline)
+{
+    if (f == fs_self())
+        return -EDEADLK;
+    fs__spin_lock(&f->lock);
+    if (f->join != FS_J_JOINABLE || f->joiner) {
+        fs__spin_unlock(&f->lock);
+        return -EINVAL;
+    }
+    if (atomic_load_explicit(&f->state, memory_order_acquire) != FS_F_DEAD) {
+        if (deadline == 0) {
+            fs__spin_unlock(&f->lock);
+            return -EBUSY;
+        }
+        struct fs_waiter w;
+        fs_waiter_prepare(&w);
+        f->joiner = &w;
+        /* The lock is released in commit, after we are switched out, so
+         * the exit path cannot wake us before we are parked. */
+        int rc = fs_waiter_wait(&w, FS_PARK_JOIN, f, deadline, fs__join_commit, f);
+        fs__spin_lock(&f->lock);
+        if (rc == -ETIMEDOUT && f->joiner == &w) {
+            f->joiner = NULL;
+            fs__spin_unlock(&f->lock);
+            return -ETIMEDOUT;
+        }
+        /* Woken: f is dead (the waker cleared joiner under the lock). */
+    }
+    FS_CHECK(atomic_load(&f->state) == FS_F_DEAD);
+    f->join = FS_J_JOINED;
+    fs__spin_unlock(&f->lock);
+    if (ret)
+        *ret = f->ret;
+    fs__fiber_free(f);
+    return 0;
+}
+
+int fs_detach(fs_fiber *f)
+{
+    fs__spin_lock(&f->lock);
+    if (f->join != FS_J_JOINABLE || f->joiner) {
+        fs__spin_unlock(&f->lock);
+        return -EINVAL;
+    }
+    bool dead = atomic_load_explicit(&f->state, memory_order_acquire) == FS_F_DEAD;
+    f->join = dead ? FS_J_JOINED : FS_J_DETACHED;
+    fs__spin_unlock(&f->lock);
+    if (dead)
+        fs__fiber_free(f);
+    return 0;
+}
+
+uint64_t fs_fiber_id(const fs_fiber *f)
+{
+    return f->id;
+}
+
+void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size)
+{
+    *lo = f->stack.lo;
+    *size = f->stack.size;
+}
+
+void fs_fiber_set_name(fs_fiber *f, const char *name)
+{
+    size_t n = strnlen(name, sizeof f->name - 1);
+    memcpy(f->name, name, n);
+    f->name[n] = 0;
+}
+
+void fs_fiber_get_name(const fs_fiber *f, char *buf, size_t len)
+{
+    if (!len)
+        return;
+    size_t n = strnlen(f->name, sizeof f->name);
+    if (n >= len)
+        n = len - 1;
+    memcpy(buf, f->name, n);
+    buf[n] = 0;
+}
+
+void *fs_fiber_local(const fs_fiber *f)
+{
+    return f->local;
+}
+
+void fs_fiber_set_local(fs_fiber *f, void *p)
+{
+    f->local = p;
+}

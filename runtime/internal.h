@@ -1,0 +1,240 @@
+/*
+ * internal.h - the runtime's shared data structures.
+ *
+ * Vocabulary (Go's, since it is the best known):
+ *  - fiber   (G): a user-level thread with its own stack.
+ *  - sched   (P): a carrier's scheduling state: run queues, epoll
+ *                 instance, timer heap, counters. It is everything a
+ *                 kernel thread needs to run fibers, so that a monitor can
+ *                 hand a sched to another kernel thread when its own is
+ *                 stuck in a call the runtime cannot see.
+ *  - carrier (M): the kernel thread currently driving a sched
+ *                 (struct fs_sched.thread).
+ *
+ * Pinning rule: a fiber that has never run may run anywhere. Once it has
+ * run, it may hold addresses of its kernel thread's TLS (errno, __thread
+ * data) in registers or on its stack, so every later wake-up sends it back
+ * to the same sched (fiber.home), unless migration is on (g.migrate).
+ *
+ * Locking: each struct says which lock (or which thread) owns each field.
+ * Lock order: waitq/user-object locks -> fs_pollfd.lock -> sched.timer_lock
+ * -> fiber.lock -> g.global_lock. No lock is held across a context switch:
+ * fs_park() releases the caller's lock only after the switch, in commit().
+ */
+#ifndef FS_INTERNAL_H
+#define FS_INTERNAL_H
+
+#include "context.h"
+#include "fibershim.h"
+#include "runq.h"
+#include "spinlock.h"
+#include "stack.h"
+#include "timer_heap.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define FS_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define FS_CONTAINER_OF(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+/* An always-on check for programming errors: prints file:line and aborts.
+ * Never used for conditions a caller can cause with bad input. */
+#define FS_CHECK(cond)                                                                     \
+    do {                                                                                   \
+        if (FS_UNLIKELY(!(cond)))                                                          \
+            fs__panic(__FILE__, __LINE__, #cond);                                          \
+    } while (0)
+__attribute__((noreturn, cold)) void fs__panic(const char *file, int line, const char *what);
+
+/* ---- fibers ------------------------------------------------------------ */
+
+/* Park word: token << 2 | state. The token counts parks, so an unpark
+ * aimed at an earlier park fails its compare-and-swap. */
+enum {
+    FS_PW_PREPARED = 0, /* park announced, fiber still running */
+    FS_PW_PARKED = 1,   /* switched out and committed; a waker must ready it */
+    FS_PW_WOKEN = 2,    /* woken by fs_unpark */
+    FS_PW_TIMEDOUT = 3, /* woken by its deadline */
+};
+
+enum fs_fiber_state {
+    FS_F_RUNNABLE, /* in some run queue, or about to be */
+    FS_F_RUNNING,
+    FS_F_PARKED,
+    FS_F_DEAD,
+};
+
+/* Join state (fiber.join), protected by fiber.lock. */
+enum { FS_J_JOINABLE, FS_J_DETACHED, FS_J_JOINED };
+
+struct fs_fiber {
+    struct fs_context ctx;       /* saved stack pointer while switched out */
+    struct fs_fiber *next;       /* run-queue link; owner of the queue */
+    struct fs_sched *home;       /* sched it is pinned to; NULL until first run */
+    _Atomic uint64_t park;       /* park word, see FS_PW_* */
+    _Atomic int state;           /* enum fs_fiber_state, for dumps and asserts */
+    int saved_errno;             /* errno of the fiber while switched out */
+    uint8_t why;                 /* enum fs_park_reason of the current park */
+    bool is_adopted;             /* runs on a kernel thread's own stack */
+    bool own_stack;              /* stack came from fs__stack_alloc */
+    const void *wait_obj;        /* what it waits on, for dumps */
+    int64_t park_since;          /* fs_now() when it parked, for dumps */
+    struct fs_timer timer;       /* deadline of the current park */
+    struct fs_sched *timer_sched;/* heap the timer is queued on */
+    fs_park_token timer_tok;     /* park the timer belongs to */
+    void *(*fn)(void *);
+    void *arg;
+    void *ret;                   /* fn's return value once dead */
+
+    fs_spinlock lock;            /* protects join, joiner */
+    int join;                    /* FS_J_*, under lock */
+    struct fs_waiter *joiner;    /* under lock */
+
+    struct fs_stack stack;
+    uint64_t id;
+    char name[16];
+    void *local;                 /* fs_fiber_local() word */
+    struct fs_fiber *all_prev, *all_next; /* g.all_fibers, under g.all_lock */
+};
+
+/* ---- scheds (carriers) ------------------------------------------------- */
+
+struct fs_sched_stats {
+    /* Written only by the sched's current thread, read racily by others
+     * (relaxed atomics, so readers see torn-free values). */
+    _Atomic uint64_t switches, steals, spins, sleeps, wakes_sent;
+    _Atomic uint64_t parks[FS_PARK_NREASONS];
+    _Atomic uint64_t epoll_waits, epoll_ctls, timers_armed, timers_fired;
+    _Atomic uint64_t syscalls_avoided, fibers_run, busy_ns;
+};
+
+struct fs_sched {
+    unsigned id;
+    pthread_t thread;            /* carrier currently driving this sched */
+    struct fs_fiber *cur;        /* fiber running now; NULL on the idle loop */
+    struct fs_context idle_ctx;  /* the idle loop's context (g0) */
+    struct fs_stack idle_stack;
+
+    /* Run queues. runnext, local and tick: owner only. */
+    struct fs_fiber *runnext;    /* woken by this carrier; runs next */
+    uint32_t runnext_streak;     /* runnext picks in a row (fairness cap) */
+    struct fs_fifo local;        /* pinned fibers readied on this carrier */
+    struct fs_ring ring;         /* stealable fibers */
+    struct fs_inbox inbox;       /* pinned fibers readied elsewhere */
+    uint32_t tick;
+
+    /* Post-switch action, run by whatever context runs next on this sched
+     * (fs__sched_after_switch). Owner only. */
+    void (*after_fn)(struct fs_sched *s, struct fs_fiber *prev);
+    struct fs_fiber *after_prev;
+    bool (*commit_fn)(void *);
+    void *commit_arg;
+    fs_park_token commit_tok;
+
+    /* Netpoller: this sched's epoll instance (see netpoll.c). */
+    int epfd;
+    int wakefd;                  /* eventfd in epfd, written by kicks */
+    int64_t last_poll;           /* fs_now() of the last epoll_wait */
+
+    /* Sleeping protocol (see fs__sched_kick). */
+    _Atomic int sleeping;        /* 1 while in, or about to enter, epoll_wait */
+    _Atomic int notified;        /* a kick is in flight; suppresses duplicates */
+    _Atomic int spinning;        /* looking for work to steal */
+
+    /* Timers: heap of parked fibers' deadlines, under timer_lock; the
+     * owner reads next_deadline without it. */
+    fs_spinlock timer_lock;
+    struct fs_timer_heap timers;
+    _Atomic int64_t next_deadline;
+
+    int64_t busy_since;          /* fs_now() when the current fiber started */
+    uint32_t rng;                /* victim selection */
+    struct fs_sched_stats st;
+} __attribute__((aligned(64)));
+
+/* ---- the runtime --------------------------------------------------------- */
+
+struct fs_runtime {
+    _Atomic int state;           /* 0 off, 1 starting, 2 running */
+    struct fs_config cfg;
+    unsigned nsched;
+    struct fs_sched **scheds;
+    _Atomic unsigned nstarted;   /* carrier threads started so far */
+    fs_spinlock start_lock;
+
+    _Atomic int nsleeping;       /* scheds in (or entering) epoll_wait */
+    _Atomic int nspinning;       /* scheds looking for work to steal */
+
+    fs_spinlock global_lock;    /* protects global */
+    struct fs_fifo global;       /* unstarted fibers from non-carriers, overflow */
+    _Atomic uint32_t global_len; /* racy hint, read without the lock */
+
+    _Atomic uint64_t next_id;
+    _Atomic uint64_t created, live, peak;
+
+    fs_spinlock all_lock;       /* protects the all-fibers list */
+    struct fs_fiber *all_fibers;
+};
+
+extern struct fs_runtime fs__g;
+
+/* The sched driven by the calling kernel thread, or NULL. Read through the
+ * thread pointer on every access; never cache its address across a switch. */
+extern __thread struct fs_sched *fs__tls_sched __attribute__((tls_model("initial-exec")));
+
+static inline struct fs_sched *fs__cur_sched(void)
+{
+    return fs__tls_sched;
+}
+
+static inline void fs__stat_inc(_Atomic uint64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+static inline void fs__stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+/* runtime.c */
+int fs__ensure_init(void);
+int fs__start_carriers(void);
+
+/* sched.c */
+void fs__ready(struct fs_fiber *f);
+void fs__sched_kick(struct fs_sched *s);
+void fs__wakep(void);
+void fs__switch_out(struct fs_sched *s, struct fs_fiber *self);
+void fs__carrier_main_loop(struct fs_sched *s) __attribute__((noreturn));
+int fs__sched_init(struct fs_sched *s, unsigned id);
+int fs__sched_make_idle_stack(struct fs_sched *s);
+void fs__fiber_start_hook(void);
+void fs__global_push(struct fs_fiber *f);
+
+/* park.c */
+bool fs__unpark_as(struct fs_fiber *f, fs_park_token tok, int how);
+void fs__timers_run(struct fs_sched *s, int64_t now);
+
+/* fiber.c */
+void fs__fiber_entry(void *arg) __attribute__((noreturn));
+void fs__fiber_free(struct fs_fiber *f);
+struct fs_fiber *fs__fiber_alloc_adopted(void);
+
+/* netpoll.c */
+int fs__netpoll_init(struct fs_sched *s);
+/* Polls s's epoll instance; timeout_ns < 0 blocks, 0 polls. Readies the
+ * fibers the events wake; returns how many were readied. */
+int fs__netpoll(struct fs_sched *s, int64_t timeout_ns);
+
+/* fault.c */
+void fs__fault_init(void);
+int fs__fault_thread_init(void);
+
+#endif

@@ -1,0 +1,300 @@
+/*
+ * park.c - parking: the one mechanism every blocking operation uses.
+ *
+ * A park goes through the fiber's park word (token << 2 | state):
+ *
+ *   fs_park_prepare:  token+1, PREPARED       (fiber running)
+ *   fs_park:          arms the deadline timer, switches out
+ *   after the switch: PREPARED -> PARKED, then commit(arg)
+ *   waker:            PARKED -> WOKEN    and readies the fiber
+ *   timer:            PARKED -> TIMEDOUT and readies the fiber
+ *
+ * Exactly one transition out of PARKED succeeds, and whoever makes it owns
+ * the fiber's wake-up; all other wakers get false and must wake someone
+ * else. A waker that comes while the fiber is still PREPARED (it published
+ * itself before calling fs_park) moves it to WOKEN without readying it;
+ * the parker sees that at its PREPARED -> PARKED step and readies itself.
+ * The token makes an unpark aimed at an old park fail.
+ *
+ * PARKED is entered only after the switch, never before: with migration
+ * on, a fiber readied while its registers were still being saved could be
+ * resumed by another carrier on a half-saved stack.
+ */
+#include "internal.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <time.h>
+
+#define PW(tok, st) (((uint64_t)(tok) << 2) | (uint64_t)(st))
+#define PW_TOK(w) ((w) >> 2)
+#define PW_ST(w) ((int)((w)&3))
+
+int64_t fs_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+fs_park_token fs_park_prepare(void)
+{
+    fs_fiber *f = fs_self();
+    if (!f)
+        return 0;
+    uint64_t w = atomic_load_explicit(&f->park, memory_order_relaxed);
+    fs_park_token tok = PW_TOK(w) + 1;
+    /* release: a waker that reads the token from wherever we publish it
+     * sees this state */
+    atomic_store_explicit(&f->park, PW(tok, FS_PW_PREPARED), memory_order_release);
+    return tok;
+}
+
+/* Moves f out of the park named by tok into state `how` (WOKEN or
+ * TIMEDOUT). Returns true if the caller must ready f. *won tells whether
+ * the transition happened at all (false: another waker or the timer won). */
+static bool fs__park_transition(struct fs_fiber *f, fs_park_token tok, int how, bool *won)
+{
+    uint64_t w = atomic_load_explicit(&f->park, memory_order_acquire);
+    for (;;) {
+        if (PW_TOK(w) != tok || PW_ST(w) >= FS_PW_WOKEN) {
+            *won = false;
+            return false;
+        }
+        /* acq_rel: the woken fiber must see what the waker wrote before
+         * waking it (e.g. a handed-off lock), and we must see its state */
+        if (atomic_compare_exchange_weak_explicit(&f->park, &w, PW(tok, how),
+                                                  memory_order_acq_rel, memory_order_acquire)) {
+            *won = true;
+            return PW_ST(w) == FS_PW_PARKED;
+        }
+    }
+}
+
+bool fs__unpark_as(struct fs_fiber *f, fs_park_token tok, int how)
+{
+    bool won;
+    if (fs__park_transition(f, tok, how, &won))
+        fs__ready(f);
+    return won;
+}
+
+bool fs_unpark(fs_fiber *f, fs_park_token tok)
+{
+    return fs__unpark_as(f, tok, FS_PW_WOKEN);
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+static void fs__timer_arm(struct fs_sched *s, struct fs_fiber *f, fs_park_token tok, int64_t dl)
+{
+    f->timer.deadline = dl;
+    f->timer_tok = tok;
+    f->timer_sched = s;
+    fs__spin_lock(&s->timer_lock);
+    int rc = fs__timer_heap_insert(&s->timers, &f->timer);
+    FS_CHECK(rc == 0); /* the heap array cannot grow: out of memory */
+    atomic_store_explicit(&s->next_deadline, fs__timer_heap_min(&s->timers)->deadline,
+                          memory_order_relaxed);
+    fs__spin_unlock(&s->timer_lock);
+    fs__stat_inc(&s->st.timers_armed);
+}
+
+static void fs__timer_disarm(struct fs_fiber *f)
+{
+    struct fs_sched *s = f->timer_sched;
+    if (!s)
+        return;
+    f->timer_sched = NULL;
+    fs__spin_lock(&s->timer_lock);
+    fs__timer_heap_remove(&s->timers, &f->timer);
+    struct fs_timer *m = fs__timer_heap_min(&s->timers);
+    atomic_store_explicit(&s->next_deadline, m ? m->deadline : INT64_MAX, memory_order_relaxed);
+    fs__spin_unlock(&s->timer_lock);
+}
+
+/* Fires every due timer of s. The park-word transition happens under the
+ * timer lock: once a fiber has disarmed its timer (also under the lock)
+ * no timer of ours can touch it, even if it then exits and is freed. */
+void fs__timers_run(struct fs_sched *s, int64_t now)
+{
+    struct fs_fiber *wake = NULL;
+    fs__spin_lock(&s->timer_lock);
+    for (;;) {
+        struct fs_timer *t = fs__timer_heap_min(&s->timers);
+        if (!t || t->deadline > now)
+            break;
+        fs__timer_heap_pop(&s->timers);
+        struct fs_fiber *f = FS_CONTAINER_OF(t, struct fs_fiber, timer);
+        bool won;
+        if (fs__park_transition(f, f->timer_tok, FS_PW_TIMEDOUT, &won)) {
+            f->next = wake;
+            wake = f;
+        }
+        if (won)
+            fs__stat_inc(&s->st.timers_fired);
+    }
+    struct fs_timer *m = fs__timer_heap_min(&s->timers);
+    atomic_store_explicit(&s->next_deadline, m ? m->deadline : INT64_MAX, memory_order_relaxed);
+    fs__spin_unlock(&s->timer_lock);
+    while (wake) {
+        struct fs_fiber *f = wake;
+        wake = f->next;
+        fs__ready(f);
+    }
+}
+
+/* ---- parking ----------------------------------------------------------- */
+
+/* After-switch step of a park: runs on the next context of the carrier,
+ * once the parked fiber's stack is no longer in use. */
+static void fs__after_park(struct fs_sched *s, struct fs_fiber *f)
+{
+    fs_park_token tok = s->commit_tok;
+    bool (*commit)(void *) = s->commit_fn;
+    void *arg = s->commit_arg;
+    uint64_t w = PW(tok, FS_PW_PREPARED);
+    atomic_store_explicit(&f->state, FS_F_PARKED, memory_order_relaxed);
+    if (!atomic_compare_exchange_strong_explicit(&f->park, &w, PW(tok, FS_PW_PARKED),
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        /* Woken (or timed out) before it was even switched out: whoever
+         * did it left the readying to us. Still run commit, which releases
+         * the caller's lock. */
+        if (commit)
+            commit(arg);
+        fs__ready(f);
+        return;
+    }
+    if (commit && !commit(arg)) {
+        bool won;
+        if (fs__park_transition(f, tok, FS_PW_WOKEN, &won))
+            fs__ready(f);
+    }
+}
+
+int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, int64_t deadline,
+            bool (*commit)(void *arg), void *arg)
+{
+    struct fs_sched *s = fs__cur_sched();
+    struct fs_fiber *self = s ? s->cur : NULL;
+    if (!self)
+        return -EPERM;
+    FS_CHECK(PW_TOK(atomic_load(&self->park)) == tok);
+
+    if (deadline != FS_NO_DEADLINE && deadline <= fs_now()) {
+        /* Already due: do not switch at all. */
+        bool won;
+        fs__park_transition(self, tok, FS_PW_TIMEDOUT, &won);
+        if (commit)
+            commit(arg);
+        return won ? -ETIMEDOUT : 0;
+    }
+    self->why = (uint8_t)why;
+    self->wait_obj = wait_obj;
+    self->park_since = 0;
+    fs__stat_inc(&s->st.parks[why]);
+    if (deadline != FS_NO_DEADLINE)
+        fs__timer_arm(s, self, tok, deadline);
+
+    s->after_fn = fs__after_park;
+    s->after_prev = self;
+    s->commit_fn = commit;
+    s->commit_arg = arg;
+    s->commit_tok = tok;
+    fs__switch_out(s, self);
+
+    self->wait_obj = NULL;
+    if (self->timer_sched)
+        fs__timer_disarm(self);
+    uint64_t w = atomic_load_explicit(&self->park, memory_order_acquire);
+    FS_CHECK(PW_TOK(w) == tok && PW_ST(w) >= FS_PW_WOKEN);
+    return PW_ST(w) == FS_PW_TIMEDOUT ? -ETIMEDOUT : 0;
+}
+
+int fs_sleep_until(int64_t deadline)
+{
+    if (!fs_self())
+        return -EPERM;
+    while (fs_now() < deadline) {
+        fs_park_token tok = fs_park_prepare();
+        fs_park(tok, FS_PARK_SLEEP, NULL, deadline, NULL, NULL);
+    }
+    return 0;
+}
+
+/* ---- waiters: parking that also works on plain threads ----------------- */
+
+void fs_waiter_prepare(struct fs_waiter *w)
+{
+    w->fiber = fs_self();
+    w->tok = w->fiber ? fs_park_prepare() : 0;
+    atomic_store_explicit((_Atomic uint32_t *)&w->futex, 0, memory_order_relaxed);
+    w->next = w->prev = NULL;
+}
+
+int fs_waiter_wait(struct fs_waiter *w, enum fs_park_reason why, const void *wait_obj,
+                   int64_t deadline, bool (*commit)(void *arg), void *arg)
+{
+    if (w->fiber)
+        return fs_park(w->tok, why, wait_obj, deadline, commit, arg);
+
+    _Atomic uint32_t *word = (_Atomic uint32_t *)&w->futex;
+    if (commit && !commit(arg)) {
+        uint32_t z = 0;
+        atomic_compare_exchange_strong(word, &z, 1);
+        return 0;
+    }
+    for (;;) {
+        if (atomic_load_explicit(word, memory_order_acquire) == 1)
+            return 0;
+        struct timespec ts, *tsp = NULL;
+        if (deadline != FS_NO_DEADLINE) {
+            /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time. */
+            ts.tv_sec = deadline / 1000000000;
+            ts.tv_nsec = deadline % 1000000000;
+            tsp = &ts;
+        }
+        long rc = fs__sys6(SYS_futex, word, FS_FUTEX_WAIT_BITSET_PRIVATE, 0, tsp, NULL,
+                           0xffffffffu);
+        if (rc == -ETIMEDOUT) {
+            /* Claim the timeout unless a wake got there first. */
+            uint32_t z = 0;
+            if (atomic_compare_exchange_strong(word, &z, 2))
+                return -ETIMEDOUT;
+            return 0;
+        }
+    }
+}
+
+bool fs_waiter_wake(struct fs_waiter *w)
+{
+    if (w->fiber)
+        return fs_unpark(w->fiber, w->tok);
+    _Atomic uint32_t *word = (_Atomic uint32_t *)&w->futex;
+    uint32_t z = 0;
+    if (!atomic_compare_exchange_strong(word, &z, 1))
+        return false; /* it timed out */
+    /* The waiter may return and free w as soon as it sees 1; the futex
+     * wake on a dead address is harmless (it wakes nobody or, if the
+     * memory was reused as another futex word, causes a spurious wake,
+     * which every futex user tolerates). */
+    fs__sys3(SYS_futex, word, FS_FUTEX_WAKE_PRIVATE, 1);
+    return true;
+}
+
+bool fs_waiter_woken(const struct fs_waiter *w)
+{
+    if (w->fiber) {
+        uint64_t pw = atomic_load((_Atomic uint64_t *)&w->fiber->park);
+        return PW_TOK(pw) == w->tok && PW_ST(pw) == FS_PW_WOKEN;
+    }
+    return atomic_load((_Atomic uint32_t *)&w->futex) == 1;
+}
+
+const char *fs_park_reason_name(enum fs_park_reason why)
+{
+    static const char *const names[FS_PARK_NREASONS] = {
+        "read", "write", "accept", "connect", "poll", "sleep", "mutex", "cond",
+        "rwlock", "sem", "barrier", "once", "join", "yield", "other"};
+    return (unsigned)why < FS_PARK_NREASONS ? names[why] : "?";
+}

@@ -1,0 +1,227 @@
+/*
+ * runtime.c - starting the runtime: scheds, carrier threads, adopting a
+ * kernel thread (the shim's main()), and the statistics snapshot.
+ *
+ * Carriers start lazily: the runtime allocates every sched at init, but
+ * starts carrier threads only at the first spawn, so a program that never
+ * creates a fiber pays for no extra kernel thread.
+ */
+#include "internal.h"
+#include "sys.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+struct fs_runtime fs__g;
+
+void fs__panic(const char *file, int line, const char *what)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof buf, "fibershim: internal error at %s:%d: %s\n", file, line,
+                     what);
+    if (n > 0)
+        fs__sys3(SYS_write, 2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    abort();
+}
+
+static int fs__init_locked(const struct fs_config *cfg)
+{
+    struct fs_config c;
+    if (cfg) {
+        c = *cfg;
+    } else {
+        char err[256];
+        int rc = fs_config_from_env(&c, err, sizeof err);
+        if (rc) {
+            fprintf(stderr, "fibershim: %s\n", err);
+            return rc;
+        }
+    }
+    if (c.carriers == 0)
+        c.carriers = fs_default_carriers();
+    if (c.carriers > FS_MAX_CARRIERS)
+        return -EINVAL;
+    if (c.stack_size == 0)
+        c.stack_size = FS_DEFAULT_STACK_SIZE;
+    if (c.stack_size < FS_MIN_STACK_SIZE || c.stack_size > FS_MAX_STACK_SIZE)
+        return -EINVAL;
+    fs__g.cfg = c;
+
+    fs__g.scheds = calloc(c.carriers, sizeof *fs__g.scheds);
+    if (!fs__g.scheds)
+        return -ENOMEM;
+    for (unsigned i = 0; i < c.carriers; i++) {
+        struct fs_sched *s = aligned_alloc(64, sizeof *s);
+        if (!s)
+            return -ENOMEM;
+        int rc = fs__sched_init(s, i);
+        if (rc)
+            return rc;
+        fs__g.scheds[i] = s;
+    }
+    fs__g.nsched = c.carriers;
+    fs__fault_init();
+    return 0;
+}
+
+int fs_init(const struct fs_config *cfg)
+{
+    int expect = 0;
+    if (!atomic_compare_exchange_strong(&fs__g.state, &expect, 1)) {
+        while (atomic_load(&fs__g.state) == 1)
+            fs__sys0(SYS_sched_yield);
+        return atomic_load(&fs__g.state) == 2 ? -EALREADY : -EINVAL;
+    }
+    int rc = fs__init_locked(cfg);
+    /* A failed start leaves the runtime off for good (state 3): its error
+     * was reported, and retrying would only report it again. */
+    atomic_store(&fs__g.state, rc ? 3 : 2);
+    return rc;
+}
+
+int fs__ensure_init(void)
+{
+    int st = atomic_load_explicit(&fs__g.state, memory_order_acquire);
+    if (FS_LIKELY(st == 2))
+        return 0;
+    int rc = fs_init(NULL);
+    return rc == -EALREADY ? 0 : rc;
+}
+
+/* ---- carrier threads --------------------------------------------------- */
+
+static void *fs__carrier_thread(void *arg)
+{
+    struct fs_sched *s = arg;
+    fs__fault_thread_init();
+    fs__carrier_main_loop(s);
+}
+
+typedef int (*fs_pthread_create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *),
+                                    void *);
+
+/* The C library's pthread_create, never an interposed one: inside
+ * libfibershim.so a direct call would bind to the shim's definition. */
+static fs_pthread_create_fn fs__libc_pthread_create(void)
+{
+    static fs_pthread_create_fn fn;
+    if (!fn) {
+        fn = (fs_pthread_create_fn)dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
+        if (!fn)
+            fn = (fs_pthread_create_fn)dlsym(RTLD_NEXT, "pthread_create");
+    }
+    return fn;
+}
+
+/* Starts the carrier threads not started yet (scheds already driven by an
+ * adopted thread count as started). Any thread. Returns 0, or a negative
+ * errno if no carrier at all could be started. */
+int fs__start_carriers(void)
+{
+    int rc = fs__ensure_init();
+    if (rc)
+        return rc;
+    if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) >= fs__g.nsched)
+        return 0;
+    fs__spin_lock(&fs__g.start_lock);
+    unsigned i = atomic_load(&fs__g.nstarted);
+    fs_pthread_create_fn create = fs__libc_pthread_create();
+    for (; i < fs__g.nsched; i++) {
+        struct fs_sched *s = fs__g.scheds[i];
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&a, 256 * 1024);
+        s->busy_since = fs_now();
+        rc = create ? -create(&s->thread, &a, fs__carrier_thread, s) : -ENOSYS;
+        pthread_attr_destroy(&a);
+        if (rc) {
+            fprintf(stderr, "fibershim: could not start carrier %u: %s\n", i, strerror(-rc));
+            break;
+        }
+        /* release: the sched is fully set up before others index it */
+        atomic_store_explicit(&fs__g.nstarted, i + 1, memory_order_release);
+    }
+    fs__spin_unlock(&fs__g.start_lock);
+    return atomic_load(&fs__g.nstarted) ? 0 : rc;
+}
+
+int fs_adopt_thread(fs_fiber **out)
+{
+    int rc = fs__ensure_init();
+    if (rc)
+        return rc;
+    if (fs__cur_sched())
+        return -EALREADY;
+    fs__spin_lock(&fs__g.start_lock);
+    unsigned i = atomic_load(&fs__g.nstarted);
+    if (i >= fs__g.nsched) {
+        fs__spin_unlock(&fs__g.start_lock);
+        return -EBUSY; /* every sched already has a carrier */
+    }
+    struct fs_sched *s = fs__g.scheds[i];
+    struct fs_fiber *f = fs__fiber_alloc_adopted();
+    if (!f || (rc = fs__sched_make_idle_stack(s)) != 0) {
+        fs__spin_unlock(&fs__g.start_lock);
+        return f ? rc : -ENOMEM;
+    }
+    s->thread = pthread_self();
+    s->busy_since = fs_now();
+    f->home = s;
+    /* The adopted thread's own stack: let the fiber report it. */
+    pthread_attr_t a;
+    if (pthread_getattr_np(pthread_self(), &a) == 0) {
+        pthread_attr_getstack(&a, &f->stack.lo, &f->stack.size);
+        pthread_attr_destroy(&a);
+    }
+    fs__tls_sched = s;
+    s->cur = f;
+    atomic_store_explicit(&fs__g.nstarted, i + 1, memory_order_release);
+    fs__spin_unlock(&fs__g.start_lock);
+    fs__fault_thread_init();
+    *out = f;
+    return 0;
+}
+
+/* ---- statistics -------------------------------------------------------- */
+
+#define LD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+void fs_stats_get(struct fs_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->fibers_created = LD(fs__g.created);
+    st->fibers_live = LD(fs__g.live);
+    st->fibers_peak = LD(fs__g.peak);
+    st->carriers = fs__g.nsched;
+    for (unsigned i = 0; i < fs__g.nsched; i++) {
+        struct fs_sched_stats *c = &fs__g.scheds[i]->st;
+        st->switches += LD(c->switches);
+        st->steals += LD(c->steals);
+        st->spins += LD(c->spins);
+        st->carrier_sleeps += LD(c->sleeps);
+        st->carrier_wakes += LD(c->wakes_sent);
+        for (int r = 0; r < FS_PARK_NREASONS; r++)
+            st->parks[r] += LD(c->parks[r]);
+        st->epoll_wait_calls += LD(c->epoll_waits);
+        st->epoll_ctl_calls += LD(c->epoll_ctls);
+        st->timers_armed += LD(c->timers_armed);
+        st->timers_fired += LD(c->timers_fired);
+        st->syscalls_avoided += LD(c->syscalls_avoided);
+    }
+}
+
+int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
+{
+    if (i >= fs__g.nsched)
+        return -EINVAL;
+    struct fs_sched *s = fs__g.scheds[i];
+    cs->fibers_run = LD(s->st.fibers_run);
+    cs->busy_ns = LD(s->st.busy_ns);
+    cs->switches = LD(s->st.switches);
+    cs->runq_len = fs__ring_len(&s->ring) + (uint32_t)LD(*(_Atomic uint32_t *)&s->local.len);
+    cs->sleeping = atomic_load(&s->sleeping) != 0;
+    return 0;
+}

@@ -1,0 +1,451 @@
+/*
+ * sched.c - carriers: run queues, choosing the next fiber, stealing, and
+ * sleeping without burning CPU.
+ *
+ * Where a runnable fiber waits (see runq.h for the structures):
+ *  - runnext: the fiber this carrier woke or spawned last. Ping-pong between
+ *    two fibers on one carrier costs no queue traffic and no syscall. Capped
+ *    at 3 picks in a row so a ping-pong pair cannot starve the rest.
+ *  - local FIFO: pinned fibers readied by this carrier.
+ *  - ring: fibers that may move (never run yet, or migration on). Idle
+ *    carriers steal half of it.
+ *  - inbox: pinned fibers readied by other threads, sent home.
+ *  - the global queue: fibers spawned by plain threads, and ring overflow.
+ *    Checked every 61 schedules so it cannot starve.
+ *
+ * Switching: a fiber that blocks picks the next fiber itself and switches
+ * to it directly (one switch). Only when nothing is runnable does it
+ * switch to the carrier's idle loop, which polls, steals and sleeps on its
+ * own stack: sleeping on the parked fiber's stack would be unsafe, since the
+ * fiber could be woken and (with migration) resumed elsewhere meanwhile.
+ * Whatever must happen after the old stack is no longer in use (commit of
+ * a park, re-queueing a yielder, freeing a dead fiber) is recorded in
+ * sched.after_fn and run by the context that runs next.
+ *
+ * Waking carriers is frugal, as in Go: a sleeping carrier is woken only
+ * when work it can run appears and no carrier is already spinning, and
+ * each sleeping carrier gets at most one wake in flight (sched.notified).
+ */
+#include "internal.h"
+#include "sys.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+__thread struct fs_sched *fs__tls_sched __attribute__((tls_model("initial-exec")));
+
+/* ---- queue placement --------------------------------------------------- */
+
+static inline bool fs__movable(const struct fs_fiber *f)
+{
+    return f->home == NULL || fs__g.cfg.migrate;
+}
+
+void fs__global_push(struct fs_fiber *f)
+{
+    fs__spin_lock(&fs__g.global_lock);
+    fs__fifo_push(&fs__g.global, f);
+    atomic_store_explicit(&fs__g.global_len, fs__g.global.len, memory_order_release);
+    fs__spin_unlock(&fs__g.global_lock);
+}
+
+static struct fs_fiber *fs__global_pop(struct fs_sched *s, uint32_t max)
+{
+    if (atomic_load_explicit(&fs__g.global_len, memory_order_acquire) == 0)
+        return NULL;
+    fs__spin_lock(&fs__g.global_lock);
+    struct fs_fiber *f = fs__fifo_pop(&fs__g.global);
+    /* Take a few more into the ring so the next schedules stay local. */
+    while (f && max-- > 1 && fs__g.global.len) {
+        struct fs_fiber *g = fs__g.global.head;
+        if (!fs__ring_push(&s->ring, g))
+            break;
+        fs__fifo_pop(&fs__g.global);
+    }
+    atomic_store_explicit(&fs__g.global_len, fs__g.global.len, memory_order_release);
+    fs__spin_unlock(&fs__g.global_lock);
+    return f;
+}
+
+/* Queues f on s's own queues (s is the calling carrier's sched). */
+static void fs__queue_local(struct fs_sched *s, struct fs_fiber *f)
+{
+    if (fs__movable(f)) {
+        if (!fs__ring_push(&s->ring, f))
+            fs__global_push(f);
+        fs__wakep();
+    } else {
+        fs__fifo_push(&s->local, f);
+    }
+}
+
+/* Makes f runnable. f must be owned by the caller (just spawned, or just
+ * won through the park word). Any thread. */
+void fs__ready(struct fs_fiber *f)
+{
+    struct fs_sched *s = fs__cur_sched();
+    atomic_store_explicit(&f->state, FS_F_RUNNABLE, memory_order_relaxed);
+    if (s && (fs__movable(f) || f->home == s)) {
+        struct fs_fiber *old = s->runnext;
+        s->runnext = f;
+        if (old)
+            fs__queue_local(s, old);
+        else if (fs__movable(f))
+            fs__wakep(); /* another carrier could take it if we stay busy */
+        return;
+    }
+    if (!fs__movable(f)) {
+        fs__inbox_push(&f->home->inbox, f);
+        fs__sched_kick(f->home);
+        return;
+    }
+    fs__global_push(f);
+    fs__wakep();
+}
+
+/* ---- waking carriers ---------------------------------------------------- */
+
+/* Wakes s if it sleeps. Any thread. The caller has already published the
+ * work (inbox push, ring push...). Race: s sets sleeping, then rechecks
+ * its queues; we publish, then check sleeping. With a full fence on both
+ * sides (Dekker), at least one of us sees the other, so a wake is never
+ * lost, and `notified` makes duplicate eventfd writes rare. */
+void fs__sched_kick(struct fs_sched *s)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_load_explicit(&s->sleeping, memory_order_relaxed))
+        return;
+    if (atomic_exchange_explicit(&s->notified, 1, memory_order_acq_rel))
+        return; /* a wake is already in flight */
+    uint64_t one = 1;
+    fs__sys3(SYS_write, s->wakefd, &one, sizeof one);
+    struct fs_sched *me = fs__cur_sched();
+    fs__stat_inc(me ? &me->st.wakes_sent : &s->st.wakes_sent);
+}
+
+/* Wakes one sleeping carrier to look for stealable work, unless one is
+ * already spinning (it will find the work, and wake another if it finds
+ * more: see fs__found_work). Go rejects "one wake per ready fiber" because
+ * it thrashes threads; so do we. */
+void fs__wakep(void)
+{
+    if (atomic_load_explicit(&fs__g.nsleeping, memory_order_relaxed) == 0)
+        return;
+    if (atomic_load_explicit(&fs__g.nspinning, memory_order_relaxed) != 0)
+        return;
+    int zero = 0;
+    if (!atomic_compare_exchange_strong(&fs__g.nspinning, &zero, 1))
+        return;
+    unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+    struct fs_sched *me = fs__cur_sched();
+    unsigned start = me ? me->id + 1 : 0;
+    for (unsigned i = 0; i < n; i++) {
+        struct fs_sched *v = fs__g.scheds[(start + i) % n];
+        if (v == me || !atomic_load_explicit(&v->sleeping, memory_order_acquire) ||
+            atomic_load_explicit(&v->notified, memory_order_relaxed))
+            continue;
+        int nz = 0;
+        /* Hand our spinning token to v; if v already spins, keep looking. */
+        if (!atomic_compare_exchange_strong(&v->spinning, &nz, 1))
+            continue;
+        fs__sched_kick(v);
+        return;
+    }
+    atomic_fetch_sub(&fs__g.nspinning, 1);
+}
+
+/* A spinning carrier found work: it stops spinning, and if it was the last
+ * spinner, wakes another so that more queued work is picked up. */
+static void fs__found_work(struct fs_sched *s)
+{
+    if (atomic_load_explicit(&s->spinning, memory_order_relaxed)) {
+        atomic_store_explicit(&s->spinning, 0, memory_order_relaxed);
+        if (atomic_fetch_sub(&fs__g.nspinning, 1) == 1)
+            fs__wakep();
+    }
+}
+
+/* ---- choosing the next fiber ------------------------------------------- */
+
+static struct fs_fiber *fs__steal(struct fs_sched *s)
+{
+    unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+    s->rng = s->rng * 1664525u + 1013904223u;
+    unsigned start = (s->rng >> 8) % (n ? n : 1);
+    for (unsigned i = 0; i < n; i++) {
+        struct fs_sched *v = fs__g.scheds[(start + i) % n];
+        if (v == s || fs__ring_len(&v->ring) == 0)
+            continue; /* idle carriers have empty rings: skipped here */
+        uint32_t got;
+        struct fs_fiber *f = fs__ring_steal(&v->ring, &s->ring, &got);
+        if (f) {
+            fs__stat_add(&s->st.steals, got);
+            return f;
+        }
+    }
+    return fs__global_pop(s, 32);
+}
+
+/* Non-blocking search for the next fiber. Owner only.
+ *
+ * may_poll is false when called by a fiber that is switching out: it may
+ * still hold the lock its park's commit() will release (a pollfd lock, a
+ * wait-queue lock), and harvesting events could need that very lock. Such
+ * a fiber falls back to the idle loop, which polls after the commit. */
+static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
+{
+    struct fs_fiber *f;
+    s->tick++;
+    if (FS_UNLIKELY(s->tick % 61 == 0)) {
+        /* Fairness: global work and I/O readiness get a turn even while
+         * local queues never drain. */
+        if ((f = fs__global_pop(s, 1)))
+            return f;
+        int64_t now = fs_now();
+        if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
+            fs__timers_run(s, now);
+        if (may_poll && now - s->last_poll > 100000)
+            fs__netpoll(s, 0);
+    } else if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) != INT64_MAX) {
+        int64_t now = fs_now();
+        if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
+            fs__timers_run(s, now);
+    }
+    if (s->runnext && s->runnext_streak < 3) {
+        f = s->runnext;
+        s->runnext = NULL;
+        s->runnext_streak++;
+        return f;
+    }
+    s->runnext_streak = 0;
+    if ((f = fs__fifo_pop(&s->local)))
+        return f;
+    if ((f = fs__ring_pop(&s->ring)))
+        return f;
+    if (fs__inbox_drain(&s->inbox, &s->local))
+        return fs__fifo_pop(&s->local);
+    if ((f = s->runnext)) {
+        s->runnext = NULL;
+        return f;
+    }
+    if ((f = fs__global_pop(s, 32)))
+        return f;
+    /* Last local resort: readiness that arrived since the last poll. */
+    if (may_poll && fs__netpoll(s, 0) > 0)
+        return fs__find_runnable(s, true);
+    return NULL;
+}
+
+static bool fs__has_work(struct fs_sched *s)
+{
+    return s->runnext || s->local.head || fs__ring_len(&s->ring) ||
+           !fs__inbox_empty(&s->inbox) ||
+           atomic_load_explicit(&fs__g.global_len, memory_order_relaxed);
+}
+
+/* Blocking search, on the idle loop only: steal, then sleep in epoll until
+ * I/O, a timer or a kick. */
+static struct fs_fiber *fs__find_runnable_blocking(struct fs_sched *s)
+{
+    for (;;) {
+        struct fs_fiber *f = fs__find_runnable(s, true);
+        if (f) {
+            fs__found_work(s);
+            return f;
+        }
+        /* Bounded spinning: only while fewer than half of the busy
+         * carriers already spin, so 16 idle carriers do not hammer the
+         * few busy ones (the seed's collapse). */
+        unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+        int busy = (int)n - atomic_load_explicit(&fs__g.nsleeping, memory_order_relaxed);
+        bool spinner = atomic_load_explicit(&s->spinning, memory_order_relaxed);
+        if (n > 1 && (spinner ||
+                      2 * atomic_load_explicit(&fs__g.nspinning, memory_order_relaxed) < busy)) {
+            if (!spinner) {
+                atomic_store_explicit(&s->spinning, 1, memory_order_relaxed);
+                atomic_fetch_add(&fs__g.nspinning, 1);
+            }
+            fs__stat_inc(&s->st.spins);
+            for (int round = 0; round < 4; round++) {
+                if ((f = fs__steal(s))) {
+                    fs__found_work(s);
+                    return f;
+                }
+                __builtin_ia32_pause();
+            }
+            /* Stop spinning, then look once more: work queued while we
+             * still counted as spinning did not wake anyone. */
+            atomic_store_explicit(&s->spinning, 0, memory_order_relaxed);
+            atomic_fetch_sub(&fs__g.nspinning, 1);
+            atomic_thread_fence(memory_order_seq_cst);
+            if ((f = fs__steal(s))) {
+                fs__wakep();
+                return f;
+            }
+        }
+
+        /* Sleep. Publish `sleeping` before the final check (see kick). */
+        atomic_store_explicit(&s->sleeping, 1, memory_order_seq_cst);
+        atomic_fetch_add(&fs__g.nsleeping, 1);
+        atomic_thread_fence(memory_order_seq_cst);
+        if (!fs__has_work(s) && !atomic_load(&s->spinning)) {
+            int64_t dl = atomic_load_explicit(&s->next_deadline, memory_order_relaxed);
+            int64_t timeout = -1;
+            if (dl != INT64_MAX) {
+                timeout = dl - fs_now();
+                if (timeout < 0)
+                    timeout = 0;
+            }
+            fs__stat_inc(&s->st.sleeps);
+            int64_t t0 = fs_now();
+            fs__stat_add(&s->st.busy_ns, (uint64_t)(t0 - s->busy_since));
+            fs__netpoll(s, timeout);
+            s->busy_since = fs_now();
+        }
+        atomic_fetch_sub(&fs__g.nsleeping, 1);
+        atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->notified, 0, memory_order_release);
+    }
+}
+
+/* ---- switching ---------------------------------------------------------- */
+
+/* Runs the action the previous context left behind. */
+static inline void fs__after_switch(struct fs_sched *s)
+{
+    if (s->after_fn) {
+        void (*fn)(struct fs_sched *, struct fs_fiber *) = s->after_fn;
+        s->after_fn = NULL;
+        fn(s, s->after_prev);
+    }
+}
+
+static inline void fs__run_prepare(struct fs_sched *s, struct fs_fiber *f)
+{
+    s->cur = f;
+    if (!f->home) /* first run: pinned from now on (unless migrating) */
+        fs__stat_inc(&s->st.fibers_run);
+    f->home = s;
+    atomic_store_explicit(&f->state, FS_F_RUNNING, memory_order_relaxed);
+    fs__stat_inc(&s->st.switches);
+}
+
+/* Switches the calling fiber out; returns when it is resumed. The caller
+ * set s->after_fn to whatever must happen once its stack is free (queue
+ * it, commit a park, free it). */
+void fs__switch_out(struct fs_sched *s, struct fs_fiber *self)
+{
+    /* errno is per fiber. glibc's __errno_location() is declared const, so
+     * the compiler may reuse &errno from before the switch; after it, we
+     * may be on another kernel thread (migration), so fetch it afresh
+     * through a volatile pointer. */
+    int *(*volatile errloc)(void) = __errno_location;
+    self->saved_errno = *errloc();
+
+    struct fs_fiber *next = fs__find_runnable(s, false);
+    if (next) {
+        fs__run_prepare(s, next);
+        fs__context_switch(&self->ctx, &next->ctx);
+    } else {
+        s->cur = NULL;
+        fs__context_switch(&self->ctx, &s->idle_ctx);
+    }
+    /* Resumed: possibly on another sched if migration is on. */
+    s = fs__cur_sched();
+    fs__after_switch(s);
+    *errloc() = self->saved_errno;
+}
+
+/* First code of every new fiber, on its own stack. */
+void fs__fiber_start_hook(void)
+{
+    fs__after_switch(fs__cur_sched());
+}
+
+/* The idle loop: runs on the carrier thread's own stack (or, for an
+ * adopted thread, on a small stack of its own). */
+static void fs__idle_loop(struct fs_sched *s)
+{
+    for (;;) {
+        fs__after_switch(s);
+        struct fs_fiber *f = fs__find_runnable_blocking(s);
+        fs__run_prepare(s, f);
+        fs__context_switch(&s->idle_ctx, &f->ctx);
+        s = fs__cur_sched();
+    }
+}
+
+static void fs__idle_entry(void *arg)
+{
+    fs__idle_loop((struct fs_sched *)arg);
+}
+
+void fs__carrier_main_loop(struct fs_sched *s)
+{
+    fs__tls_sched = s;
+    s->busy_since = fs_now();
+    fs__idle_loop(s);
+    __builtin_unreachable();
+}
+
+/* Gives the idle loop its own stack, for a thread whose stack belongs to
+ * its adopted fiber. */
+int fs__sched_make_idle_stack(struct fs_sched *s)
+{
+    int rc = fs__stack_alloc(64 * 1024, &s->idle_stack);
+    if (rc)
+        return rc;
+    fs__context_make(&s->idle_ctx, s->idle_stack.lo, s->idle_stack.size, fs__idle_entry, s);
+    return 0;
+}
+
+int fs__sched_init(struct fs_sched *s, unsigned id)
+{
+    memset(s, 0, sizeof *s);
+    s->id = id;
+    s->rng = 0x9e3779b9u * (id + 1);
+    fs__timer_heap_init(&s->timers);
+    atomic_store(&s->next_deadline, INT64_MAX);
+    return fs__netpoll_init(s);
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+fs_fiber *fs_self(void)
+{
+    struct fs_sched *s = fs__cur_sched();
+    return s ? s->cur : NULL;
+}
+
+static void fs__after_yield(struct fs_sched *s, struct fs_fiber *prev)
+{
+    atomic_store_explicit(&prev->state, FS_F_RUNNABLE, memory_order_relaxed);
+    if (fs__movable(prev)) {
+        if (!fs__ring_push(&s->ring, prev))
+            fs__global_push(prev);
+    } else {
+        fs__fifo_push(&s->local, prev);
+    }
+}
+
+void fs_yield(void)
+{
+    struct fs_sched *s = fs__cur_sched();
+    struct fs_fiber *self = s ? s->cur : NULL;
+    if (!self) {
+        fs__sys0(SYS_sched_yield);
+        return;
+    }
+    fs__stat_inc(&s->st.parks[FS_PARK_YIELD]);
+    if (!fs__has_work(s)) {
+        /* Nobody else to run here: look for I/O (at most every 50 us, so
+         * a yield loop does not become an epoll_wait loop), else go on. */
+        int64_t now = fs_now();
+        if (now - s->last_poll < 50000 || fs__netpoll(s, 0) == 0)
+            return;
+    }
+    s->after_fn = fs__after_yield;
+    s->after_prev = self;
+    fs__switch_out(s, self);
+}
