@@ -38,6 +38,7 @@ wait_for() {
 start_target() {
     log=$1
     shift
+    rm -f -- "$log"
     # shellcheck disable=SC2016 # expanded by the inner shell
     env -u LD_PRELOAD -u FIBERSHIM_LIB -u FIBERSHIM_DUMP_SIGNAL "$L" --lib "$TL" "$@" -- \
         sh -c 'trap "echo got USR1" USR1; echo ready; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done' \
@@ -88,10 +89,11 @@ target=
 
 # With --dump-signal: dump sends exactly that signal.
 for sig in USR1 SIGUSR1 10; do
-    start_target "$tmp/t2.log" --dump-signal "$sig"
+    start_target "$tmp/t-$sig.log" --dump-signal "$sig"
     run_cmd "$L" dump "$target"
     expect_rc 0
-    wait_for "$tmp/t2.log" "got USR1" || fail "dump --dump-signal $sig: the target got no SIGUSR1: $(cat "$tmp/t2.log")"
+    wait_for "$tmp/t-$sig.log" "got USR1" ||
+        fail "dump --dump-signal $sig: the target got no SIGUSR1: $(cat "$tmp/t-$sig.log")"
     kill "$target"
     wait "$target" 2>/dev/null || true
     target=
