@@ -160,7 +160,7 @@ static TP_UNUSED void sleep_ms(int64_t ms)
 }
 
 /* Generous bound for "how late may a wakeup be" on a 2-core noisy VM. */
-#define LATE_TOLERANCE_MS 250.0
+#define LATE_TOLERANCE_MS 500.0
 
 /* ---- setup ---- */
 
