@@ -110,7 +110,7 @@ struct fs_sched_stats {
     _Atomic uint64_t switches, steals, spins, sleeps, wakes_sent;
     _Atomic uint64_t parks[FS_PARK_NREASONS];
     _Atomic uint64_t epoll_waits, epoll_ctls, timers_armed, timers_fired;
-    _Atomic uint64_t syscalls_avoided, fibers_run, busy_ns;
+    _Atomic uint64_t syscalls_made, syscalls_avoided, fibers_run, busy_ns;
 };
 
 struct fs_sched {
@@ -219,6 +219,7 @@ void fs__fiber_start_hook(void);
 void fs__global_push(struct fs_fiber *f);
 
 /* park.c */
+int64_t fs__now_coarse(void);
 bool fs__unpark_as(struct fs_fiber *f, fs_park_token tok, int how);
 void fs__timers_run(struct fs_sched *s, int64_t now);
 

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define FS_WAKE_KEY UINT64_MAX
@@ -61,6 +62,7 @@ struct fs_pollfd {
     _Atomic unsigned bits;      /* FS_FD_* */
     struct fs_sched *sched;     /* whose epoll it is registered in */
     struct fs_pollwait *waiters;/* doubly linked, under lock */
+    bool internal;              /* the runtime's own epoll or eventfd */
 };
 
 static struct fs_pollfd *_Atomic fs__pd_table[FS_PD_CHUNKS];
@@ -91,6 +93,35 @@ static struct fs_pollfd *fs__pd_get(int fd)
     return &c[(unsigned)fd % FS_PD_CHUNK];
 }
 
+/* Moves a runtime fd to the top of the fd range, so the program's own
+ * fds keep the numbers they would have without the shim, and marks it
+ * internal (the shim refuses to let the program close it). */
+static long fs__fd_hide(long fd, unsigned slot)
+{
+    struct fs_rlim {
+        uint64_t cur, max;
+    } rl;
+    if (fs__sys4(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, &rl) == 0 && rl.cur > 256 &&
+        rl.cur <= (1u << 24)) {
+        long want = (long)rl.cur - 1 - (long)(slot % 128) - 128;
+        long nfd = fs__sys3(SYS_fcntl, fd, F_DUPFD_CLOEXEC, want);
+        if (nfd >= 0) {
+            fs__sys1(SYS_close, fd);
+            fd = nfd;
+        }
+    }
+    struct fs_pollfd *pd = fs__pd_get((int)fd);
+    if (pd)
+        pd->internal = true;
+    return fd;
+}
+
+bool fs_fd_is_internal(int fd)
+{
+    struct fs_pollfd *pd = fs__pd_lookup(fd);
+    return pd && pd->internal;
+}
+
 int fs__netpoll_init(struct fs_sched *s)
 {
     long ep = fs__sys1(SYS_epoll_create1, EPOLL_CLOEXEC);
@@ -101,6 +132,8 @@ int fs__netpoll_init(struct fs_sched *s)
         fs__sys1(SYS_close, ep);
         return (int)ev;
     }
+    ep = fs__fd_hide(ep, 2 * s->id);
+    ev = fs__fd_hide(ev, 2 * s->id + 1);
     /* Edge-triggered: each kick is a new edge, so the counter never needs
      * to be read back (it would take 2^64 kicks to fill). */
     struct epoll_event e = {.events = EPOLLIN | EPOLLET, .data.u64 = FS_WAKE_KEY};
@@ -271,7 +304,7 @@ static bool fs__commit_unlock(void *arg)
     return true;
 }
 
-int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline)
+int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline, enum fs_park_reason why)
 {
     struct fs_sched *s = fs__cur_sched();
     if (!s || !s->cur)
@@ -305,7 +338,8 @@ int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline)
     if (w.next)
         w.next->prev = &w;
     pd->waiters = &w;
-    int rc = fs_park(w.tok, dir == FS_POLL_READ ? FS_PARK_READ : FS_PARK_WRITE, pd, deadline,
+    int rc = fs_park(w.tok, why,
+                     (const void *)(intptr_t)fd, deadline,
                      fs__commit_unlock, pd);
     if (w.linked) { /* timed out: unlink ourselves */
         fs__spin_lock(&pd->lock);
@@ -410,7 +444,7 @@ int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t deadline)
 void fs_fd_close(int fd)
 {
     struct fs_pollfd *pd = fs__pd_lookup(fd);
-    if (!pd)
+    if (!pd || pd->internal)
         return;
     fs__spin_lock(&pd->lock);
     pd->gen++;

@@ -210,6 +210,7 @@ void fs_stats_get(struct fs_stats *st)
         st->timers_armed += LD(c->timers_armed);
         st->timers_fired += LD(c->timers_fired);
         st->syscalls_avoided += LD(c->syscalls_avoided);
+        st->syscalls_made += LD(c->syscalls_made);
     }
 }
 
@@ -224,4 +225,18 @@ int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
     cs->runq_len = fs__ring_len(&s->ring) + (uint32_t)LD(*(_Atomic uint32_t *)&s->local.len);
     cs->sleeping = atomic_load(&s->sleeping) != 0;
     return 0;
+}
+
+void fs_count_syscall(void)
+{
+    struct fs_sched *s = fs__cur_sched();
+    if (s)
+        fs__stat_inc(&s->st.syscalls_made);
+}
+
+void fs_count_avoided(void)
+{
+    struct fs_sched *s = fs__cur_sched();
+    if (s)
+        fs__stat_inc(&s->st.syscalls_avoided);
 }

@@ -227,8 +227,10 @@ FS_API uint32_t fs_fd_edges(int fd, unsigned dir);
  * errs. Returns 0 when the I/O should be retried, -ETIMEDOUT at the
  * deadline, -EBADF if fs_fd_close() ran while waiting, -EPERM if epoll
  * refuses the fd (regular files), or another negative errno from
- * epoll_ctl. Fiber only. */
-FS_API int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline);
+ * epoll_ctl. why names the wait in stats and dumps (FS_PARK_READ, _WRITE,
+ * _ACCEPT, _CONNECT). Fiber only. */
+FS_API int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline,
+                      enum fs_park_reason why);
 
 /* Records that an I/O attempt made after snapshot `since` proved fd not
  * ready in direction dir (EAGAIN, or a short read on a stream). Clears the
@@ -254,6 +256,10 @@ FS_API int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t dea
  * Any thread. */
 FS_API void fs_fd_close(int fd);
 
+/* True for the runtime's own fds (epoll instances, eventfds), which sit at
+ * the top of the fd range; the shim keeps the program from closing them. */
+FS_API bool fs_fd_is_internal(int fd);
+
 /* ---- statistics ------------------------------------------------------- */
 
 struct fs_stats {
@@ -270,9 +276,16 @@ struct fs_stats {
     uint64_t epoll_ctl_calls;
     uint64_t timers_armed;
     uint64_t timers_fired;
+    uint64_t syscalls_made;    /* I/O syscalls issued on behalf of fibers */
     uint64_t syscalls_avoided; /* I/O attempts skipped because fd known not ready */
     unsigned carriers;
 };
+
+/* Counts, on the calling carrier, an I/O syscall made for a fiber, or
+ * one avoided because the netpoller knew the fd was not ready. Cheap (no
+ * atomic read-modify-write); no-ops off a carrier. */
+FS_API void fs_count_syscall(void);
+FS_API void fs_count_avoided(void);
 
 /* Sums the counters of every carrier. Values are a snapshot, not atomic as
  * a whole. Any thread. */
@@ -290,6 +303,13 @@ struct fs_carrier_stats {
 FS_API int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs);
 
 FS_API const char *fs_park_reason_name(enum fs_park_reason why);
+
+/* Writes every fiber to fd: id, name, state, what it waits on and for how
+ * long, and a symbolized backtrace of each parked fiber's stack (libunwind).
+ * Meant for a monitor thread, never a signal handler: it takes the
+ * runtime's fiber-list lock. Fibers keep running meanwhile; a fiber woken
+ * during the dump is shown as it was when its backtrace was taken. */
+FS_API void fs_dump(int fd);
 
 #ifdef __cplusplus
 }

@@ -147,7 +147,8 @@ int main(void)
     int s1 = (int)CHECK_SYS(accept(lfd, NULL, NULL));
     printf("accept() on blocking listener: %s\n", nb(s1));
     /* non-blocking listener with nothing pending */
-    CHECK_SYS(fcntl(lfd, F_SETFL, O_NONBLOCK | (int)CHECK_SYS(fcntl(lfd, F_GETFL))));
+    int lfl = (int)CHECK_SYS(fcntl(lfd, F_GETFL));
+    CHECK_SYS(fcntl(lfd, F_SETFL, O_NONBLOCK | lfl));
     errno = 0;
     int ar = accept(lfd, NULL, NULL);
     printf("accept() on non-blocking listener, nothing pending: %d %s\n", ar, errname(errno));

@@ -1,0 +1,60 @@
+/*
+ * fd.h - what the shim knows about each fd: its kind, the O_NONBLOCK the
+ * user asked for (the shadow flag), and socket timeouts.
+ *
+ * Entries are classified lazily, at the first blocking call a fiber makes
+ * on the fd (fstat, SO_TYPE, F_GETFL, SO_RCVTIMEO/SO_SNDTIMEO), so fds the
+ * shim never saw created (inherited, opened inside libc) work the same as
+ * ours. Calls that create or destroy an fd reset its entry. Entries live
+ * in a two-level table indexed by fd and are never freed.
+ */
+#ifndef SHIM_FD_H
+#define SHIM_FD_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+enum shim_fd_kind {
+    SHIM_FD_UNKNOWN = 0, /* not classified yet */
+    SHIM_FD_STREAM,      /* SOCK_STREAM socket: a short read proves it drained */
+    SHIM_FD_DGRAM,       /* datagram or seqpacket socket */
+    SHIM_FD_PIPE,        /* pipe, FIFO, tty, eventfd...: pollable, no MSG_DONTWAIT */
+    SHIM_FD_FILE,        /* regular file, directory, or anything epoll refuses */
+};
+
+struct shim_fd {
+    _Atomic uint8_t kind;     /* enum shim_fd_kind */
+    _Atomic uint8_t user_nb;  /* O_NONBLOCK as the user set it */
+    _Atomic uint8_t real_nb;  /* we set O_NONBLOCK on the open file description */
+    _Atomic uint8_t owned;    /* created by this process through the shim: we may
+                                 change its O_NONBLOCK (pipes); sockets always may */
+    _Atomic int64_t rcvtimeo; /* SO_RCVTIMEO in ns, 0 = none */
+    _Atomic int64_t sndtimeo; /* SO_SNDTIMEO in ns, 0 = none */
+};
+
+/* The entry of fd, classified; NULL if fd is not open (errno EBADF) or
+ * out of the table's range. */
+struct shim_fd *shim__fd_get(int fd);
+
+/* The entry of fd without classifying it, or NULL (never allocates). */
+struct shim_fd *shim__fd_peek(int fd);
+
+/* Forgets fd (it was closed, or is about to be reused). */
+void shim__fd_reset(int fd);
+
+/* A new fd from a call that sets its flags: records them directly. */
+void shim__fd_created(int fd, int user_nonblock, bool owned);
+
+/* Copies what we know of `from` to `to` (dup: same open file description). */
+void shim__fd_copy(int from, int to);
+
+/* Makes the file description non-blocking underneath, keeping the user's
+ * view in the shadow flag. Returns false if that is not allowed (an
+ * inherited pipe or tty, shared with other processes) or failed. */
+bool shim__fd_make_nonblocking(int fd, struct shim_fd *e);
+
+/* Timeout conversion for SO_RCVTIMEO/SO_SNDTIMEO option values. */
+int64_t shim__timeval_ns(const void *val, unsigned len, bool new_format);
+
+#endif

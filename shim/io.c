@@ -1,0 +1,633 @@
+/*
+ * io.c - blocking I/O parks the fiber, not the carrier.
+ *
+ * Every wrapper has libdill's shape: try the call without blocking; on
+ * EAGAIN, wait for the fd on the netpoller (with the SO_RCVTIMEO or
+ * SO_SNDTIMEO deadline); try again. Details that keep the contract:
+ *  - Sockets are tried with MSG_DONTWAIT, which does not depend on the file
+ *    description's O_NONBLOCK: a child process that clears the flag cannot
+ *    make a fiber block its carrier. Pipes and the like need O_NONBLOCK
+ *    set underneath (fd.c keeps the user's view in a shadow flag).
+ *  - A user who chose O_NONBLOCK gets EAGAIN, as without the shim.
+ *  - A blocking write or send on a stream returns only when everything is
+ *    written, or on error, or at SO_SNDTIMEO (then with the partial count).
+ *  - EOF, EPIPE (and SIGPIPE: send without MSG_NOSIGNAL raises it, exactly
+ *    as write does), ECONNRESET come back unchanged from the kernel.
+ *  - A read that returned less than asked on a stream proves the socket
+ *    drained; the next read then parks without a failing syscall, unless an
+ *    edge arrived meanwhile (fs_fd_drained / fs_fd_edges).
+ * Calls from threads that are not fibers go straight to the C library.
+ */
+#include "shim.h"
+#include "fd.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* The fortify variants are declared by glibc's headers only under
+ * _FORTIFY_SOURCE; their prototypes, as glibc exports them: */
+extern ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen);
+extern ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags);
+extern ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
+                              struct sockaddr *addr, socklen_t *alen);
+
+/* One non-blocking attempt of the operation; returns like the syscall. */
+typedef ssize_t (*shim_try_fn)(int fd, void *ctx, int dontwait);
+
+/* Bits of fs_fd_state that say "trying now may succeed". */
+static unsigned shim__may_succeed(unsigned dir)
+{
+    return dir == FS_POLL_READ
+               ? FS_FD_READABLE | FS_FD_RDHUP | FS_FD_HUP | FS_FD_ERR | FS_FD_PRI
+               : FS_FD_WRITABLE | FS_FD_HUP | FS_FD_ERR;
+}
+
+/*
+ * Runs try until it does not fail with EAGAIN, parking in between.
+ * want: bytes asked for (a read returning fewer on a stream marks it
+ * drained). Returns like the syscall; errno set on -1.
+ */
+static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park_reason why,
+                           shim_try_fn try, void *ctx, size_t want)
+{
+    uint8_t kind = atomic_load_explicit(&e->kind, memory_order_relaxed);
+    bool sock = kind == SHIM_FD_STREAM || kind == SHIM_FD_DGRAM;
+    bool user_nb = atomic_load_explicit(&e->user_nb, memory_order_relaxed);
+    int dontwait = sock ? MSG_DONTWAIT : 0;
+    if (!sock && !user_nb && !shim__fd_make_nonblocking(fd, e)) {
+        /* A pipe or tty we may not make non-blocking: wait until the
+         * netpoller says it is ready, then make the blocking call. */
+        for (;;) {
+            uint32_t snap = fs_fd_edges(fd, dir);
+            int st = fs_fd_probe(fd);
+            if (st < 0 || (st & shim__may_succeed(dir)))
+                break;
+            int rc = fs_wait_fd(fd, dir, snap, FS_NO_DEADLINE, why);
+            if (rc == -EBADF) {
+                errno = EBADF;
+                return -1;
+            }
+            if (rc)
+                break;
+        }
+        fs_count_syscall();
+        return try(fd, ctx, 0);
+    }
+    int64_t deadline = 0; /* computed at the first wait: no clock read on the fast path */
+    for (;;) {
+        uint32_t snap = fs_fd_edges(fd, dir);
+        unsigned st = fs_fd_state(fd);
+        if (!user_nb && (st & FS_FD_REGISTERED) && !(st & shim__may_succeed(dir))) {
+            /* The netpoller knows it is not ready: park without a syscall. */
+            fs_count_avoided();
+        } else {
+            fs_count_syscall();
+            ssize_t n = try(fd, ctx, dontwait);
+            if (n >= 0) {
+                /* Short on a stream: the receive queue is empty, or the
+                 * send buffer full, as of this call. */
+                if (n > 0 && (size_t)n < want &&
+                    (kind == SHIM_FD_STREAM || (dir == FS_POLL_WRITE && kind == SHIM_FD_PIPE)))
+                    fs_fd_drained(fd, dir, snap);
+                return n;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return -1;
+            fs_fd_drained(fd, dir, snap);
+            if (user_nb)
+                return -1;
+        }
+        if (!deadline) {
+            int64_t t = atomic_load_explicit(dir == FS_POLL_READ ? &e->rcvtimeo : &e->sndtimeo,
+                                             memory_order_relaxed);
+            deadline = t > 0 ? shim__deadline_after(t) : FS_NO_DEADLINE;
+        }
+        int rc = fs_wait_fd(fd, dir, snap, deadline, why);
+        if (rc == 0)
+            continue;
+        if (rc == -ETIMEDOUT) {
+            /* SO_RCVTIMEO/SO_SNDTIMEO: one last try, then EAGAIN as the
+             * kernel reports it. */
+            fs_count_syscall();
+            ssize_t n = try(fd, ctx, dontwait);
+            if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+                return n;
+            errno = EAGAIN;
+            return -1;
+        }
+        if (rc == -EPERM) {
+            /* epoll refuses it (a regular file behind an fd we took for
+             * something else): it never blocks in the kernel's sense. */
+            atomic_store(&e->kind, SHIM_FD_FILE);
+            return try(fd, ctx, 0);
+        }
+        errno = -rc;
+        return -1;
+    }
+}
+
+/* A fiber's entry check: the fd's entry if the call should go through the
+ * netpoller, NULL if it should go straight to the C library. */
+static inline struct shim_fd *shim__io_entry(int fd)
+{
+    if (!fs_self())
+        return NULL;
+    struct shim_fd *e = shim__fd_get(fd);
+    if (!e || atomic_load_explicit(&e->kind, memory_order_relaxed) == SHIM_FD_FILE)
+        return NULL;
+    return e;
+}
+
+/* ---- reads ------------------------------------------------------------------ */
+
+struct shim_buf {
+    void *buf;
+    size_t len;
+    int flags;
+    struct sockaddr *addr;
+    socklen_t *alen;
+};
+
+static ssize_t shim__try_read(int fd, void *ctx, int dontwait)
+{
+    struct shim_buf *b = ctx;
+    if (dontwait)
+        return REAL(recv)(fd, b->buf, b->len, dontwait);
+    return REAL(read)(fd, b->buf, b->len);
+}
+
+ssize_t shim__read(int fd, void *buf, size_t len)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e)
+        return REAL(read)(fd, buf, len);
+    struct shim_buf b = {buf, len, 0, NULL, NULL};
+    return shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_read, &b, len);
+}
+SHIM_ALIAS(read)
+
+ssize_t shim____read_chk(int fd, void *buf, size_t len, size_t buflen)
+{
+    if (len > buflen)
+        __builtin_trap(); /* what glibc's __chk_fail amounts to: the program is wrong */
+    return shim__read(fd, buf, len);
+}
+SHIM_ALIAS(__read_chk)
+
+static ssize_t shim__try_recvfrom(int fd, void *ctx, int dontwait)
+{
+    struct shim_buf *b = ctx;
+    return REAL(recvfrom)(fd, b->buf, b->len, b->flags | dontwait, b->addr, b->alen);
+}
+
+/* recv/recvfrom, including MSG_WAITALL on a blocking stream (which must
+ * return the full length unless EOF, error or timeout comes first). */
+static ssize_t shim__recv_common(int fd, void *buf, size_t len, int flags, struct sockaddr *addr,
+                                 socklen_t *alen)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || (flags & MSG_DONTWAIT))
+        return REAL(recvfrom)(fd, buf, len, flags, addr, alen);
+    bool waitall = (flags & MSG_WAITALL) && atomic_load(&e->kind) == SHIM_FD_STREAM &&
+                   !atomic_load(&e->user_nb) && !(flags & MSG_PEEK);
+    size_t got = 0;
+    do {
+        struct shim_buf b = {(char *)buf + got, len - got, flags & ~MSG_WAITALL, addr, alen};
+        ssize_t n = shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvfrom, &b,
+                                len - got);
+        if (n < 0)
+            return got ? (ssize_t)got : -1;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    } while (waitall && got < len);
+    return (ssize_t)got;
+}
+
+ssize_t shim__recv(int fd, void *buf, size_t len, int flags)
+{
+    return shim__recv_common(fd, buf, len, flags, NULL, NULL);
+}
+SHIM_ALIAS(recv)
+
+ssize_t shim____recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags)
+{
+    if (len > buflen)
+        __builtin_trap();
+    return shim__recv(fd, buf, len, flags);
+}
+SHIM_ALIAS(__recv_chk)
+
+ssize_t shim__recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr,
+                       socklen_t *alen)
+{
+    return shim__recv_common(fd, buf, len, flags, addr, alen);
+}
+SHIM_ALIAS(recvfrom)
+
+ssize_t shim____recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
+                             struct sockaddr *addr, socklen_t *alen)
+{
+    if (len > buflen)
+        __builtin_trap();
+    return shim__recvfrom(fd, buf, len, flags, addr, alen);
+}
+SHIM_ALIAS(__recvfrom_chk)
+
+struct shim_msg {
+    struct msghdr *msg;
+    int flags;
+    const struct iovec *iov;
+    int iovcnt;
+};
+
+static ssize_t shim__try_readv(int fd, void *ctx, int dontwait)
+{
+    struct shim_msg *m = ctx;
+    if (dontwait) {
+        struct msghdr h = {.msg_iov = (struct iovec *)m->iov, .msg_iovlen = (size_t)m->iovcnt};
+        return REAL(recvmsg)(fd, &h, dontwait);
+    }
+    return REAL(readv)(fd, m->iov, m->iovcnt);
+}
+
+static size_t shim__iov_len(const struct iovec *iov, int n)
+{
+    size_t t = 0;
+    for (int i = 0; i < n; i++)
+        t += iov[i].iov_len;
+    return t;
+}
+
+ssize_t shim__readv(int fd, const struct iovec *iov, int iovcnt)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e)
+        return REAL(readv)(fd, iov, iovcnt);
+    struct shim_msg m = {NULL, 0, iov, iovcnt};
+    return shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_readv, &m,
+                       shim__iov_len(iov, iovcnt));
+}
+SHIM_ALIAS(readv)
+
+static ssize_t shim__try_recvmsg(int fd, void *ctx, int dontwait)
+{
+    struct shim_msg *m = ctx;
+    return REAL(recvmsg)(fd, m->msg, m->flags | dontwait);
+}
+
+ssize_t shim__recvmsg(int fd, struct msghdr *msg, int flags)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || (flags & MSG_DONTWAIT))
+        return REAL(recvmsg)(fd, msg, flags);
+    struct shim_msg m = {msg, flags, NULL, 0};
+    return shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmsg, &m,
+                       shim__iov_len(msg->msg_iov, (int)msg->msg_iovlen));
+}
+SHIM_ALIAS(recvmsg)
+
+struct shim_mmsg {
+    struct mmsghdr *vec;
+    unsigned vlen;
+    int flags;
+};
+
+static ssize_t shim__try_recvmmsg(int fd, void *ctx, int dontwait)
+{
+    struct shim_mmsg *m = ctx;
+    return REAL(recvmmsg)(fd, m->vec, m->vlen, m->flags | dontwait, NULL);
+}
+
+/* Blocking recvmmsg waits for the first message, then takes what is
+ * queued (up to vlen) without waiting for more; with a timeout argument,
+ * the kernel's own semantics are kept by the real call. */
+int shim__recvmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags, struct timespec *tmo)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || (flags & MSG_DONTWAIT) || tmo)
+        return REAL(recvmmsg)(fd, vec, vlen, flags, tmo);
+    struct shim_mmsg m = {vec, vlen, flags};
+    return (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmmsg, &m, 0);
+}
+SHIM_ALIAS(recvmmsg)
+
+/* ---- writes ------------------------------------------------------------------ */
+
+struct shim_cbuf {
+    const void *buf;
+    size_t len;
+    int flags;
+    const struct sockaddr *addr;
+    socklen_t alen;
+};
+
+static ssize_t shim__try_write(int fd, void *ctx, int dontwait)
+{
+    struct shim_cbuf *b = ctx;
+    if (dontwait)
+        return REAL(send)(fd, b->buf, b->len, dontwait);
+    return REAL(write)(fd, b->buf, b->len);
+}
+
+static ssize_t shim__try_sendto(int fd, void *ctx, int dontwait)
+{
+    struct shim_cbuf *b = ctx;
+    return REAL(sendto)(fd, b->buf, b->len, b->flags | dontwait, b->addr, b->alen);
+}
+
+/* Writes all of buf on a blocking stream (partial count only on error or
+ * timeout after some progress); one attempt otherwise. */
+static ssize_t shim__write_all(int fd, struct shim_fd *e, shim_try_fn try, struct shim_cbuf *b)
+{
+    bool all = atomic_load(&e->kind) != SHIM_FD_DGRAM && !atomic_load(&e->user_nb);
+    size_t done = 0, len = b->len;
+    const char *p = b->buf;
+    do {
+        b->buf = p + done;
+        b->len = len - done;
+        ssize_t n = shim__do_io(fd, e, FS_POLL_WRITE, FS_PARK_WRITE, try, b, b->len);
+        if (n < 0)
+            return done ? (ssize_t)done : -1;
+        done += (size_t)n;
+    } while (all && done < len);
+    return (ssize_t)done;
+}
+
+ssize_t shim__write(int fd, const void *buf, size_t len)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e)
+        return REAL(write)(fd, buf, len);
+    struct shim_cbuf b = {buf, len, 0, NULL, 0};
+    return shim__write_all(fd, e, shim__try_write, &b);
+}
+SHIM_ALIAS(write)
+
+ssize_t shim__send(int fd, const void *buf, size_t len, int flags)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || (flags & MSG_DONTWAIT))
+        return REAL(send)(fd, buf, len, flags);
+    struct shim_cbuf b = {buf, len, flags, NULL, 0};
+    return shim__write_all(fd, e, shim__try_sendto, &b);
+}
+SHIM_ALIAS(send)
+
+ssize_t shim__sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr,
+                     socklen_t alen)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || (flags & MSG_DONTWAIT))
+        return REAL(sendto)(fd, buf, len, flags, addr, alen);
+    struct shim_cbuf b = {buf, len, flags, addr, alen};
+    return shim__write_all(fd, e, shim__try_sendto, &b);
+}
+SHIM_ALIAS(sendto)
+
+/* Advances an iovec array past n bytes, in a copy owned by the caller. */
+static int shim__iov_advance(struct iovec *iov, int cnt, size_t n)
+{
+    int i = 0;
+    while (i < cnt && n >= iov[i].iov_len)
+        n -= iov[i++].iov_len;
+    if (i < cnt) {
+        iov[i].iov_base = (char *)iov[i].iov_base + n;
+        iov[i].iov_len -= n;
+    }
+    memmove(iov, iov + i, (size_t)(cnt - i) * sizeof *iov);
+    return cnt - i;
+}
+
+static ssize_t shim__try_writev(int fd, void *ctx, int dontwait)
+{
+    struct shim_msg *m = ctx;
+    if (dontwait) {
+        struct msghdr h = {.msg_iov = (struct iovec *)m->iov, .msg_iovlen = (size_t)m->iovcnt};
+        return REAL(sendmsg)(fd, &h, dontwait | m->flags);
+    }
+    return REAL(writev)(fd, m->iov, m->iovcnt);
+}
+
+static ssize_t shim__try_sendmsg(int fd, void *ctx, int dontwait)
+{
+    struct shim_msg *m = ctx;
+    struct msghdr h = *m->msg;
+    h.msg_iov = (struct iovec *)m->iov;
+    h.msg_iovlen = (size_t)m->iovcnt;
+    return REAL(sendmsg)(fd, &h, m->flags | dontwait);
+}
+
+/* writev/sendmsg: all bytes on a blocking stream, advancing a private copy
+ * of the iovec array between attempts. */
+static ssize_t shim__writev_all(int fd, struct shim_fd *e, const struct iovec *iov, int cnt,
+                                struct msghdr *msg, int flags)
+{
+    size_t total = shim__iov_len(iov, cnt);
+    bool all = atomic_load(&e->kind) != SHIM_FD_DGRAM && !atomic_load(&e->user_nb);
+    struct iovec small[16], *v = cnt <= 16 ? small : malloc((size_t)cnt * sizeof *v);
+    if (!v) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if (cnt > 0)
+        memcpy(v, iov, (size_t)cnt * sizeof *v);
+    struct shim_msg m = {msg, flags, v, cnt};
+    struct msghdr cont; /* later chunks: same destination, no ancillary data */
+    size_t done = 0;
+    ssize_t ret;
+    for (;;) {
+        ssize_t n = shim__do_io(fd, e, FS_POLL_WRITE, FS_PARK_WRITE,
+                                msg ? shim__try_sendmsg : shim__try_writev, &m, total - done);
+        if (n < 0) {
+            ret = done ? (ssize_t)done : -1;
+            break;
+        }
+        done += (size_t)n;
+        if (!all || done >= total) {
+            ret = (ssize_t)done;
+            break;
+        }
+        m.iovcnt = shim__iov_advance(v, m.iovcnt, (size_t)n);
+        /* Only the first chunk of a message carries its ancillary data. */
+        if (msg) {
+            memset(&cont, 0, sizeof cont);
+            cont.msg_name = msg->msg_name;
+            cont.msg_namelen = msg->msg_namelen;
+            m.msg = &cont;
+        }
+    }
+    if (v != small)
+        free(v);
+    return ret;
+}
+
+ssize_t shim__writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || iovcnt < 0)
+        return REAL(writev)(fd, iov, iovcnt);
+    return shim__writev_all(fd, e, iov, iovcnt, NULL, 0);
+}
+SHIM_ALIAS(writev)
+
+ssize_t shim__sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || (flags & MSG_DONTWAIT))
+        return REAL(sendmsg)(fd, msg, flags);
+    return shim__writev_all(fd, e, msg->msg_iov, (int)msg->msg_iovlen, (struct msghdr *)msg,
+                            flags);
+}
+SHIM_ALIAS(sendmsg)
+
+static ssize_t shim__try_sendmmsg(int fd, void *ctx, int dontwait)
+{
+    struct shim_mmsg *m = ctx;
+    return REAL(sendmmsg)(fd, m->vec, m->vlen, m->flags | dontwait);
+}
+
+int shim__sendmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || (flags & MSG_DONTWAIT))
+        return REAL(sendmmsg)(fd, vec, vlen, flags);
+    struct shim_mmsg m = {vec, vlen, flags};
+    return (int)shim__do_io(fd, e, FS_POLL_WRITE, FS_PARK_WRITE, shim__try_sendmmsg, &m, 0);
+}
+SHIM_ALIAS(sendmmsg)
+
+/* ---- sendfile ---------------------------------------------------------------- */
+
+struct shim_sendfile {
+    int in;
+    off_t *off;
+    size_t count;
+};
+
+static ssize_t shim__try_sendfile(int fd, void *ctx, int dontwait)
+{
+    struct shim_sendfile *s = ctx;
+    return REAL(sendfile)(fd, s->in, s->off, s->count);
+}
+
+ssize_t shim__sendfile(int out, int in, off_t *off, size_t count)
+{
+    struct shim_fd *e = shim__io_entry(out);
+    if (!e || !shim__fd_make_nonblocking(out, e))
+        return REAL(sendfile)(out, in, off, count);
+    bool all = !atomic_load(&e->user_nb);
+    size_t done = 0;
+    do {
+        struct shim_sendfile s = {in, off, count - done};
+        ssize_t n = shim__do_io(out, e, FS_POLL_WRITE, FS_PARK_WRITE, shim__try_sendfile, &s,
+                                count - done);
+        if (n < 0)
+            return done ? (ssize_t)done : -1;
+        if (n == 0)
+            break; /* end of the input file */
+        done += (size_t)n;
+    } while (all && done < count);
+    return (ssize_t)done;
+}
+SHIM_ALIAS(sendfile)
+
+ssize_t shim__sendfile64(int out, int in, off_t *off, size_t count)
+{
+    return shim__sendfile(out, in, off, count);
+}
+SHIM_ALIAS(sendfile64)
+
+/* ---- accept and connect ------------------------------------------------------- */
+
+struct shim_accept {
+    struct sockaddr *addr;
+    socklen_t *alen;
+    int flags;
+};
+
+static ssize_t shim__try_accept(int fd, void *ctx, int dontwait)
+{
+    struct shim_accept *a = ctx;
+    return REAL(accept4)(fd, a->addr, a->alen, a->flags);
+}
+
+int shim__accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    int nfd;
+    if (!e || !shim__fd_make_nonblocking(fd, e)) {
+        nfd = REAL(accept4)(fd, addr, alen, flags);
+    } else {
+        struct shim_accept a = {addr, alen, flags};
+        nfd = (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_ACCEPT, shim__try_accept, &a, 0);
+    }
+    if (nfd >= 0)
+        shim__fd_created(nfd, (flags & SOCK_NONBLOCK) != 0, true);
+    return nfd;
+}
+SHIM_ALIAS(accept4)
+
+int shim__accept(int fd, struct sockaddr *addr, socklen_t *alen)
+{
+    return shim__accept4(fd, addr, alen, 0);
+}
+SHIM_ALIAS(accept)
+
+int shim__connect(int fd, const struct sockaddr *addr, socklen_t alen)
+{
+    struct shim_fd *e = shim__io_entry(fd);
+    if (!e || atomic_load(&e->user_nb) || !shim__fd_make_nonblocking(fd, e))
+        return REAL(connect)(fd, addr, alen);
+    int64_t backoff = 1000000;
+    for (;;) {
+        uint32_t snap = fs_fd_edges(fd, FS_POLL_WRITE);
+        fs_count_syscall();
+        int rc = REAL(connect)(fd, addr, alen);
+        if (rc == 0 || (errno != EINPROGRESS && errno != EAGAIN))
+            return rc;
+        if (errno == EAGAIN) {
+            /* A full UNIX-socket backlog: the kernel gives no edge for
+             * "room in the listener's queue", so retry with backoff. */
+            fs_sleep_until(fs_now() + backoff);
+            if (backoff < 50000000)
+                backoff *= 2;
+            continue;
+        }
+        int64_t t = atomic_load(&e->sndtimeo);
+        int64_t dl = t > 0 ? shim__deadline_after(t) : FS_NO_DEADLINE;
+        for (;;) {
+            int w = fs_wait_fd(fd, FS_POLL_WRITE, snap, dl, FS_PARK_CONNECT);
+            if (w == -ETIMEDOUT) {
+                errno = EINPROGRESS; /* what a blocking connect says at SO_SNDTIMEO */
+                return -1;
+            }
+            if (w < 0) {
+                errno = -w;
+                return -1;
+            }
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+                return -1;
+            if (err) {
+                errno = err;
+                return -1;
+            }
+            /* Writable with no error means connected, unless the edge was
+             * stale (from before); confirm with getpeername. */
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
+                return 0;
+            snap = fs_fd_edges(fd, FS_POLL_WRITE);
+            fs_fd_drained(fd, FS_POLL_WRITE, snap);
+        }
+    }
+}
+SHIM_ALIAS(connect)

@@ -1,0 +1,342 @@
+/*
+ * poll.c - waiting calls: poll, ppoll, select, pselect, and a fiber's own
+ * epoll event loop (epoll_wait, epoll_pwait, epoll_pwait2).
+ *
+ * poll and select are answered from the netpoller's latched state
+ * (fs_fd_state), so steady state makes no poll() syscall: every fd is
+ * registered once (fs_fd_probe), and readiness bits are set by edges and
+ * cleared when an I/O wrapper proves the fd drained. Fds epoll refuses
+ * (regular files, /dev/null) are always ready, as poll(2) reports them.
+ *
+ * A fiber's own epoll instance is itself pollable: epoll_wait tries the
+ * real call without waiting, then parks on the netpoller until the
+ * instance becomes readable.
+ *
+ * Signal masks passed to ppoll/pselect/epoll_pwait are not applied to the
+ * fiber's carrier (it runs other fibers): the README lists this.
+ */
+#include "shim.h"
+#include "fd.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <time.h>
+
+extern int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen);
+extern int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
+                       const sigset_t *mask, size_t fdslen);
+
+/* What poll(2) would say of fd for `events`, from the netpoller's state.
+ * Registers the fd on first sight. */
+static short shim__revents(int fd, short events, unsigned *mask_out)
+{
+    struct shim_fd *e = shim__fd_get(fd);
+    *mask_out = 0;
+    if (!e)
+        return POLLNVAL;
+    if (atomic_load(&e->kind) == SHIM_FD_FILE)
+        return events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
+    int st = fs_fd_probe(fd);
+    if (st == -EPERM) {
+        atomic_store(&e->kind, SHIM_FD_FILE);
+        return events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
+    }
+    if (st < 0)
+        return POLLNVAL;
+    short r = 0;
+    if ((st & (FS_FD_READABLE | FS_FD_RDHUP)) && (events & (POLLIN | POLLRDNORM)))
+        r |= events & (POLLIN | POLLRDNORM);
+    if ((st & FS_FD_PRI) && (events & POLLPRI))
+        r |= POLLPRI;
+    if ((st & FS_FD_WRITABLE) && (events & (POLLOUT | POLLWRNORM)))
+        r |= events & (POLLOUT | POLLWRNORM);
+    if ((st & FS_FD_RDHUP) && (events & POLLRDHUP))
+        r |= POLLRDHUP;
+    if (st & FS_FD_HUP)
+        r |= POLLHUP;
+    if (st & FS_FD_ERR)
+        r |= POLLERR;
+    unsigned m = 0;
+    if (events & (POLLIN | POLLRDNORM))
+        m |= FS_FD_READABLE | FS_FD_RDHUP;
+    if (events & POLLPRI)
+        m |= FS_FD_PRI;
+    if (events & (POLLOUT | POLLWRNORM))
+        m |= FS_FD_WRITABLE;
+    if (events & POLLRDHUP)
+        m |= FS_FD_RDHUP;
+    *mask_out = m;
+    return r;
+}
+
+/* poll for fibers; deadline as for fs_park. Returns like poll(2). */
+static int shim__fiber_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
+{
+    int small_fds[16];
+    unsigned small_masks[16];
+    int *wfds = n <= 16 ? small_fds : malloc(n * sizeof *wfds);
+    unsigned *wmasks = n <= 16 ? small_masks : malloc(n * sizeof *wmasks);
+    int ret = -1;
+    if (!wfds || !wmasks) {
+        errno = ENOMEM;
+        goto out;
+    }
+    for (;;) {
+        int count = 0, nw = 0;
+        for (nfds_t i = 0; i < n; i++) {
+            fds[i].revents = 0;
+            if (fds[i].fd < 0)
+                continue;
+            unsigned m;
+            fds[i].revents = shim__revents(fds[i].fd, fds[i].events, &m);
+            if (fds[i].revents)
+                count++;
+            else if (m) {
+                wfds[nw] = fds[i].fd;
+                wmasks[nw++] = m;
+            }
+        }
+        if (count || (deadline != FS_NO_DEADLINE && deadline <= fs_now())) {
+            ret = count;
+            break;
+        }
+        int rc = fs_wait_fds(wfds, wmasks, nw, deadline);
+        if (rc == -ETIMEDOUT)
+            deadline = 0; /* one more pass: report what came with the deadline */
+        else if (rc < 0) {
+            errno = -rc;
+            break;
+        }
+    }
+out:
+    if (wfds != small_fds)
+        free(wfds);
+    if (wmasks != small_masks)
+        free(wmasks);
+    return ret;
+}
+
+int shim__poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+    if (!fs_self())
+        return REAL(poll)(fds, n, timeout);
+    if (n > (nfds_t)1 << 20) {
+        errno = EINVAL;
+        return -1;
+    }
+    int64_t dl = timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000);
+    return shim__fiber_poll(fds, n, dl);
+}
+SHIM_ALIAS(poll)
+
+int shim____poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen)
+{
+    if (fdslen / sizeof *fds < n)
+        __builtin_trap();
+    return shim__poll(fds, n, timeout);
+}
+SHIM_ALIAS(__poll_chk)
+
+static bool shim__ts_valid(const struct timespec *ts)
+{
+    return ts->tv_sec >= 0 && ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000;
+}
+
+static int64_t shim__ts_ns(const struct timespec *ts)
+{
+    if (ts->tv_sec > INT64_MAX / 1000000000 - 1)
+        return INT64_MAX / 2;
+    return (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec;
+}
+
+int shim__ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask)
+{
+    if (!fs_self())
+        return REAL(ppoll)(fds, n, ts, mask);
+    if (ts && !shim__ts_valid(ts)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return shim__fiber_poll(fds, n, ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+}
+SHIM_ALIAS(ppoll)
+
+int shim____ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
+                      const sigset_t *mask, size_t fdslen)
+{
+    if (fdslen / sizeof *fds < n)
+        __builtin_trap();
+    return shim__ppoll(fds, n, ts, mask);
+}
+SHIM_ALIAS(__ppoll_chk)
+
+/* select and pselect through poll: fd_sets in, fd_sets out. */
+static int shim__fiber_select(int nfds, fd_set *r, fd_set *w, fd_set *x, int64_t deadline)
+{
+    if (nfds < 0 || nfds > FD_SETSIZE) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct pollfd small[64], *p = small;
+    int n = 0;
+    for (int fd = 0; fd < nfds; fd++)
+        if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (x && FD_ISSET(fd, x)))
+            n++;
+    if (n > 64 && !(p = malloc((size_t)n * sizeof *p))) {
+        errno = ENOMEM;
+        return -1;
+    }
+    n = 0;
+    for (int fd = 0; fd < nfds; fd++) {
+        short ev = 0;
+        if (r && FD_ISSET(fd, r))
+            ev |= POLLIN;
+        if (w && FD_ISSET(fd, w))
+            ev |= POLLOUT;
+        if (x && FD_ISSET(fd, x))
+            ev |= POLLPRI;
+        if (ev)
+            p[n++] = (struct pollfd){.fd = fd, .events = ev};
+    }
+    int rc = shim__fiber_poll(p, (nfds_t)n, deadline);
+    if (rc >= 0) {
+        for (int i = 0; i < n; i++) {
+            if (p[i].revents & POLLNVAL) {
+                errno = EBADF; /* select reports a closed fd as an error */
+                rc = -1;
+                break;
+            }
+        }
+    }
+    if (rc >= 0) {
+        rc = 0;
+        if (r)
+            FD_ZERO(r);
+        if (w)
+            FD_ZERO(w);
+        if (x)
+            FD_ZERO(x);
+        for (int i = 0; i < n; i++) {
+            short re = p[i].revents;
+            /* select counts each set membership; HUP and ERR make an fd
+             * readable and writable, as the kernel's select does. */
+            if (r && (p[i].events & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR))) {
+                FD_SET(p[i].fd, r);
+                rc++;
+            }
+            if (w && (p[i].events & POLLOUT) && (re & (POLLOUT | POLLERR))) {
+                FD_SET(p[i].fd, w);
+                rc++;
+            }
+            if (x && (p[i].events & POLLPRI) && (re & POLLPRI)) {
+                FD_SET(p[i].fd, x);
+                rc++;
+            }
+        }
+    }
+    if (p != small)
+        free(p);
+    return rc;
+}
+
+int shim__select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *tv)
+{
+    if (!fs_self())
+        return REAL(select)(nfds, r, w, x, tv);
+    int64_t dl = FS_NO_DEADLINE;
+    if (tv) {
+        if (tv->tv_sec < 0 || tv->tv_usec < 0) {
+            errno = EINVAL;
+            return -1;
+        }
+        dl = shim__deadline_after((int64_t)tv->tv_sec * 1000000000 + tv->tv_usec * 1000);
+    }
+    int rc = shim__fiber_select(nfds, r, w, x, dl);
+    if (tv && rc >= 0) {
+        /* Linux writes the time left back into the timeval. */
+        int64_t left = dl - fs_now();
+        if (left < 0)
+            left = 0;
+        tv->tv_sec = left / 1000000000;
+        tv->tv_usec = (left % 1000000000) / 1000;
+    }
+    return rc;
+}
+SHIM_ALIAS(select)
+
+int shim__pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *ts,
+                  const sigset_t *mask)
+{
+    if (!fs_self())
+        return REAL(pselect)(nfds, r, w, x, ts, mask);
+    if (ts && !shim__ts_valid(ts)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return shim__fiber_select(nfds, r, w, x,
+                              ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+}
+SHIM_ALIAS(pselect)
+
+/* ---- a fiber's own epoll loop ------------------------------------------------ */
+
+static int shim__fiber_epoll_wait(int ep, struct epoll_event *ev, int max, int64_t deadline)
+{
+    if (max <= 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (;;) {
+        uint32_t snap = fs_fd_edges(ep, FS_POLL_READ);
+        fs_count_syscall();
+        int n = REAL(epoll_wait)(ep, ev, max, 0);
+        if (n != 0)
+            return n;
+        if (deadline != FS_NO_DEADLINE && deadline <= fs_now())
+            return 0;
+        fs_fd_drained(ep, FS_POLL_READ, snap);
+        int rc = fs_wait_fd(ep, FS_POLL_READ, snap, deadline, FS_PARK_POLL);
+        if (rc == -ETIMEDOUT)
+            deadline = 0;
+        else if (rc < 0) {
+            errno = -rc;
+            return -1;
+        }
+    }
+}
+
+int shim__epoll_wait(int ep, struct epoll_event *ev, int max, int timeout)
+{
+    if (!fs_self() || timeout == 0)
+        return REAL(epoll_wait)(ep, ev, max, timeout);
+    return shim__fiber_epoll_wait(
+        ep, ev, max, timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000));
+}
+SHIM_ALIAS(epoll_wait)
+
+int shim__epoll_pwait(int ep, struct epoll_event *ev, int max, int timeout, const sigset_t *mask)
+{
+    if (!fs_self() || timeout == 0)
+        return REAL(epoll_pwait)(ep, ev, max, timeout, mask);
+    return shim__fiber_epoll_wait(
+        ep, ev, max, timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000));
+}
+SHIM_ALIAS(epoll_pwait)
+
+int shim__epoll_pwait2(int ep, struct epoll_event *ev, int max, const struct timespec *ts,
+                       const sigset_t *mask)
+{
+    if (!fs_self() || (ts && ts->tv_sec == 0 && ts->tv_nsec == 0))
+        return REAL(epoll_pwait2)(ep, ev, max, ts, mask);
+    if (ts && !shim__ts_valid(ts)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return shim__fiber_epoll_wait(ep, ev, max,
+                                  ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+}
+SHIM_ALIAS(epoll_pwait2)

@@ -1,0 +1,94 @@
+/*
+ * shim.h - what every file of the interposition layer shares.
+ *
+ * Each shim/<family>.c interposes one family of libc calls. A wrapper:
+ *  - is exported (SHIM_EXPORT) and listed in libfibershim.map;
+ *  - behaves exactly like the real call when the caller is not a fiber
+ *    (fs_self() == NULL): before the first pthread_create, and on threads
+ *    the shim did not create;
+ *  - reaches the real function through REAL(name), resolved once with
+ *    dlsym(RTLD_NEXT) (dlvsym where glibc keeps several versions).
+ * Errors: syscall-style wrappers set errno and return -1; pthread-style
+ * wrappers return a positive errno. The runtime's negative errnos are
+ * converted here and nowhere else.
+ */
+#ifndef SHIM_H
+#define SHIM_H
+
+#include "fibershim.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHIM_EXPORT __attribute__((visibility("default")))
+
+/*
+ * Every wrapper is written as shim__<name> and exported under the libc
+ * name with SHIM_ALIAS(name). The unit tests compile the shim with
+ * SHIM_NO_EXPORTS, so they can call shim__<name> from fibers without
+ * interposing the test runner's own pthread and I/O calls.
+ */
+#ifdef SHIM_NO_EXPORTS
+#define SHIM_ALIAS(name)
+#else
+#define SHIM_ALIAS(name)                                                                   \
+    extern __typeof__(name) name __attribute__((alias("shim__" #name), visibility("default")));
+#endif
+#define SHIM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SHIM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Resolves the next definition of `name` after libfibershim.so (the C
+ * library's). `version`, if not NULL, picks that symbol version. Aborts
+ * with a clear message if the symbol does not exist: a wrapper without its
+ * real function cannot keep any contract. */
+void *shim__resolve(const char *name, const char *version);
+
+/* REAL(read)(fd, buf, n): the C library's read. The pointer is cached
+ * after the first call; racing first calls resolve the same value. */
+#define REAL(name) REAL_V(name, NULL)
+#define REAL_V(name, ver)                                                                  \
+    (__extension__({                                                                       \
+        static __typeof__(name) *shim__real_p;                                             \
+        __typeof__(name) *shim__p = __atomic_load_n(&shim__real_p, __ATOMIC_RELAXED);      \
+        if (SHIM_UNLIKELY(!shim__p)) {                                                     \
+            shim__p = (__typeof__(name) *)shim__resolve(#name, ver);                       \
+            __atomic_store_n(&shim__real_p, shim__p, __ATOMIC_RELAXED);                    \
+        }                                                                                  \
+        shim__p;                                                                           \
+    }))
+
+/* Converts a runtime result (>= 0 or -errno) to the syscall convention. */
+static inline long shim__ret(long rc)
+{
+    if (rc < 0) {
+        errno = (int)-rc;
+        return -1;
+    }
+    return rc;
+}
+
+/* Deadline for a relative timeout in nanoseconds (< 0: none). */
+static inline int64_t shim__deadline_after(int64_t ns)
+{
+    if (ns < 0)
+        return FS_NO_DEADLINE;
+    int64_t now = fs_now();
+    return ns > INT64_MAX - now ? FS_NO_DEADLINE : now + ns;
+}
+
+/* ---- init.c ------------------------------------------------------------- */
+
+/* Makes the calling kernel thread a carrier whose current fiber is the
+ * code already running on it (main()), if that has not happened yet.
+ * Called by the first pthread_create. Returns 0 or a positive errno. */
+int shim__activate(void);
+
+/* ---- thread.c ----------------------------------------------------------- */
+
+/* Runs the calling fiber's cleanup handlers and TSD destructors, then ends
+ * it with value ret. */
+__attribute__((noreturn)) void shim__thread_exit(void *ret);
+
+#endif

@@ -1,0 +1,88 @@
+/*
+ * time.c - sleeps run on the runtime's timers: the fiber parks, the
+ * carrier runs others. Never early: an absolute REALTIME sleep re-checks
+ * its clock after waking (the clock may have been stepped) and sleeps
+ * again until the time has really come.
+ */
+#include "shim.h"
+
+#include <time.h>
+#include <unistd.h>
+
+/* Sleeps the calling fiber until `abs` on `clock`. */
+static void shim__sleep_abs(clockid_t clock, const struct timespec *abs)
+{
+    for (;;) {
+        struct timespec now;
+        clock_gettime(clock, &now);
+        int64_t left = (int64_t)(abs->tv_sec - now.tv_sec) * 1000000000 +
+                       (abs->tv_nsec - now.tv_nsec);
+        if (left <= 0)
+            return;
+        fs_sleep_until(shim__deadline_after(left));
+    }
+}
+
+static bool shim__sleep_clock_ok(clockid_t clock)
+{
+    return clock == CLOCK_REALTIME || clock == CLOCK_MONOTONIC || clock == CLOCK_BOOTTIME ||
+           clock == CLOCK_TAI;
+}
+
+int shim__clock_nanosleep(clockid_t clock, int flags, const struct timespec *req,
+                          struct timespec *rem)
+{
+    if (!fs_self() || !shim__sleep_clock_ok(clock))
+        return REAL(clock_nanosleep)(clock, flags, req, rem);
+    if (req->tv_nsec < 0 || req->tv_nsec >= 1000000000 || req->tv_sec < 0)
+        return EINVAL;
+    if (flags & TIMER_ABSTIME) {
+        shim__sleep_abs(clock, req);
+    } else {
+        struct timespec now, abs;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        abs.tv_sec = now.tv_sec + req->tv_sec;
+        abs.tv_nsec = now.tv_nsec + req->tv_nsec;
+        if (abs.tv_nsec >= 1000000000) {
+            abs.tv_sec++;
+            abs.tv_nsec -= 1000000000;
+        }
+        shim__sleep_abs(CLOCK_MONOTONIC, &abs);
+        if (rem)
+            *rem = (struct timespec){0, 0};
+    }
+    return 0;
+}
+SHIM_ALIAS(clock_nanosleep)
+
+int shim__nanosleep(const struct timespec *req, struct timespec *rem)
+{
+    if (!fs_self())
+        return REAL(nanosleep)(req, rem);
+    int rc = shim__clock_nanosleep(CLOCK_MONOTONIC, 0, req, rem);
+    if (rc) {
+        errno = rc;
+        return -1;
+    }
+    return 0;
+}
+SHIM_ALIAS(nanosleep)
+
+int shim__usleep(useconds_t usec)
+{
+    if (!fs_self())
+        return REAL(usleep)(usec);
+    struct timespec ts = {usec / 1000000, (long)(usec % 1000000) * 1000};
+    return shim__nanosleep(&ts, NULL);
+}
+SHIM_ALIAS(usleep)
+
+unsigned shim__sleep(unsigned secs)
+{
+    if (!fs_self())
+        return REAL(sleep)(secs);
+    struct timespec ts = {(time_t)secs, 0};
+    shim__nanosleep(&ts, NULL);
+    return 0;
+}
+SHIM_ALIAS(sleep)
