@@ -384,6 +384,13 @@ int fs_fd_probe(int fd)
     return (int)atomic_load_explicit(&pd->bits, memory_order_acquire);
 }
 
+void fs_netpoll_now(void)
+{
+    struct fs_sched *s = fs__cur_sched();
+    if (s && s->cur)
+        fs__netpoll(s, 0);
+}
+
 int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t deadline)
 {
     struct fs_sched *s = fs__cur_sched();

@@ -30,37 +30,22 @@ extern int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen);
 extern int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
                        const sigset_t *mask, size_t fdslen);
 
-/* What poll(2) would say of fd for `events`, from the netpoller's state.
- * Registers the fd on first sight. */
-static short shim__revents(int fd, short events, unsigned *mask_out)
+/* The netpoller mask that would make fd interesting for `events`, and
+ * whether its latched state already says it may be ready. Registers the
+ * fd on first sight. Fds epoll refuses (regular files) are always ready. */
+static bool shim__poll_candidate(int fd, short events, unsigned *mask_out)
 {
-    struct shim_fd *e = shim__fd_get(fd);
     *mask_out = 0;
-    if (!e)
-        return POLLNVAL;
-    if (atomic_load(&e->kind) == SHIM_FD_FILE)
-        return events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
+    struct shim_fd *e = shim__fd_get(fd);
+    if (!e || atomic_load(&e->kind) == SHIM_FD_FILE)
+        return true; /* POLLNVAL, or always ready: the real poll says which */
     int st = fs_fd_probe(fd);
-    if (st == -EPERM) {
-        atomic_store(&e->kind, SHIM_FD_FILE);
-        return events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
+    if (st < 0) {
+        if (st == -EPERM)
+            atomic_store(&e->kind, SHIM_FD_FILE);
+        return true;
     }
-    if (st < 0)
-        return POLLNVAL;
-    short r = 0;
-    if ((st & (FS_FD_READABLE | FS_FD_RDHUP)) && (events & (POLLIN | POLLRDNORM)))
-        r |= events & (POLLIN | POLLRDNORM);
-    if ((st & FS_FD_PRI) && (events & POLLPRI))
-        r |= POLLPRI;
-    if ((st & FS_FD_WRITABLE) && (events & (POLLOUT | POLLWRNORM)))
-        r |= events & (POLLOUT | POLLWRNORM);
-    if ((st & FS_FD_RDHUP) && (events & POLLRDHUP))
-        r |= POLLRDHUP;
-    if (st & FS_FD_HUP)
-        r |= POLLHUP;
-    if (st & FS_FD_ERR)
-        r |= POLLERR;
-    unsigned m = 0;
+    unsigned m = FS_FD_HUP | FS_FD_ERR;
     if (events & (POLLIN | POLLRDNORM))
         m |= FS_FD_READABLE | FS_FD_RDHUP;
     if (events & POLLPRI)
@@ -70,53 +55,90 @@ static short shim__revents(int fd, short events, unsigned *mask_out)
     if (events & POLLRDHUP)
         m |= FS_FD_RDHUP;
     *mask_out = m;
-    return r;
+    return (st & m) != 0;
 }
 
-/* poll for fibers; deadline as for fs_park. Returns like poll(2). */
+/*
+ * poll for fibers. The netpoller's latched state decides between parking
+ * (nothing can be ready: no syscall) and asking the kernel (something may
+ * be ready: one real poll with timeout 0, whose answer is exact). Latched
+ * bits the kernel contradicts are dropped, so a stale bit costs at most
+ * one extra check. deadline as for fs_park. Returns like poll(2).
+ */
 static int shim__fiber_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
 {
     int small_fds[16];
     unsigned small_masks[16];
-    int *wfds = n <= 16 ? small_fds : malloc(n * sizeof *wfds);
-    unsigned *wmasks = n <= 16 ? small_masks : malloc(n * sizeof *wmasks);
+    uint32_t small_snaps[32];
+    bool big = n > 16;
+    int *wfds = big ? malloc(n * sizeof *wfds) : small_fds;
+    unsigned *wmasks = big ? malloc(n * sizeof *wmasks) : small_masks;
+    uint32_t *snaps = big ? malloc(2 * n * sizeof *snaps) : small_snaps;
     int ret = -1;
-    if (!wfds || !wmasks) {
+    if (!wfds || !wmasks || !snaps) {
         errno = ENOMEM;
         goto out;
     }
+    bool harvested = false;
     for (;;) {
-        int count = 0, nw = 0;
+        bool maybe = false;
+        int nw = 0;
         for (nfds_t i = 0; i < n; i++) {
-            fds[i].revents = 0;
-            if (fds[i].fd < 0)
+            int fd = fds[i].fd;
+            if (fd < 0)
                 continue;
+            snaps[2 * i] = fs_fd_edges(fd, FS_POLL_READ);
+            snaps[2 * i + 1] = fs_fd_edges(fd, FS_POLL_WRITE);
             unsigned m;
-            fds[i].revents = shim__revents(fds[i].fd, fds[i].events, &m);
-            if (fds[i].revents)
-                count++;
-            else if (m) {
-                wfds[nw] = fds[i].fd;
+            if (shim__poll_candidate(fd, fds[i].events, &m))
+                maybe = true;
+            else {
+                wfds[nw] = fd;
                 wmasks[nw++] = m;
             }
         }
-        if (count || (deadline != FS_NO_DEADLINE && deadline <= fs_now())) {
-            ret = count;
+        bool due = deadline != FS_NO_DEADLINE && deadline <= fs_now();
+        if (!maybe && due && !harvested) {
+            /* About to report "nothing": make sure no event is waiting
+             * unharvested in this carrier's epoll first. */
+            fs_netpoll_now();
+            harvested = true;
+            continue;
+        }
+        if (maybe) {
+            fs_count_syscall();
+            int r = REAL(poll)(fds, n, 0);
+            if (r != 0 || due) {
+                ret = r;
+                break;
+            }
+            /* Stale bits: the kernel says none of them is ready now. */
+            for (nfds_t i = 0; i < n; i++) {
+                if (fds[i].fd < 0)
+                    continue;
+                fs_fd_drained(fds[i].fd, FS_POLL_READ, snaps[2 * i]);
+                fs_fd_drained(fds[i].fd, FS_POLL_WRITE, snaps[2 * i + 1]);
+            }
+            continue;
+        }
+        if (due) {
+            for (nfds_t i = 0; i < n; i++)
+                fds[i].revents = 0;
+            ret = 0;
             break;
         }
         int rc = fs_wait_fds(wfds, wmasks, nw, deadline);
-        if (rc == -ETIMEDOUT)
-            deadline = 0; /* one more pass: report what came with the deadline */
-        else if (rc < 0) {
+        if (rc < 0 && rc != -ETIMEDOUT) {
             errno = -rc;
             break;
         }
     }
 out:
-    if (wfds != small_fds)
+    if (big) {
         free(wfds);
-    if (wmasks != small_masks)
         free(wmasks);
+        free(snaps);
+    }
     return ret;
 }
 

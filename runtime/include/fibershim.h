@@ -245,6 +245,11 @@ FS_API unsigned fs_fd_state(int fd);
  * -EBADF from epoll_ctl. Fiber only. */
 FS_API int fs_fd_probe(int fd);
 
+/* Harvests the calling carrier's pending epoll events without blocking,
+ * so fs_fd_state() is current (a carrier busy running fibers harvests
+ * only between them). Costs one epoll_wait. Fiber only; no-op elsewhere. */
+FS_API void fs_netpoll_now(void);
+
 /* Waits until any fds[i] has a bit of masks[i] (FS_FD_*) set, or the
  * deadline. HUP and ERR always count. Returns 0 or -ETIMEDOUT; the caller
  * then reads fs_fd_state(). Every fd must have been probed. Fiber only. */
