@@ -1,0 +1,362 @@
+/*
+ * mutex.c - pthread mutexes that park fibers instead of blocking carriers.
+ *
+ * The mutex lives in the user's pthread_mutex_t (40 bytes), laid over
+ * glibc's struct __pthread_mutex_s so that __kind stays at offset 16: the
+ * static initializers (PTHREAD_MUTEX_INITIALIZER and the _NP recursive,
+ * errorcheck and adaptive ones) only set __kind, and all-zero is a valid
+ * unlocked mutex with an empty queue.
+ *
+ * Lock word (offset 0):
+ *   LOCKED   held. Uncontended lock and unlock are one CAS each: 0 <-> LOCKED.
+ *   WAITERS  the queue may be non-empty: unlock must look at it.
+ *   WOKEN    a waiter was woken and has not yet run: unlock need not wake
+ *            another (saves a wake, and the carrier switch it causes).
+ * A woken waiter competes with newcomers (barging keeps the lock hot on a
+ * running fiber). A waiter that has waited more than SHIM_MX_STARVE_NS
+ * marks itself starving and requeues at the head; unlock then hands the
+ * lock to it directly, without ever clearing LOCKED, so nobody can barge
+ * (Go's starvation mode). Requeued waiters go to the head, so the queue
+ * stays in arrival order.
+ *
+ * Locking: q.lock protects the queue, WAITERS changes and the hand-off
+ * decision. LOCKED is taken without the lock by CAS; WOKEN is cleared
+ * without the lock by the woken waiter. Every update of the word is a CAS
+ * or an atomic and/or, since those two race with the lock holder's.
+ *
+ * Process-shared, robust and priority-inheritance/protect mutexes stay
+ * glibc's: pthread_mutex_init hands them to glibc, whose __kind then
+ * carries one of SHIM_MX_GLIBC_KIND_BITS, which routes every later call
+ * to glibc with its layout intact. A fiber never blocks its carrier on
+ * one: it polls with a zero-timeout clocklock (which still reports
+ * EDEADLK and EOWNERDEAD) and sleeps 50 us .. 1 ms between attempts.
+ */
+#include "waitq.h"
+
+#include <limits.h>
+#include <string.h>
+
+/* Overlays pthread_mutex_t; the glibc field each one reuses is named. */
+struct shim__mutex {
+    _Atomic uint32_t word;    /* SHIM_MX_* (__lock) */
+    uint32_t count;           /* recursive depth, holder only (__count) */
+    _Atomic uint64_t owner;   /* holder of a recursive/errorcheck mutex (__owner, __nusers) */
+    int kind;                 /* PTHREAD_MUTEX_* type, or glibc's kind (__kind) */
+    uint32_t unused;          /* (__spins, __elision) */
+    struct shim__waitq q;     /* waiters (__list) */
+};
+_Static_assert(sizeof(struct shim__mutex) == sizeof(pthread_mutex_t), "mutex size");
+_Static_assert(offsetof(struct shim__mutex, kind) == offsetof(pthread_mutex_t, __data.__kind),
+               "__kind must stay where the static initializers put it");
+
+#define SHIM_MX_LOCKED 1u
+#define SHIM_MX_WAITERS 2u
+#define SHIM_MX_WOKEN 4u
+
+/* glibc's __kind bits for robust (0x10), priority inheritance (0x20),
+ * priority protect (0x40) and process-shared (0x80) mutexes. */
+#define SHIM_MX_GLIBC_KIND_BITS 0xf0
+
+/* fs_waiter.data of a mutex waiter. */
+#define SHIM_MX_W_STARVING 1u
+
+#define SHIM_MX_SPINS 100
+#define SHIM_MX_STARVE_NS 1000000
+
+static inline int shim__mutex_kind(const struct shim__mutex *m)
+{
+    return __atomic_load_n(&m->kind, __ATOMIC_RELAXED);
+}
+
+bool shim__mutex_is_real(const pthread_mutex_t *mp)
+{
+    return shim__mutex_kind((const struct shim__mutex *)mp) & SHIM_MX_GLIBC_KIND_BITS;
+}
+
+/* ---- glibc's mutexes ---------------------------------------------------------- */
+
+enum shim__lock_mode { SHIM_LOCK, SHIM_TRYLOCK, SHIM_TIMEDLOCK };
+
+static int shim__mutex_lock_glibc(pthread_mutex_t *m, enum shim__lock_mode mode, clockid_t clock,
+                                  const struct timespec *abs)
+{
+    if (mode == SHIM_TRYLOCK)
+        return REAL(pthread_mutex_trylock)(m);
+    if (!fs_self())
+        return mode == SHIM_TIMEDLOCK ? REAL(pthread_mutex_clocklock)(m, clock, abs)
+                                      : REAL(pthread_mutex_lock)(m);
+    struct shim__deadline d;
+    shim__deadline_init(&d, clock, NULL);
+    for (int64_t backoff = SHIM_POLL_MIN_NS;;) {
+        static const struct timespec past = {0, 0};
+        int rc = REAL(pthread_mutex_clocklock)(m, CLOCK_MONOTONIC, &past);
+        if (rc != ETIMEDOUT)
+            return rc;
+        /* Like glibc, look at the timeout only once the lock is busy. */
+        if (mode == SHIM_TIMEDLOCK && d.mono == FS_NO_DEADLINE &&
+            shim__deadline_init(&d, clock, abs))
+            return EINVAL;
+        if (shim__deadline_passed(&d))
+            return ETIMEDOUT;
+        shim__backoff_sleep(backoff, &d);
+        backoff = backoff * 2 > SHIM_POLL_MAX_NS ? SHIM_POLL_MAX_NS : backoff * 2;
+    }
+}
+
+/* ---- ours ------------------------------------------------------------------------ */
+
+/* Takes LOCKED if it is clear. */
+static inline bool shim__mutex_try_acquire(struct shim__mutex *m)
+{
+    uint32_t v = atomic_load_explicit(&m->word, memory_order_relaxed);
+    while (!(v & SHIM_MX_LOCKED))
+        if (atomic_compare_exchange_weak_explicit(&m->word, &v, v | SHIM_MX_LOCKED,
+                                                  memory_order_acquire, memory_order_relaxed))
+            return true;
+    return false;
+}
+
+/* Acquires LOCKED, waiting if needed. Returns 0, EBUSY (try), EINVAL (a bad
+ * deadline, checked only once the lock turned out busy, as glibc does) or
+ * ETIMEDOUT. */
+static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode, clockid_t clock,
+                               const struct timespec *abs)
+{
+    for (int i = 0; i < SHIM_MX_SPINS; i++) {
+        if (shim__mutex_try_acquire(m))
+            return 0;
+        if (mode == SHIM_TRYLOCK)
+            return EBUSY;
+        __builtin_ia32_pause();
+    }
+    struct shim__deadline d;
+    if (shim__deadline_init(&d, clock, mode == SHIM_TIMEDLOCK ? abs : NULL))
+        return EINVAL;
+    int64_t since = fs_now();
+    bool requeue = false;
+    uintptr_t starving = 0;
+    for (;;) {
+        if (shim__deadline_passed(&d))
+            return ETIMEDOUT;
+        struct fs_waiter w;
+        fs_waiter_prepare(&w);
+        w.data = starving;
+        fs__spin_lock(&m->q.lock);
+        /* Announce WAITERS before queueing, in the same CAS that sees the
+         * lock held: an unlock after it takes the queue lock and finds us;
+         * one before it left LOCKED clear and we take the lock here. */
+        uint32_t v = atomic_load_explicit(&m->word, memory_order_relaxed);
+        for (;;) {
+            if (!(v & SHIM_MX_LOCKED)) {
+                if (atomic_compare_exchange_weak_explicit(&m->word, &v, v | SHIM_MX_LOCKED,
+                                                          memory_order_acquire,
+                                                          memory_order_relaxed)) {
+                    fs__spin_unlock(&m->q.lock);
+                    return 0;
+                }
+            } else if ((v & SHIM_MX_WAITERS) ||
+                       atomic_compare_exchange_weak_explicit(&m->word, &v, v | SHIM_MX_WAITERS,
+                                                             memory_order_relaxed,
+                                                             memory_order_relaxed)) {
+                break;
+            }
+        }
+        if (requeue)
+            shim__waitq_push_head_locked(&m->q, &w);
+        else
+            shim__waitq_push_tail_locked(&m->q, &w);
+        int rc = shim__waitq_wait(&m->q, &w, FS_PARK_MUTEX, m, &d);
+        if (rc == -ETIMEDOUT)
+            return ETIMEDOUT;
+        if (rc == 0) {
+            if (starving)
+                return 0; /* handed off: the unlocker kept LOCKED for us */
+            atomic_fetch_and_explicit(&m->word, ~SHIM_MX_WOKEN, memory_order_relaxed);
+        }
+        if (shim__mutex_try_acquire(m))
+            return 0;
+        requeue = true;
+        starving = fs_now() - since > SHIM_MX_STARVE_NS ? SHIM_MX_W_STARVING : 0;
+    }
+}
+
+/* Lets go of LOCKED, waking or handing off to a waiter if there is one. */
+static void shim__mutex_release(struct shim__mutex *m)
+{
+    uint32_t v = atomic_load_explicit(&m->word, memory_order_relaxed);
+    for (;;) {
+        if (!(v & SHIM_MX_LOCKED))
+            return; /* a normal mutex unlocked twice: glibc shrugs too */
+        if ((v & SHIM_MX_WAITERS) && !(v & SHIM_MX_WOKEN))
+            break;
+        if (atomic_compare_exchange_weak_explicit(&m->word, &v, v & ~SHIM_MX_LOCKED,
+                                                  memory_order_release, memory_order_relaxed))
+            return;
+    }
+    fs__spin_lock(&m->q.lock);
+    bool handoff = false, woke = false, set_woken = false;
+    struct fs_waiter *w;
+    while ((w = shim__waitq_pop_locked(&m->q))) {
+        if (w->data & SHIM_MX_W_STARVING) {
+            if (fs_waiter_wake(w)) {
+                handoff = true;
+                break;
+            }
+            continue;
+        }
+        /* WOKEN goes up before the wake: the woken waiter clears it, and
+         * must not be able to do so first. */
+        if (!set_woken) {
+            atomic_fetch_or_explicit(&m->word, SHIM_MX_WOKEN, memory_order_relaxed);
+            set_woken = true;
+        }
+        if (fs_waiter_wake(w)) {
+            woke = true;
+            break;
+        }
+    }
+    uint32_t clear = (handoff ? 0 : SHIM_MX_LOCKED) | (m->q.head ? 0 : SHIM_MX_WAITERS) |
+                     (set_woken && !woke ? SHIM_MX_WOKEN : 0);
+    /* release: publishes the critical section to the next holder (a
+     * handed-off waiter gets it through the wake instead). */
+    atomic_fetch_and_explicit(&m->word, ~clear, memory_order_release);
+    fs__spin_unlock(&m->q.lock);
+}
+
+static int shim__mutex_lock_slow(struct shim__mutex *m, enum shim__lock_mode mode, clockid_t clock,
+                                 const struct timespec *abs)
+{
+    int kind = shim__mutex_kind(m);
+    if (kind & SHIM_MX_GLIBC_KIND_BITS)
+        return shim__mutex_lock_glibc((pthread_mutex_t *)m, mode, clock, abs);
+    int type = kind & 3;
+    if (type != PTHREAD_MUTEX_RECURSIVE && type != PTHREAD_MUTEX_ERRORCHECK)
+        return shim__mutex_acquire(m, mode, clock, abs);
+    uint64_t self = shim__self_owner();
+    if (shim__owner_is_self(atomic_load_explicit(&m->owner, memory_order_relaxed), self)) {
+        if (type == PTHREAD_MUTEX_ERRORCHECK)
+            return mode == SHIM_TRYLOCK ? EBUSY : EDEADLK;
+        if (m->count == UINT_MAX)
+            return EAGAIN;
+        m->count++;
+        return 0;
+    }
+    int rc = shim__mutex_acquire(m, mode, clock, abs);
+    if (rc == 0) {
+        atomic_store_explicit(&m->owner, self, memory_order_relaxed);
+        m->count = 1;
+    }
+    return rc;
+}
+
+/* ---- the API ------------------------------------------------------------------------- */
+
+int shim__pthread_mutex_init(pthread_mutex_t *mp, const pthread_mutexattr_t *attr)
+{
+    int type = PTHREAD_MUTEX_NORMAL;
+    if (attr) {
+        /* The attribute calls are glibc's (not interposed). */
+        int pshared = PTHREAD_PROCESS_PRIVATE, robust = PTHREAD_MUTEX_STALLED;
+        int protocol = PTHREAD_PRIO_NONE;
+        pthread_mutexattr_gettype(attr, &type);
+        pthread_mutexattr_getpshared(attr, &pshared);
+        pthread_mutexattr_getrobust(attr, &robust);
+        pthread_mutexattr_getprotocol(attr, &protocol);
+        if (pshared != PTHREAD_PROCESS_PRIVATE || robust != PTHREAD_MUTEX_STALLED ||
+            protocol != PTHREAD_PRIO_NONE)
+            return REAL(pthread_mutex_init)(mp, attr);
+    }
+    memset(mp, 0, sizeof *mp);
+    ((struct shim__mutex *)mp)->kind = type;
+    return 0;
+}
+SHIM_ALIAS(pthread_mutex_init)
+
+int shim__pthread_mutex_lock(pthread_mutex_t *mp)
+{
+    struct shim__mutex *m = (struct shim__mutex *)mp;
+    uint32_t v = 0;
+    if (SHIM_LIKELY(shim__mutex_kind(m) == PTHREAD_MUTEX_NORMAL) &&
+        SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
+                                                            memory_order_acquire,
+                                                            memory_order_relaxed)))
+        return 0;
+    return shim__mutex_lock_slow(m, SHIM_LOCK, CLOCK_REALTIME, NULL);
+}
+SHIM_ALIAS(pthread_mutex_lock)
+
+int shim__pthread_mutex_trylock(pthread_mutex_t *mp)
+{
+    struct shim__mutex *m = (struct shim__mutex *)mp;
+    uint32_t v = 0;
+    if (SHIM_LIKELY(shim__mutex_kind(m) == PTHREAD_MUTEX_NORMAL) &&
+        SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
+                                                            memory_order_acquire,
+                                                            memory_order_relaxed)))
+        return 0;
+    return shim__mutex_lock_slow(m, SHIM_TRYLOCK, CLOCK_REALTIME, NULL);
+}
+SHIM_ALIAS(pthread_mutex_trylock)
+
+int shim__pthread_mutex_clocklock(pthread_mutex_t *mp, clockid_t clock, const struct timespec *abs)
+{
+    /* glibc rejects the clock before anything else, the timeout only
+     * once it has to wait. */
+    if (clock != CLOCK_REALTIME && clock != CLOCK_MONOTONIC)
+        return EINVAL;
+    struct shim__mutex *m = (struct shim__mutex *)mp;
+    uint32_t v = 0;
+    if (SHIM_LIKELY(shim__mutex_kind(m) == PTHREAD_MUTEX_NORMAL) &&
+        SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
+                                                            memory_order_acquire,
+                                                            memory_order_relaxed)))
+        return 0;
+    return shim__mutex_lock_slow(m, SHIM_TIMEDLOCK, clock, abs);
+}
+SHIM_ALIAS(pthread_mutex_clocklock)
+
+int shim__pthread_mutex_timedlock(pthread_mutex_t *mp, const struct timespec *abs)
+{
+    return shim__pthread_mutex_clocklock(mp, CLOCK_REALTIME, abs);
+}
+SHIM_ALIAS(pthread_mutex_timedlock)
+
+int shim__pthread_mutex_unlock(pthread_mutex_t *mp)
+{
+    struct shim__mutex *m = (struct shim__mutex *)mp;
+    int kind = shim__mutex_kind(m);
+    if (SHIM_LIKELY(kind == PTHREAD_MUTEX_NORMAL)) {
+        uint32_t v = SHIM_MX_LOCKED;
+        if (SHIM_LIKELY(atomic_compare_exchange_strong_explicit(
+                &m->word, &v, 0, memory_order_release, memory_order_relaxed)))
+            return 0;
+    } else if (kind & SHIM_MX_GLIBC_KIND_BITS) {
+        return REAL(pthread_mutex_unlock)(mp);
+    } else if ((kind & 3) == PTHREAD_MUTEX_RECURSIVE || (kind & 3) == PTHREAD_MUTEX_ERRORCHECK) {
+        if (!shim__owner_is_self(atomic_load_explicit(&m->owner, memory_order_relaxed),
+                                 shim__self_owner()))
+            return EPERM;
+        if ((kind & 3) == PTHREAD_MUTEX_RECURSIVE && --m->count)
+            return 0;
+        atomic_store_explicit(&m->owner, 0, memory_order_relaxed);
+    }
+    shim__mutex_release(m);
+    return 0;
+}
+SHIM_ALIAS(pthread_mutex_unlock)
+
+int shim__pthread_mutex_destroy(pthread_mutex_t *mp)
+{
+    struct shim__mutex *m = (struct shim__mutex *)mp;
+    if (shim__mutex_kind(m) & SHIM_MX_GLIBC_KIND_BITS)
+        return REAL(pthread_mutex_destroy)(mp);
+    if (atomic_load_explicit(&m->word, memory_order_relaxed) & SHIM_MX_LOCKED)
+        return EBUSY;
+    /* The last unlocker may still hold the queue lock after letting go of
+     * the word; the memory must outlive it (POSIX lets the new holder
+     * unlock and destroy at once). */
+    fs__spin_lock(&m->q.lock);
+    fs__spin_unlock(&m->q.lock);
+    return 0;
+}
+SHIM_ALIAS(pthread_mutex_destroy)
