@@ -131,20 +131,17 @@ void shim__fd_reset(int fd)
         atomic_store(&e->kind, SHIM_FD_UNKNOWN);
         atomic_store(&e->real_nb, 0);
         atomic_store(&e->user_nb, 0);
-        atomic_store(&e->owned, 0);
+        atomic_store(&e->no_rwf_nowait, 0);
         atomic_store(&e->rcvtimeo, 0);
         atomic_store(&e->sndtimeo, 0);
     }
 }
 
-void shim__fd_created(int fd, int user_nonblock, bool owned)
+void shim__fd_created(int fd)
 {
+    /* Classification stays lazy: the first blocking call reads the flags
+     * the creating call set (SOCK_NONBLOCK, O_NONBLOCK) from the kernel. */
     shim__fd_reset(fd);
-    /* Classification stays lazy; only ownership must be known now. */
-    struct shim_fd *e = owned ? shim__fd_slot(fd) : NULL;
-    if (e)
-        atomic_store(&e->owned, 1);
-    (void)user_nonblock;
 }
 
 void shim__fd_copy(int from, int to)
@@ -158,7 +155,7 @@ void shim__fd_copy(int from, int to)
         return;
     atomic_store(&b->user_nb, atomic_load(&a->user_nb));
     atomic_store(&b->real_nb, atomic_load(&a->real_nb));
-    atomic_store(&b->owned, atomic_load(&a->owned));
+    atomic_store(&b->no_rwf_nowait, atomic_load(&a->no_rwf_nowait));
     atomic_store(&b->rcvtimeo, atomic_load(&a->rcvtimeo));
     atomic_store(&b->sndtimeo, atomic_load(&a->sndtimeo));
     atomic_store_explicit(&b->kind, atomic_load(&a->kind), memory_order_release);
@@ -169,10 +166,10 @@ bool shim__fd_make_nonblocking(int fd, struct shim_fd *e)
     if (atomic_load(&e->real_nb))
         return true;
     uint8_t kind = atomic_load(&e->kind);
-    /* Sockets are ours to configure (as every M:N runtime does); a pipe or
-     * tty we did not create may be shared with other processes, whose
-     * reads would start failing with EAGAIN. */
-    if (kind != SHIM_FD_STREAM && kind != SHIM_FD_DGRAM && !atomic_load(&e->owned))
+    /* Only sockets: a pipe or tty may be shared with other processes,
+     * whose reads would start failing with EAGAIN (and io.c never needs it
+     * for them: RWF_NOWAIT does the job per call). */
+    if (kind != SHIM_FD_STREAM && kind != SHIM_FD_DGRAM)
         return false;
     int fl = REAL(fcntl)(fd, F_GETFL);
     if (fl < 0)
@@ -190,7 +187,7 @@ int shim__socket(int domain, int type, int protocol)
 {
     int fd = REAL(socket)(domain, type, protocol);
     if (fd >= 0)
-        shim__fd_created(fd, (type & SOCK_NONBLOCK) != 0, true);
+        shim__fd_created(fd);
     return fd;
 }
 SHIM_ALIAS(socket)
@@ -199,8 +196,8 @@ int shim__socketpair(int domain, int type, int protocol, int sv[2])
 {
     int rc = REAL(socketpair)(domain, type, protocol, sv);
     if (rc == 0) {
-        shim__fd_created(sv[0], (type & SOCK_NONBLOCK) != 0, true);
-        shim__fd_created(sv[1], (type & SOCK_NONBLOCK) != 0, true);
+        shim__fd_created(sv[0]);
+        shim__fd_created(sv[1]);
     }
     return rc;
 }
@@ -210,8 +207,8 @@ int shim__pipe2(int fds[2], int flags)
 {
     int rc = REAL(pipe2)(fds, flags);
     if (rc == 0) {
-        shim__fd_created(fds[0], (flags & O_NONBLOCK) != 0, true);
-        shim__fd_created(fds[1], (flags & O_NONBLOCK) != 0, true);
+        shim__fd_created(fds[0]);
+        shim__fd_created(fds[1]);
     }
     return rc;
 }

@@ -27,8 +27,7 @@ struct shim_fd {
     _Atomic uint8_t kind;     /* enum shim_fd_kind */
     _Atomic uint8_t user_nb;  /* O_NONBLOCK as the user set it */
     _Atomic uint8_t real_nb;  /* we set O_NONBLOCK on the open file description */
-    _Atomic uint8_t owned;    /* created by this process through the shim: we may
-                                 change its O_NONBLOCK (pipes); sockets always may */
+    _Atomic uint8_t no_rwf_nowait; /* preadv2/pwritev2(RWF_NOWAIT) unsupported here */
     _Atomic int64_t rcvtimeo; /* SO_RCVTIMEO in ns, 0 = none */
     _Atomic int64_t sndtimeo; /* SO_SNDTIMEO in ns, 0 = none */
 };
@@ -43,15 +42,15 @@ struct shim_fd *shim__fd_peek(int fd);
 /* Forgets fd (it was closed, or is about to be reused). */
 void shim__fd_reset(int fd);
 
-/* A new fd from a call that sets its flags: records them directly. */
-void shim__fd_created(int fd, int user_nonblock, bool owned);
+/* A new fd: forget whatever the number meant before. */
+void shim__fd_created(int fd);
 
 /* Copies what we know of `from` to `to` (dup: same open file description). */
 void shim__fd_copy(int from, int to);
 
-/* Makes the file description non-blocking underneath, keeping the user's
- * view in the shadow flag. Returns false if that is not allowed (an
- * inherited pipe or tty, shared with other processes) or failed. */
+/* Makes a socket's file description non-blocking underneath, keeping the
+ * user's view in the shadow flag (accept, connect and sendfile need it).
+ * Returns false for anything but a socket, or on failure. */
 bool shim__fd_make_nonblocking(int fd, struct shim_fd *e);
 
 /* Timeout conversion for SO_RCVTIMEO/SO_SNDTIMEO option values. */

@@ -4,10 +4,13 @@
  * Every wrapper has libdill's shape: try the call without blocking; on
  * EAGAIN, wait for the fd on the netpoller (with the SO_RCVTIMEO or
  * SO_SNDTIMEO deadline); try again. Details that keep the contract:
- *  - Sockets are tried with MSG_DONTWAIT, which does not depend on the file
- *    description's O_NONBLOCK: a child process that clears the flag cannot
- *    make a fiber block its carrier. Pipes and the like need O_NONBLOCK
- *    set underneath (fd.c keeps the user's view in a shadow flag).
+ *  - Nothing depends on the file description's O_NONBLOCK, which is shared
+ *    with every process holding the file: sockets are tried with
+ *    MSG_DONTWAIT, pipes and FIFOs with preadv2/pwritev2(RWF_NOWAIT). So a
+ *    child that clears the flag cannot make a fiber block its carrier, and
+ *    a pipe handed to a child keeps the blocking mode the program chose.
+ *    Only accept(), connect() and sendfile() need O_NONBLOCK underneath; fd.c
+ *    keeps the user's view of it in a shadow flag.
  *  - A user who chose O_NONBLOCK gets EAGAIN, as without the shim.
  *  - A blocking write or send on a stream returns only when everything is
  *    written, or on error, or at SO_SNDTIMEO (then with the partial count).
@@ -36,8 +39,15 @@ extern ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flag
 extern ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
                               struct sockaddr *addr, socklen_t *alen);
 
-/* One non-blocking attempt of the operation; returns like the syscall. */
-typedef ssize_t (*shim_try_fn)(int fd, void *ctx, int dontwait);
+/* How an attempt avoids blocking (the `mode` of a shim_try_fn). */
+enum {
+    SHIM_TRY_BLOCKING = 0, /* the plain call: the fd is known ready, or user-nonblocking */
+    SHIM_TRY_DONTWAIT = 1, /* sockets: MSG_DONTWAIT */
+    SHIM_TRY_RWF_NOWAIT = 2, /* pipes, FIFOs: preadv2/pwritev2(RWF_NOWAIT) */
+};
+
+/* One attempt of the operation in the given mode; returns like the syscall. */
+typedef ssize_t (*shim_try_fn)(int fd, void *ctx, int mode);
 
 /* Bits of fs_fd_state that say "trying now may succeed". */
 static unsigned shim__may_succeed(unsigned dir)
@@ -58,14 +68,15 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
     uint8_t kind = atomic_load_explicit(&e->kind, memory_order_relaxed);
     bool sock = kind == SHIM_FD_STREAM || kind == SHIM_FD_DGRAM;
     bool user_nb = atomic_load_explicit(&e->user_nb, memory_order_relaxed);
-    int dontwait = sock ? MSG_DONTWAIT : 0;
-    if (!sock && !user_nb && !shim__fd_make_nonblocking(fd, e)) {
-        /* A pipe or tty we may not make non-blocking: wait until the
-         * netpoller says it is ready, then make the blocking call. */
+    int mode = sock ? SHIM_TRY_DONTWAIT : SHIM_TRY_RWF_NOWAIT;
+    if (!sock && atomic_load_explicit(&e->no_rwf_nowait, memory_order_relaxed)) {
+        /* A tty or device without RWF_NOWAIT: wait until the netpoller says
+         * it is ready, then make the plain call (a racing reader could
+         * still make it block: the README lists this). */
         for (;;) {
             uint32_t snap = fs_fd_edges(fd, dir);
             int st = fs_fd_probe(fd);
-            if (st < 0 || (st & shim__may_succeed(dir)))
+            if (user_nb || st < 0 || (st & shim__may_succeed(dir)))
                 break;
             int rc = fs_wait_fd(fd, dir, snap, FS_NO_DEADLINE, why);
             if (rc == -EBADF) {
@@ -76,7 +87,10 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
                 break;
         }
         fs_count_syscall();
-        return try(fd, ctx, 0);
+        ssize_t n = try(fd, ctx, SHIM_TRY_BLOCKING);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            fs_fd_drained(fd, dir, fs_fd_edges(fd, dir));
+        return n;
     }
     int64_t deadline = 0; /* computed at the first wait: no clock read on the fast path */
     for (;;) {
@@ -87,7 +101,7 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             fs_count_avoided();
         } else {
             fs_count_syscall();
-            ssize_t n = try(fd, ctx, dontwait);
+            ssize_t n = try(fd, ctx, mode);
             if (n >= 0) {
                 /* Short on a stream: the receive queue is empty, or the
                  * send buffer full, as of this call. */
@@ -95,6 +109,10 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
                     (kind == SHIM_FD_STREAM || (dir == FS_POLL_WRITE && kind == SHIM_FD_PIPE)))
                     fs_fd_drained(fd, dir, snap);
                 return n;
+            }
+            if (errno == EOPNOTSUPP && mode == SHIM_TRY_RWF_NOWAIT) {
+                atomic_store(&e->no_rwf_nowait, 1);
+                return shim__do_io(fd, e, dir, why, try, ctx, want);
             }
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 return -1;
@@ -114,7 +132,7 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             /* SO_RCVTIMEO/SO_SNDTIMEO: one last try, then EAGAIN as the
              * kernel reports it. */
             fs_count_syscall();
-            ssize_t n = try(fd, ctx, dontwait);
+            ssize_t n = try(fd, ctx, mode);
             if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
                 return n;
             errno = EAGAIN;
@@ -124,7 +142,7 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             /* epoll refuses it (a regular file behind an fd we took for
              * something else): it never blocks in the kernel's sense. */
             atomic_store(&e->kind, SHIM_FD_FILE);
-            return try(fd, ctx, 0);
+            return try(fd, ctx, SHIM_TRY_BLOCKING);
         }
         errno = -rc;
         return -1;
@@ -153,11 +171,15 @@ struct shim_buf {
     socklen_t *alen;
 };
 
-static ssize_t shim__try_read(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_read(int fd, void *ctx, int mode)
 {
     struct shim_buf *b = ctx;
-    if (dontwait)
-        return REAL(recv)(fd, b->buf, b->len, dontwait);
+    if (mode == SHIM_TRY_DONTWAIT)
+        return REAL(recv)(fd, b->buf, b->len, MSG_DONTWAIT);
+    if (mode == SHIM_TRY_RWF_NOWAIT) {
+        struct iovec v = {b->buf, b->len};
+        return REAL(preadv2)(fd, &v, 1, -1, RWF_NOWAIT); /* -1: the file position */
+    }
     return REAL(read)(fd, b->buf, b->len);
 }
 
@@ -179,10 +201,17 @@ ssize_t shim____read_chk(int fd, void *buf, size_t len, size_t buflen)
 }
 SHIM_ALIAS(__read_chk)
 
-static ssize_t shim__try_recvfrom(int fd, void *ctx, int dontwait)
+/* Socket-only calls: any mode but blocking means MSG_DONTWAIT (on a
+ * non-socket the kernel answers ENOTSOCK either way). */
+static inline int shim__sockflag(int mode)
+{
+    return mode == SHIM_TRY_BLOCKING ? 0 : MSG_DONTWAIT;
+}
+
+static ssize_t shim__try_recvfrom(int fd, void *ctx, int mode)
 {
     struct shim_buf *b = ctx;
-    return REAL(recvfrom)(fd, b->buf, b->len, b->flags | dontwait, b->addr, b->alen);
+    return REAL(recvfrom)(fd, b->buf, b->len, b->flags | shim__sockflag(mode), b->addr, b->alen);
 }
 
 /* recv/recvfrom, including MSG_WAITALL on a blocking stream (which must
@@ -246,13 +275,15 @@ struct shim_msg {
     int iovcnt;
 };
 
-static ssize_t shim__try_readv(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_readv(int fd, void *ctx, int mode)
 {
     struct shim_msg *m = ctx;
-    if (dontwait) {
+    if (mode == SHIM_TRY_DONTWAIT) {
         struct msghdr h = {.msg_iov = (struct iovec *)m->iov, .msg_iovlen = (size_t)m->iovcnt};
-        return REAL(recvmsg)(fd, &h, dontwait);
+        return REAL(recvmsg)(fd, &h, MSG_DONTWAIT);
     }
+    if (mode == SHIM_TRY_RWF_NOWAIT)
+        return REAL(preadv2)(fd, m->iov, m->iovcnt, -1, RWF_NOWAIT);
     return REAL(readv)(fd, m->iov, m->iovcnt);
 }
 
@@ -275,10 +306,10 @@ ssize_t shim__readv(int fd, const struct iovec *iov, int iovcnt)
 }
 SHIM_ALIAS(readv)
 
-static ssize_t shim__try_recvmsg(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_recvmsg(int fd, void *ctx, int mode)
 {
     struct shim_msg *m = ctx;
-    return REAL(recvmsg)(fd, m->msg, m->flags | dontwait);
+    return REAL(recvmsg)(fd, m->msg, m->flags | shim__sockflag(mode));
 }
 
 ssize_t shim__recvmsg(int fd, struct msghdr *msg, int flags)
@@ -298,10 +329,10 @@ struct shim_mmsg {
     int flags;
 };
 
-static ssize_t shim__try_recvmmsg(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_recvmmsg(int fd, void *ctx, int mode)
 {
     struct shim_mmsg *m = ctx;
-    return REAL(recvmmsg)(fd, m->vec, m->vlen, m->flags | dontwait, NULL);
+    return REAL(recvmmsg)(fd, m->vec, m->vlen, m->flags | shim__sockflag(mode), NULL);
 }
 
 /* Blocking recvmmsg waits for the first message, then takes what is
@@ -327,18 +358,22 @@ struct shim_cbuf {
     socklen_t alen;
 };
 
-static ssize_t shim__try_write(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_write(int fd, void *ctx, int mode)
 {
     struct shim_cbuf *b = ctx;
-    if (dontwait)
-        return REAL(send)(fd, b->buf, b->len, dontwait);
+    if (mode == SHIM_TRY_DONTWAIT)
+        return REAL(send)(fd, b->buf, b->len, MSG_DONTWAIT); /* SIGPIPE as write() */
+    if (mode == SHIM_TRY_RWF_NOWAIT) {
+        struct iovec v = {(void *)b->buf, b->len};
+        return REAL(pwritev2)(fd, &v, 1, -1, RWF_NOWAIT);
+    }
     return REAL(write)(fd, b->buf, b->len);
 }
 
-static ssize_t shim__try_sendto(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_sendto(int fd, void *ctx, int mode)
 {
     struct shim_cbuf *b = ctx;
-    return REAL(sendto)(fd, b->buf, b->len, b->flags | dontwait, b->addr, b->alen);
+    return REAL(sendto)(fd, b->buf, b->len, b->flags | shim__sockflag(mode), b->addr, b->alen);
 }
 
 /* Writes all of buf on a blocking stream (partial count only on error or
@@ -404,23 +439,25 @@ static int shim__iov_advance(struct iovec *iov, int cnt, size_t n)
     return cnt - i;
 }
 
-static ssize_t shim__try_writev(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_writev(int fd, void *ctx, int mode)
 {
     struct shim_msg *m = ctx;
-    if (dontwait) {
+    if (mode == SHIM_TRY_DONTWAIT) {
         struct msghdr h = {.msg_iov = (struct iovec *)m->iov, .msg_iovlen = (size_t)m->iovcnt};
-        return REAL(sendmsg)(fd, &h, dontwait | m->flags);
+        return REAL(sendmsg)(fd, &h, MSG_DONTWAIT | m->flags);
     }
+    if (mode == SHIM_TRY_RWF_NOWAIT)
+        return REAL(pwritev2)(fd, m->iov, m->iovcnt, -1, RWF_NOWAIT);
     return REAL(writev)(fd, m->iov, m->iovcnt);
 }
 
-static ssize_t shim__try_sendmsg(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_sendmsg(int fd, void *ctx, int mode)
 {
     struct shim_msg *m = ctx;
     struct msghdr h = *m->msg;
     h.msg_iov = (struct iovec *)m->iov;
     h.msg_iovlen = (size_t)m->iovcnt;
-    return REAL(sendmsg)(fd, &h, m->flags | dontwait);
+    return REAL(sendmsg)(fd, &h, m->flags | shim__sockflag(mode));
 }
 
 /* writev/sendmsg: all bytes on a blocking stream, advancing a private copy
@@ -486,10 +523,10 @@ ssize_t shim__sendmsg(int fd, const struct msghdr *msg, int flags)
 }
 SHIM_ALIAS(sendmsg)
 
-static ssize_t shim__try_sendmmsg(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_sendmmsg(int fd, void *ctx, int mode)
 {
     struct shim_mmsg *m = ctx;
-    return REAL(sendmmsg)(fd, m->vec, m->vlen, m->flags | dontwait);
+    return REAL(sendmmsg)(fd, m->vec, m->vlen, m->flags | shim__sockflag(mode));
 }
 
 int shim__sendmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags)
@@ -510,7 +547,7 @@ struct shim_sendfile {
     size_t count;
 };
 
-static ssize_t shim__try_sendfile(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_sendfile(int fd, void *ctx, int mode)
 {
     struct shim_sendfile *s = ctx;
     return REAL(sendfile)(fd, s->in, s->off, s->count);
@@ -551,7 +588,7 @@ struct shim_accept {
     int flags;
 };
 
-static ssize_t shim__try_accept(int fd, void *ctx, int dontwait)
+static ssize_t shim__try_accept(int fd, void *ctx, int mode)
 {
     struct shim_accept *a = ctx;
     return REAL(accept4)(fd, a->addr, a->alen, a->flags);
@@ -568,7 +605,7 @@ int shim__accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags)
         nfd = (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_ACCEPT, shim__try_accept, &a, 0);
     }
     if (nfd >= 0)
-        shim__fd_created(nfd, (flags & SOCK_NONBLOCK) != 0, true);
+        shim__fd_created(nfd);
     return nfd;
 }
 SHIM_ALIAS(accept4)
@@ -579,11 +616,36 @@ int shim__accept(int fd, struct sockaddr *addr, socklen_t *alen)
 }
 SHIM_ALIAS(accept)
 
+static int shim__connect_nb(int fd, struct shim_fd *e, const struct sockaddr *addr,
+                            socklen_t alen);
+
 int shim__connect(int fd, const struct sockaddr *addr, socklen_t alen)
 {
     struct shim_fd *e = shim__io_entry(fd);
-    if (!e || atomic_load(&e->user_nb) || !shim__fd_make_nonblocking(fd, e))
+    if (!e || atomic_load(&e->user_nb))
         return REAL(connect)(fd, addr, alen);
+    bool was_nb = atomic_load(&e->real_nb);
+    if (!shim__fd_make_nonblocking(fd, e))
+        return REAL(connect)(fd, addr, alen);
+    int rc = shim__connect_nb(fd, e, addr, alen);
+    if (!was_nb) {
+        /* Give the connected socket back its blocking mode, so that a
+         * child it is handed to sees what the program chose. */
+        int saved = errno;
+        int fl = REAL(fcntl)(fd, F_GETFL);
+        if (fl >= 0 && REAL(fcntl)(fd, F_SETFL, fl & ~O_NONBLOCK) == 0)
+            atomic_store(&e->real_nb, 0);
+        errno = saved;
+    }
+    return rc;
+}
+SHIM_ALIAS(connect)
+
+/* connect on a socket that is non-blocking underneath, for a user who
+ * wants a blocking connect. */
+static int shim__connect_nb(int fd, struct shim_fd *e, const struct sockaddr *addr,
+                            socklen_t alen)
+{
     int64_t backoff = 1000000;
     for (;;) {
         uint32_t snap = fs_fd_edges(fd, FS_POLL_WRITE);
@@ -630,4 +692,3 @@ int shim__connect(int fd, const struct sockaddr *addr, socklen_t alen)
         }
     }
 }
-SHIM_ALIAS(connect)
