@@ -10,19 +10,21 @@
  * Lock word (offset 0):
  *   LOCKED   held. Uncontended lock and unlock are one CAS each: 0 <-> LOCKED.
  *   WAITERS  the queue may be non-empty: unlock must look at it.
- *   WOKEN    a waiter was woken and has not yet run: unlock need not wake
- *            another (saves a wake, and the carrier switch it causes).
- * A woken waiter competes with newcomers (barging keeps the lock hot on a
- * running fiber). A waiter that has waited more than SHIM_MX_STARVE_NS
- * marks itself starving and requeues at the head; unlock then hands the
+ * Unlock with waiters dequeues the oldest one. Normally it clears LOCKED
+ * and wakes that waiter, which then competes with newcomers (barging
+ * keeps the lock on a running fiber: no switch per acquisition). But once
+ * that waiter has waited more than SHIM_MX_STARVE_NS, unlock hands the
  * lock to it directly, without ever clearing LOCKED, so nobody can barge
- * (Go's starvation mode). Requeued waiters go to the head, so the queue
- * stays in arrival order.
+ * (Go's starvation mode). The decision is the unlocker's, from the
+ * waiter's queueing time, because fibers are not preempted: a fiber that
+ * keeps relocking never lets a woken waiter of its own carrier run, but
+ * after a hand-off its next lock attempt parks it. A woken waiter that
+ * loses the race requeues at the head with its original queueing time,
+ * so the queue stays in arrival order.
  *
  * Locking: q.lock protects the queue, WAITERS changes and the hand-off
- * decision. LOCKED is taken without the lock by CAS; WOKEN is cleared
- * without the lock by the woken waiter. Every update of the word is a CAS
- * or an atomic and/or, since those two race with the lock holder's.
+ * decision. LOCKED is taken without the lock by CAS, so every update of
+ * the word is a CAS or an atomic and/or.
  *
  * Process-shared, robust and priority-inheritance/protect mutexes stay
  * glibc's: pthread_mutex_init hands them to glibc, whose __kind then
@@ -51,14 +53,14 @@ _Static_assert(offsetof(struct shim__mutex, kind) == offsetof(pthread_mutex_t, _
 
 #define SHIM_MX_LOCKED 1u
 #define SHIM_MX_WAITERS 2u
-#define SHIM_MX_WOKEN 4u
 
 /* glibc's __kind bits for robust (0x10), priority inheritance (0x20),
  * priority protect (0x40) and process-shared (0x80) mutexes. */
 #define SHIM_MX_GLIBC_KIND_BITS 0xf0
 
-/* fs_waiter.data of a mutex waiter. */
-#define SHIM_MX_W_STARVING 1u
+/* fs_waiter.data of a mutex waiter: when it first queued (fs_now()), and
+ * HANDOFF once the unlocker gave it the lock. */
+#define SHIM_MX_W_HANDOFF (1ull << 63)
 
 #define SHIM_MX_SPINS 100
 #define SHIM_MX_STARVE_NS 1000000
@@ -132,15 +134,14 @@ static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode,
     struct shim__deadline d;
     if (shim__deadline_init(&d, clock, mode == SHIM_TIMEDLOCK ? abs : NULL))
         return EINVAL;
-    int64_t since = fs_now();
+    uintptr_t since = (uintptr_t)fs_now();
     bool requeue = false;
-    uintptr_t starving = 0;
     for (;;) {
         if (shim__deadline_passed(&d))
             return ETIMEDOUT;
         struct fs_waiter w;
         fs_waiter_prepare(&w);
-        w.data = starving;
+        w.data = since;
         fs__spin_lock(&m->q.lock);
         /* Announce WAITERS before queueing, in the same CAS that sees the
          * lock held: an unlock after it takes the queue lock and finds us;
@@ -168,15 +169,12 @@ static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode,
         int rc = shim__waitq_wait(&m->q, &w, FS_PARK_MUTEX, m, &d);
         if (rc == -ETIMEDOUT)
             return ETIMEDOUT;
-        if (rc == 0) {
-            if (starving)
-                return 0; /* handed off: the unlocker kept LOCKED for us */
-            atomic_fetch_and_explicit(&m->word, ~SHIM_MX_WOKEN, memory_order_relaxed);
-        }
+        /* The waker wrote data before its wake, under the queue lock. */
+        if (rc == 0 && (w.data & SHIM_MX_W_HANDOFF))
+            return 0; /* the unlocker kept LOCKED for us */
         if (shim__mutex_try_acquire(m))
             return 0;
         requeue = true;
-        starving = fs_now() - since > SHIM_MX_STARVE_NS ? SHIM_MX_W_STARVING : 0;
     }
 }
 
@@ -187,36 +185,28 @@ static void shim__mutex_release(struct shim__mutex *m)
     for (;;) {
         if (!(v & SHIM_MX_LOCKED))
             return; /* a normal mutex unlocked twice: glibc shrugs too */
-        if ((v & SHIM_MX_WAITERS) && !(v & SHIM_MX_WOKEN))
+        if (v & SHIM_MX_WAITERS)
             break;
         if (atomic_compare_exchange_weak_explicit(&m->word, &v, v & ~SHIM_MX_LOCKED,
                                                   memory_order_release, memory_order_relaxed))
             return;
     }
     fs__spin_lock(&m->q.lock);
-    bool handoff = false, woke = false, set_woken = false;
+    bool handoff = false;
     struct fs_waiter *w;
+    int64_t now = 0;
     while ((w = shim__waitq_pop_locked(&m->q))) {
-        if (w->data & SHIM_MX_W_STARVING) {
-            if (fs_waiter_wake(w)) {
-                handoff = true;
-                break;
-            }
-            continue;
-        }
-        /* WOKEN goes up before the wake: the woken waiter clears it, and
-         * must not be able to do so first. */
-        if (!set_woken) {
-            atomic_fetch_or_explicit(&m->word, SHIM_MX_WOKEN, memory_order_relaxed);
-            set_woken = true;
-        }
+        if (!now)
+            now = fs_now();
+        bool starving = now - (int64_t)w->data > SHIM_MX_STARVE_NS;
+        if (starving)
+            w->data |= SHIM_MX_W_HANDOFF;
         if (fs_waiter_wake(w)) {
-            woke = true;
+            handoff = starving;
             break;
         }
     }
-    uint32_t clear = (handoff ? 0 : SHIM_MX_LOCKED) | (m->q.head ? 0 : SHIM_MX_WAITERS) |
-                     (set_woken && !woke ? SHIM_MX_WOKEN : 0);
+    uint32_t clear = (handoff ? 0 : SHIM_MX_LOCKED) | (m->q.head ? 0 : SHIM_MX_WAITERS);
     /* release: publishes the critical section to the next holder (a
      * handed-off waiter gets it through the wake instead). */
     atomic_fetch_and_explicit(&m->word, ~clear, memory_order_release);

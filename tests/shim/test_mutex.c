@@ -1,0 +1,483 @@
+/*
+ * test_mutex.c - shim/mutex.c: fiber-aware pthread mutexes.
+ *
+ * Conformance cases run twice, once with glibc's functions on plain
+ * threads and once with the shim's in fibers, and must give the same
+ * results (which are also spelled out). Stress cases check mutual
+ * exclusion with many fibers, with plain threads mixed in, and that no
+ * waiter starves.
+ */
+#include "sync_util.h"
+
+#include <limits.h>
+#include <string.h>
+
+SHIM_DECL(pthread_mutex_init)
+SHIM_DECL(pthread_mutex_lock)
+SHIM_DECL(pthread_mutex_trylock)
+SHIM_DECL(pthread_mutex_timedlock)
+SHIM_DECL(pthread_mutex_clocklock)
+SHIM_DECL(pthread_mutex_unlock)
+SHIM_DECL(pthread_mutex_destroy)
+
+struct mx_ops {
+    int (*init)(pthread_mutex_t *, const pthread_mutexattr_t *);
+    int (*lock)(pthread_mutex_t *);
+    int (*trylock)(pthread_mutex_t *);
+    int (*timedlock)(pthread_mutex_t *, const struct timespec *);
+    int (*clocklock)(pthread_mutex_t *, clockid_t, const struct timespec *);
+    int (*unlock)(pthread_mutex_t *);
+    int (*destroy)(pthread_mutex_t *);
+    bool fibers; /* "another thread" is a fiber (else a plain thread) */
+};
+
+static const struct mx_ops glibc_ops = {
+    pthread_mutex_init, pthread_mutex_lock,   pthread_mutex_trylock,  pthread_mutex_timedlock,
+    pthread_mutex_clocklock, pthread_mutex_unlock, pthread_mutex_destroy, false};
+static const struct mx_ops shim_ops = {
+    shim__pthread_mutex_init,      shim__pthread_mutex_lock,   shim__pthread_mutex_trylock,
+    shim__pthread_mutex_timedlock, shim__pthread_mutex_clocklock, shim__pthread_mutex_unlock,
+    shim__pthread_mutex_destroy,   true};
+
+/* ---- conformance: the same scenario on glibc and on the shim ------------------ */
+
+struct other_call {
+    const struct mx_ops *o;
+    pthread_mutex_t *m;
+    int (*op)(pthread_mutex_t *);
+    int rc;
+};
+
+static void *other_main(void *p)
+{
+    struct other_call *c = p;
+    c->rc = c->op(c->m);
+    return NULL;
+}
+
+static int on_other(const struct mx_ops *o, int (*op)(pthread_mutex_t *), pthread_mutex_t *m)
+{
+    struct other_call c = {o, m, op, -1};
+    if (o->fibers) {
+        fs_fiber *f;
+        FCHECK_EQ(fs_spawn(&f, other_main, &c, NULL), 0);
+        FCHECK_EQ(fs_join(f, NULL, FS_NO_DEADLINE), 0);
+    } else {
+        pthread_t t;
+        FCHECK_EQ(pthread_create(&t, NULL, other_main, &c), 0);
+        FCHECK_EQ(pthread_join(t, NULL), 0);
+    }
+    return c.rc;
+}
+
+#define MAXR 64
+struct results {
+    int n;
+    int v[MAXR];
+};
+#define R(expr) (res->v[res->n++] = (expr))
+
+/* The scenario for one mutex m of type `type`, already initialized. It
+ * avoids what is undefined for the type: for a normal or adaptive mutex,
+ * unlocking one that is not locked, or not by its owner (glibc then even
+ * corrupts its user count, and destroy of a locked mutex succeeds). */
+static void scenario(const struct mx_ops *o, pthread_mutex_t *m, int type, struct results *res)
+{
+    struct timespec past = {0, 0}, bad = abs_in(CLOCK_REALTIME, 0);
+    bad.tv_nsec = 1000000000;
+    bool owned = type == PTHREAD_MUTEX_RECURSIVE || type == PTHREAD_MUTEX_ERRORCHECK;
+    if (owned)
+        R(o->unlock(m)); /* unlocked: EPERM */
+    R(o->lock(m));
+    R(o->trylock(m));
+    if (owned) {
+        R(o->lock(m));                 /* relock: EDEADLK or count */
+        R(o->timedlock(m, &past));     /* EDEADLK or count */
+        R(o->timedlock(m, &bad));      /* the owner check comes first */
+    } else {
+        R(o->timedlock(m, &past));     /* ETIMEDOUT (busy) */
+        R(o->timedlock(m, &bad));      /* EINVAL (busy) */
+    }
+    R(o->clocklock(m, CLOCK_PROCESS_CPUTIME_ID, &past));
+    R(on_other(o, o->trylock, m));
+    R(o->destroy(m));
+    if (owned) {
+        R(on_other(o, o->unlock, m)); /* EPERM */
+        for (int i = 0; i < 6; i++)
+            R(o->unlock(m));
+    } else {
+        R(o->unlock(m));
+    }
+    R(o->timedlock(m, &bad)); /* free: the timeout is not looked at */
+    R(o->unlock(m));
+    R(o->clocklock(m, 99, &past));
+    R(o->destroy(m));
+}
+
+static void run_scenario(const struct mx_ops *o, struct results *res)
+{
+    static const int types[] = {PTHREAD_MUTEX_NORMAL, PTHREAD_MUTEX_RECURSIVE,
+                                PTHREAD_MUTEX_ERRORCHECK, PTHREAD_MUTEX_ADAPTIVE_NP};
+    pthread_mutex_t statics[4] = {PTHREAD_MUTEX_INITIALIZER,
+                                  PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP,
+                                  PTHREAD_ERRORCHECK_MUTEX_INITIALIZER_NP,
+                                  PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP};
+    for (int i = 0; i < 4; i++) {
+        res[2 * i].n = 0;
+        scenario(o, &statics[i], types[i], &res[2 * i]);
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_settype(&a, types[i]);
+        pthread_mutex_t m;
+        memset(&m, 0xa5, sizeof m);
+        FCHECK_EQ(o->init(&m, &a), 0);
+        res[2 * i + 1].n = 0;
+        scenario(o, &m, types[i], &res[2 * i + 1]);
+    }
+}
+
+static struct results shim_res[8];
+static void *shim_scenario_fiber(void *arg)
+{
+    run_scenario(&shim_ops, shim_res);
+    return NULL;
+}
+
+Test(mutex, conformance_matches_glibc)
+{
+    struct results glibc_res[8];
+    run_scenario(&glibc_ops, glibc_res);
+    start_runtime(2);
+    join(spawn(shim_scenario_fiber, NULL));
+    for (int i = 0; i < 8; i++) {
+        cr_assert_eq(shim_res[i].n, glibc_res[i].n);
+        for (int j = 0; j < glibc_res[i].n; j++)
+            cr_expect_eq(shim_res[i].v[j], glibc_res[i].v[j], "type case %d, step %d: shim %d glibc %d",
+                         i, j, shim_res[i].v[j], glibc_res[i].v[j]);
+    }
+    /* Spelled out for two of them (static initializers). */
+    int want_normal[] = {0, EBUSY, ETIMEDOUT, EINVAL, EINVAL, EBUSY, EBUSY, 0, 0, 0, EINVAL, 0};
+    int want_errorcheck[] = {EPERM, 0, EBUSY, EDEADLK, EDEADLK, EDEADLK, EINVAL, EBUSY, EBUSY,
+                             EPERM, 0, EPERM, EPERM, EPERM, EPERM, EPERM, 0, 0, EINVAL, 0};
+    cr_assert_eq(shim_res[0].n, (int)(sizeof want_normal / sizeof want_normal[0]));
+    for (int j = 0; j < shim_res[0].n; j++)
+        cr_expect_eq(shim_res[0].v[j], want_normal[j], "normal step %d: %d, want %d", j,
+                     shim_res[0].v[j], want_normal[j]);
+    cr_assert_eq(shim_res[4].n, (int)(sizeof want_errorcheck / sizeof want_errorcheck[0]));
+    for (int j = 0; j < shim_res[4].n; j++)
+        cr_expect_eq(shim_res[4].v[j], want_errorcheck[j], "errorcheck step %d: %d, want %d", j,
+                     shim_res[4].v[j], want_errorcheck[j]);
+}
+
+/* ---- recursive counts ------------------------------------------------------------ */
+
+static pthread_mutex_t rec = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+
+static void *rec_other(void *arg)
+{
+    FCHECK_EQ(shim__pthread_mutex_trylock(&rec), EBUSY);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&rec), EPERM);
+    return NULL;
+}
+
+static void *rec_main(void *arg)
+{
+    for (int i = 0; i < 5; i++)
+        FCHECK_EQ(shim__pthread_mutex_lock(&rec), 0);
+    FCHECK_EQ(shim__pthread_mutex_trylock(&rec), 0);
+    for (int i = 0; i < 6; i++) {
+        join(spawn(rec_other, NULL)); /* held at every depth */
+        FCHECK_EQ(shim__pthread_mutex_unlock(&rec), 0);
+    }
+    FCHECK_EQ(shim__pthread_mutex_unlock(&rec), EPERM);
+    return NULL;
+}
+
+Test(mutex, recursive_counts)
+{
+    start_runtime(2);
+    join(spawn(rec_main, NULL));
+    /* Free now: a plain thread takes it at once. */
+    cr_assert_eq(shim__pthread_mutex_trylock(&rec), 0);
+    cr_assert_eq(shim__pthread_mutex_unlock(&rec), 0);
+}
+
+/* ---- mutual exclusion under stress ----------------------------------------------- */
+
+static pthread_mutex_t stress_m = PTHREAD_MUTEX_INITIALIZER;
+static long stress_counter;
+static _Atomic int inside;
+#define STRESS_ITERS 2000
+
+static void *stress_worker(void *arg)
+{
+    for (int i = 0; i < STRESS_ITERS; i++) {
+        FCHECK_EQ(shim__pthread_mutex_lock(&stress_m), 0);
+        FCHECK_EQ(atomic_fetch_add(&inside, 1), 0);
+        stress_counter++;
+        if (i % 64 == 0)
+            fs_yield(); /* park-worthy critical sections too */
+        atomic_fetch_sub(&inside, 1);
+        FCHECK_EQ(shim__pthread_mutex_unlock(&stress_m), 0);
+    }
+    return NULL;
+}
+
+Test(mutex, stress_fibers_and_plain_threads)
+{
+    start_runtime(2);
+    enum { FIBERS = 200, PLAIN = 3 };
+    pthread_t t[PLAIN];
+    for (int i = 0; i < PLAIN; i++)
+        t[i] = plain_thread(stress_worker, NULL);
+    run_fibers(FIBERS, stress_worker, NULL);
+    for (int i = 0; i < PLAIN; i++)
+        plain_join(t[i]);
+    cr_assert_eq(stress_counter, (long)(FIBERS + PLAIN) * STRESS_ITERS);
+    cr_assert_eq(shim__pthread_mutex_destroy(&stress_m), 0);
+}
+
+/* Every kind of static initializer, under contention. */
+static pthread_mutex_t kinds[4] = {PTHREAD_MUTEX_INITIALIZER,
+                                   PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP,
+                                   PTHREAD_ERRORCHECK_MUTEX_INITIALIZER_NP,
+                                   PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP};
+static long kind_counter[4];
+
+static void *kinds_worker(void *arg)
+{
+    for (int i = 0; i < 500; i++)
+        for (int k = 0; k < 4; k++) {
+            FCHECK_EQ(shim__pthread_mutex_lock(&kinds[k]), 0);
+            kind_counter[k]++;
+            FCHECK_EQ(shim__pthread_mutex_unlock(&kinds[k]), 0);
+        }
+    return NULL;
+}
+
+Test(mutex, static_initializers_every_kind)
+{
+    start_runtime(2);
+    pthread_t t = plain_thread(kinds_worker, NULL);
+    run_fibers(50, kinds_worker, NULL);
+    plain_join(t);
+    for (int k = 0; k < 4; k++)
+        cr_assert_eq(kind_counter[k], 51 * 500L, "kind %d", k);
+}
+
+/* ---- timed locks ------------------------------------------------------------------ */
+
+static pthread_mutex_t timed_m = PTHREAD_MUTEX_INITIALIZER;
+
+static void *timed_waiter(void *arg)
+{
+    clockid_t c = (clockid_t)(intptr_t)arg;
+    struct timespec abs = abs_in(c, 50000000);
+    int rc = c == CLOCK_REALTIME ? shim__pthread_mutex_timedlock(&timed_m, &abs)
+                                 : shim__pthread_mutex_clocklock(&timed_m, c, &abs);
+    FCHECK_EQ(rc, ETIMEDOUT);
+    check_on_time(c, &abs);
+    /* Succeeds when the holder lets go in time. */
+    abs = abs_in(c, 5000000000LL);
+    return (void *)(intptr_t)shim__pthread_mutex_clocklock(&timed_m, c, &abs);
+}
+
+Test(mutex, timedlock_both_clocks_fibers_and_plain)
+{
+    start_runtime(2);
+    cr_assert_eq(shim__pthread_mutex_lock(&timed_m), 0);
+    fs_fiber *f1 = spawn(timed_waiter, (void *)(intptr_t)CLOCK_REALTIME);
+    fs_fiber *f2 = spawn(timed_waiter, (void *)(intptr_t)CLOCK_MONOTONIC);
+    pthread_t t1 = plain_thread(timed_waiter, (void *)(intptr_t)CLOCK_REALTIME);
+    pthread_t t2 = plain_thread(timed_waiter, (void *)(intptr_t)CLOCK_MONOTONIC);
+    sleep_ns(300000000);
+    cr_assert_eq(shim__pthread_mutex_unlock(&timed_m), 0);
+    void *r[4] = {join(f1), join(f2), plain_join(t1), plain_join(t2)};
+    int got = 0;
+    for (int i = 0; i < 4; i++) {
+        /* Each waiter gets it in turn (and never gives it back): the
+         * first one in time gets 0, the others time out later. */
+        got += r[i] == 0;
+    }
+    cr_assert_eq(got, 1);
+}
+
+static void *timed_getter(void *arg)
+{
+    clockid_t c = (clockid_t)(intptr_t)arg;
+    struct timespec abs = abs_in(c, 5000000000LL);
+    FCHECK_EQ(shim__pthread_mutex_clocklock(&timed_m, c, &abs), 0);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&timed_m), 0);
+    return NULL;
+}
+
+Test(mutex, timedlock_gets_the_lock_in_time)
+{
+    start_runtime(2);
+    cr_assert_eq(shim__pthread_mutex_lock(&timed_m), 0);
+    fs_fiber *f[2] = {spawn(timed_getter, (void *)(intptr_t)CLOCK_REALTIME),
+                      spawn(timed_getter, (void *)(intptr_t)CLOCK_MONOTONIC)};
+    pthread_t t = plain_thread(timed_getter, (void *)(intptr_t)CLOCK_MONOTONIC);
+    sleep_ns(50000000);
+    cr_assert_eq(shim__pthread_mutex_unlock(&timed_m), 0);
+    join(f[0]);
+    join(f[1]);
+    plain_join(t);
+}
+
+/* ---- mixed waiters and hand-off ------------------------------------------------- */
+
+static pthread_mutex_t mixed_m = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int mixed_got;
+
+static void *mixed_waiter(void *arg)
+{
+    FCHECK_EQ(shim__pthread_mutex_lock(&mixed_m), 0);
+    atomic_fetch_add(&mixed_got, 1);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&mixed_m), 0);
+    return NULL;
+}
+
+static void *mixed_holder(void *arg)
+{
+    FCHECK_EQ(shim__pthread_mutex_lock(&mixed_m), 0);
+    fs_sleep_until(fs_now() + 100000000); /* parked while holding */
+    FCHECK_EQ(atomic_load(&mixed_got), 0);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&mixed_m), 0);
+    return NULL;
+}
+
+Test(mutex, plain_threads_wait_for_a_parked_fiber)
+{
+    start_runtime(1);
+    fs_fiber *h = spawn(mixed_holder, NULL);
+    sleep_ns(20000000);
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        t[i] = plain_thread(mixed_waiter, NULL);
+    run_fibers(20, mixed_waiter, NULL);
+    for (int i = 0; i < 3; i++)
+        plain_join(t[i]);
+    join(h);
+    cr_assert_eq(atomic_load(&mixed_got), 23);
+}
+
+/* ---- fairness ------------------------------------------------------------------------ */
+
+static pthread_mutex_t fair_m = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int fair_stop;
+static _Atomic long fair_count[8];
+
+static void *fair_hog(void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    while (!atomic_load_explicit(&fair_stop, memory_order_relaxed)) {
+        shim__pthread_mutex_lock(&fair_m);
+        for (volatile int i = 0; i < 200; i++)
+            ;
+        atomic_fetch_add_explicit(&fair_count[id], 1, memory_order_relaxed);
+        shim__pthread_mutex_unlock(&fair_m);
+    }
+    return NULL;
+}
+
+Test(mutex, no_waiter_starves)
+{
+    start_runtime(2);
+    fs_fiber *f[6];
+    for (int i = 0; i < 6; i++)
+        f[i] = spawn(fair_hog, (void *)(intptr_t)i);
+    pthread_t t[2] = {plain_thread(fair_hog, (void *)6), plain_thread(fair_hog, (void *)7)};
+    sleep_ns(500000000);
+    atomic_store(&fair_stop, 1);
+    for (int i = 0; i < 6; i++)
+        join(f[i]);
+    plain_join(t[0]);
+    plain_join(t[1]);
+    /* Starvation mode hands the lock to anyone who waited > 1 ms, so in
+     * 500 ms each contender gets it far more than this. */
+    for (int i = 0; i < 8; i++)
+        cr_expect_gt(atomic_load(&fair_count[i]), 20, "contender %d got the lock %ld times", i,
+                     atomic_load(&fair_count[i]));
+}
+
+/* ---- glibc's mutexes: process-shared and robust --------------------------------- */
+
+static pthread_mutex_t shared_m;
+static long shared_counter;
+
+static void *shared_worker(void *arg)
+{
+    for (int i = 0; i < 300; i++) {
+        FCHECK_EQ(shim__pthread_mutex_lock(&shared_m), 0);
+        shared_counter++;
+        if (i % 50 == 0)
+            fs_yield();
+        FCHECK_EQ(shim__pthread_mutex_unlock(&shared_m), 0);
+    }
+    return NULL;
+}
+
+Test(mutex, process_shared_stays_glibc_and_fibers_poll)
+{
+    start_runtime(2);
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    cr_assert_eq(shim__pthread_mutex_init(&shared_m, &a), 0);
+    cr_assert(shared_m.__data.__kind & 0x80, "glibc's layout, pshared bit set");
+    pthread_t t = plain_thread(shared_worker, NULL);
+    run_fibers(20, shared_worker, NULL);
+    plain_join(t);
+    cr_assert_eq(shared_counter, 21 * 300L);
+    cr_assert_eq(shim__pthread_mutex_destroy(&shared_m), 0);
+}
+
+static pthread_mutex_t robust_m;
+
+static void *robust_dier(void *arg)
+{
+    FCHECK_EQ(shim__pthread_mutex_lock(&robust_m), 0);
+    return NULL; /* exits holding it */
+}
+
+static void *robust_taker(void *arg)
+{
+    FCHECK_EQ(shim__pthread_mutex_lock(&robust_m), EOWNERDEAD);
+    FCHECK_EQ(pthread_mutex_consistent(&robust_m), 0);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&robust_m), 0);
+    FCHECK_EQ(shim__pthread_mutex_lock(&robust_m), 0);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&robust_m), 0);
+    return NULL;
+}
+
+Test(mutex, robust_owner_death_reaches_a_fiber)
+{
+    start_runtime(2);
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    cr_assert_eq(shim__pthread_mutex_init(&robust_m, &a), 0);
+    plain_join(plain_thread(robust_dier, NULL));
+    join(spawn(robust_taker, NULL));
+}
+
+/* ---- the adopted thread keeps what it locked before ---------------------------------- */
+
+Test(mutex, lock_held_across_adoption)
+{
+    pthread_mutex_t m = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+    pthread_mutex_t e = PTHREAD_ERRORCHECK_MUTEX_INITIALIZER_NP;
+    cr_assert_eq(shim__pthread_mutex_lock(&m), 0);
+    cr_assert_eq(shim__pthread_mutex_lock(&e), 0);
+    start_runtime(2);
+    fs_fiber *self;
+    cr_assert_eq(fs_adopt_thread(&self), 0);
+    cr_assert_eq(fs_self(), self);
+    cr_assert_eq(shim__pthread_mutex_lock(&m), 0); /* depth 2 */
+    cr_assert_eq(shim__pthread_mutex_lock(&e), EDEADLK);
+    cr_assert_eq(shim__pthread_mutex_unlock(&m), 0);
+    cr_assert_eq(shim__pthread_mutex_unlock(&m), 0);
+    cr_assert_eq(shim__pthread_mutex_unlock(&m), EPERM);
+    cr_assert_eq(shim__pthread_mutex_unlock(&e), 0);
+}
