@@ -30,8 +30,12 @@
  * glibc's: pthread_mutex_init hands them to glibc, whose __kind then
  * carries one of SHIM_MX_GLIBC_KIND_BITS, which routes every later call
  * to glibc with its layout intact. A fiber never blocks its carrier on
- * one: it polls with a zero-timeout clocklock (which still reports
- * EDEADLK and EOWNERDEAD) and sleeps 50 us .. 1 ms between attempts.
+ * one: it polls with a zero-timeout clocklock (which reports EOWNERDEAD
+ * and the like) and sleeps 50 us .. 1 ms between attempts. glibc knows an
+ * owner by its kernel thread, so fibers sharing a carrier look like one
+ * owner to it: EDEADLK is taken for "busy" (a fiber relocking its own
+ * errorcheck mutex then parks forever, as the thread would block), and a
+ * recursive one does not exclude the other fibers of the owner's carrier.
  */
 #include "waitq.h"
 
@@ -92,7 +96,9 @@ static int shim__mutex_lock_glibc(pthread_mutex_t *m, enum shim__lock_mode mode,
     for (int64_t backoff = SHIM_POLL_MIN_NS;;) {
         static const struct timespec past = {0, 0};
         int rc = REAL(pthread_mutex_clocklock)(m, CLOCK_MONOTONIC, &past);
-        if (rc != ETIMEDOUT)
+        /* EDEADLK may only mean another fiber of this carrier holds it:
+         * glibc knows owners by kernel thread. */
+        if (rc != ETIMEDOUT && rc != EDEADLK)
             return rc;
         /* Like glibc, look at the timeout only once the lock is busy. */
         if (mode == SHIM_TIMEDLOCK && d.mono == FS_NO_DEADLINE &&

@@ -66,8 +66,8 @@ static inline bool shim__rwlock_prefers_writers(const struct shim__rwlock *rw)
 
 /* ---- glibc's rwlocks ----------------------------------------------------------- */
 
-/* Polls with a zero timeout, which still reports EDEADLK, so a fiber
- * never blocks its carrier (see mutex.c). */
+/* A fiber polls with a zero timeout, so it never blocks its carrier (see
+ * mutex.c, also for why EDEADLK means busy here). */
 static int shim__rwlock_lock_glibc(pthread_rwlock_t *rw, bool write, enum shim__rw_mode mode,
                                    struct shim__deadline *d)
 {
@@ -83,7 +83,9 @@ static int shim__rwlock_lock_glibc(pthread_rwlock_t *rw, bool write, enum shim__
         static const struct timespec past = {0, 0};
         int rc = write ? REAL(pthread_rwlock_clockwrlock)(rw, CLOCK_MONOTONIC, &past)
                        : REAL(pthread_rwlock_clockrdlock)(rw, CLOCK_MONOTONIC, &past);
-        if (rc != ETIMEDOUT)
+        /* EDEADLK may only mean another fiber of this carrier holds it:
+         * glibc knows owners by kernel thread. */
+        if (rc != ETIMEDOUT && rc != EDEADLK)
             return rc;
         if (shim__deadline_passed(d))
             return ETIMEDOUT;
