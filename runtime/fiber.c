@@ -79,7 +79,9 @@ void fs__fiber_free(struct fs_fiber *f)
     atomic_fetch_sub(&fs__g.live, 1);
 
     if (f->own_stack) {
-        struct fs_stack st = f->stack; /* f lives inside st */
+        /* Free exactly what fs__stack_alloc handed out: the allocator finds
+         * the size class by that size (the reported stack is smaller). */
+        struct fs_stack st = f->stack_map; /* f lives inside st */
         fs__stack_free(&st);
     } else {
         fs__struct_to_pool(f);
@@ -134,7 +136,11 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         fs__fiber_init(f);
         f->own_stack = true;
         f->stack = st;
-        f->stack.size = top - (uintptr_t)st.lo; /* usable part, below the struct */
+        /* Report what was asked for, ending right below the struct (the
+         * mapping may hold a few more bytes, from page rounding). */
+        f->stack.lo = (void *)(top - size);
+        f->stack.size = size;
+        f->stack_map = st;
     }
     f->fn = fn;
     f->arg = arg;

@@ -47,6 +47,7 @@ struct shim_thread {
     void *arg;
     pthread_t real_id;          /* glibc's id for the adopted thread, else 0 */
     _Atomic int refs;           /* see the header comment */
+    _Atomic bool detached;      /* created detached, or pthread_detach'ed */
     __pthread_unwind_buf_t *cleanup; /* innermost pthread_cleanup_push */
     struct shim_tsd tsd;
     int cancel_state, cancel_type;
@@ -191,6 +192,7 @@ int shim__pthread_create(pthread_t *thread, const pthread_attr_t *attr,
     st->start = start;
     st->arg = arg;
     st->refs = sa.detached ? 1 : 2;
+    st->detached = sa.detached;
     /* The id is visible before the thread can run, as with glibc. */
     *thread = (pthread_t)st;
     atomic_fetch_add(&shim__threads_alive, 1);
@@ -385,6 +387,7 @@ int shim__pthread_detach(pthread_t t)
     int rc = fs_detach(st->fiber);
     if (rc)
         return -rc;
+    atomic_store(&st->detached, true);
     shim__thread_unref(st);
     return 0;
 }
@@ -427,9 +430,8 @@ int shim__pthread_getattr_np(pthread_t t, pthread_attr_t *attr)
     fs_fiber_stack(st->fiber, &lo, &size);
     pthread_attr_setstack(attr, lo, size);
     pthread_attr_setguardsize(attr, (size_t)sysconf(_SC_PAGESIZE));
-    pthread_attr_setdetachstate(attr, atomic_load(&st->refs) == 1 && st != shim__cur()
-                                          ? PTHREAD_CREATE_DETACHED
-                                          : PTHREAD_CREATE_JOINABLE);
+    pthread_attr_setdetachstate(attr, atomic_load(&st->detached) ? PTHREAD_CREATE_DETACHED
+                                                                 : PTHREAD_CREATE_JOINABLE);
     return 0;
 }
 SHIM_ALIAS(pthread_getattr_np)
