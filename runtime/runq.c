@@ -2,6 +2,7 @@
  * runq.c - the stealable ring, the owner FIFO and the inbox (see runq.h).
  */
 #include "internal.h"
+#include "sys.h"
 
 void fs__spin_lock_slow(fs_spinlock *l)
 {
@@ -11,7 +12,10 @@ void fs__spin_lock_slow(fs_spinlock *l)
         if (i < 64)
             __builtin_ia32_pause();
         else
-            sched_yield(); /* the holder may have been preempted */
+            /* The holder may have been preempted. The raw syscall: inside
+             * libfibershim.so, sched_yield() is the shim's, which would
+             * switch fibers while we spin inside the runtime. */
+            fs__sys0(SYS_sched_yield);
     }
 }
 
