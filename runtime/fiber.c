@@ -18,7 +18,7 @@
 #include <errno.h>
 #include <string.h>
 
-static fs_spinlock fs__pool_lock = FS_SPINLOCK_INIT;
+fs_spinlock fs__pool_lock = FS_SPINLOCK_INIT; /* also held across fork (fork.c) */
 static struct fs_fiber *fs__pool; /* structs for caller-owned stacks */
 
 static struct fs_fiber *fs__struct_from_pool(void)

@@ -465,3 +465,14 @@ void fs_fd_close(int fd)
     fs__pd_wake_locked(pd, ~0u, -EBADF);
     fs__spin_unlock(&pd->lock);
 }
+
+/* fork child (fork.c): forget every fd record. The child's epoll
+ * instances are new and empty, so no event for an old record can come. */
+void fs__netpoll_forget_all(void)
+{
+    for (unsigned c = 0; c < FS_PD_CHUNKS; c++) {
+        struct fs_pollfd *chunk = atomic_load(&fs__pd_table[c]);
+        if (chunk)
+            memset(chunk, 0, FS_PD_CHUNK * sizeof *chunk);
+    }
+}

@@ -403,3 +403,16 @@ const char *fs__stack_guard_kind(void)
                ? "madv_guard"
                : "mprotect";
 }
+
+/* fork(): the allocator's lock is taken before the fork and released in
+ * both processes, so the child never inherits it held by a thread that no
+ * longer exists there. */
+void fs__stack_fork_lock(void)
+{
+    stack_lock();
+}
+
+void fs__stack_fork_unlock(void)
+{
+    stack_unlock();
+}

@@ -37,6 +37,10 @@ void fs__stack_free(struct fs_stack *st);
  * Async-signal-safe: takes no lock and does not allocate. */
 bool fs__stack_is_guard(const void *addr);
 
+/* Held across fork() by fork.c (see there). */
+void fs__stack_fork_lock(void);
+void fs__stack_fork_unlock(void);
+
 /* Which guard mechanism is in use: "madv_guard" or "mprotect". */
 const char *fs__stack_guard_kind(void);
 

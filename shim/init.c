@@ -21,6 +21,7 @@ static struct fs_config shim__cfg;
 static int shim__activate_lock;
 
 int shim__adopt_current(void);
+void shim__process_init(void);
 
 __attribute__((noreturn)) static void shim__bad_env(const char *msg)
 {
@@ -38,6 +39,7 @@ __attribute__((constructor(101))) static void shim__init(void)
         shim__bad_env(err);
     if (shim__observe_init(err, sizeof err))
         shim__bad_env(err);
+    shim__process_init();
 }
 
 int shim__activate(void)

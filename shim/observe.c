@@ -252,3 +252,17 @@ void shim__observe_start(void)
         fprintf(stderr, "fibershim: cannot start the monitor thread: trace and dump are off\n");
     pthread_attr_destroy(&a);
 }
+
+void shim__observe_atfork_child(void)
+{
+    if (!shim__started)
+        return;
+    shim__started = 0;
+    if (shim__dump_pipe[0] >= 0) {
+        REAL(close)(shim__dump_pipe[0]);
+        REAL(close)(shim__dump_pipe[1]);
+        shim__dump_pipe[0] = shim__dump_pipe[1] = -1;
+    }
+    if (fs_self())
+        shim__observe_start();
+}

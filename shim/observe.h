@@ -14,4 +14,7 @@ int shim__observe_init(char *err, size_t errlen);
 /* Starts the monitor thread, if tracing or dumps are on (activation). */
 void shim__observe_start(void);
 
+/* In a forked child: the monitor thread is gone; start another. */
+void shim__observe_atfork_child(void);
+
 #endif

@@ -702,3 +702,9 @@ int shim__pthread_setspecific(pthread_key_t key, const void *value)
     return 0;
 }
 SHIM_ALIAS(pthread_setspecific)
+
+/* fork child: the forking fiber (or plain thread) is the only thread. */
+void shim__thread_atfork_child(void)
+{
+    atomic_store(&shim__threads_alive, shim__cur() ? 1 : 0);
+}

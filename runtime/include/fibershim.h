@@ -68,6 +68,16 @@ FS_API int fs_init(const struct fs_config *cfg);
  * thread's fiber is returned in *out. Plain thread only; once per thread. */
 FS_API int fs_adopt_thread(fs_fiber **out);
 
+/* fork() support, for pthread_atfork (the shim registers them). In the
+ * child, only the forking fiber survives, as only the forking thread does
+ * with pthreads: the runtime is rebuilt around it (new epoll instances,
+ * new carriers on demand, its kernel thread as carrier 0). A child forked
+ * by a thread that is not a fiber gets a runtime that restarts from
+ * scratch at its next use. */
+FS_API void fs_atfork_prepare(void);
+FS_API void fs_atfork_parent(void);
+FS_API void fs_atfork_child(void);
+
 /* ---- fibers ----------------------------------------------------------- */
 
 struct fs_spawn_attr {
