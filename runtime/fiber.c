@@ -142,6 +142,10 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         f->stack.size = size;
         f->stack_map = st;
     }
+    if (fs__timers_reserve(atomic_load(&fs__g.live))) {
+        fs__fiber_free(f); /* out of memory for its timer: as for its stack */
+        return -EAGAIN;
+    }
     f->fn = fn;
     f->arg = arg;
     if (attr && attr->detached)

@@ -85,6 +85,8 @@ void fs_atfork_child(void)
         fs__g.scheds[i] = s;
     }
     fs__tls_sched = NULL;
+    fs__timers_reserve_reset();
+    fs__timers_reserve(atomic_load(&fs__g.live));
     if (!self) {
         /* A plain thread forked: no fiber to carry on. The runtime stays
          * initialised; the next spawn starts carriers as usual. */

@@ -220,6 +220,8 @@ void fs__fiber_start_hook(void);
 void fs__global_push(struct fs_fiber *f);
 
 /* park.c */
+int fs__timers_reserve(uint64_t live);
+void fs__timers_reserve_reset(void);
 int64_t fs__now_coarse(void);
 bool fs__unpark_as(struct fs_fiber *f, fs_park_token tok, int how);
 void fs__timers_run(struct fs_sched *s, int64_t now);

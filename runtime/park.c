@@ -94,6 +94,39 @@ bool fs_unpark(fs_fiber *f, fs_park_token tok)
 
 /* ---- timers ------------------------------------------------------------ */
 
+/* Every live fiber may park with a deadline on any sched, so each heap
+ * keeps room for all live fibers: growing happens at spawn, where running
+ * out of memory is an EAGAIN for the spawner, never in fs_park, where it
+ * could only abort. */
+static _Atomic uint64_t fs__timers_reserved;
+
+int fs__timers_reserve(uint64_t live)
+{
+    if (live <= atomic_load_explicit(&fs__timers_reserved, memory_order_relaxed))
+        return 0;
+    uint64_t want = live < 32 ? 64 : live * 2;
+    if (want > UINT32_MAX)
+        return -ENOMEM;
+    for (unsigned i = 0; i < fs__g.nsched; i++) {
+        struct fs_sched *s = fs__g.scheds[i];
+        fs__spin_lock(&s->timer_lock);
+        int rc = fs__timer_heap_reserve(&s->timers, (uint32_t)want);
+        fs__spin_unlock(&s->timer_lock);
+        if (rc)
+            return rc;
+    }
+    uint64_t cur = atomic_load(&fs__timers_reserved);
+    while (cur < want && !atomic_compare_exchange_weak(&fs__timers_reserved, &cur, want))
+        ;
+    return 0;
+}
+
+/* fork child: the scheds are new, with empty heaps. */
+void fs__timers_reserve_reset(void)
+{
+    atomic_store(&fs__timers_reserved, 0);
+}
+
 static void fs__timer_arm(struct fs_sched *s, struct fs_fiber *f, fs_park_token tok, int64_t dl)
 {
     f->timer.deadline = dl;
@@ -101,7 +134,7 @@ static void fs__timer_arm(struct fs_sched *s, struct fs_fiber *f, fs_park_token 
     f->timer_sched = s;
     fs__spin_lock(&s->timer_lock);
     int rc = fs__timer_heap_insert(&s->timers, &f->timer);
-    FS_CHECK(rc == 0); /* the heap array cannot grow: out of memory */
+    FS_CHECK(rc == 0); /* room was reserved at spawn (fs__timers_reserve) */
     atomic_store_explicit(&s->next_deadline, fs__timer_heap_min(&s->timers)->deadline,
                           memory_order_relaxed);
     fs__spin_unlock(&s->timer_lock);

@@ -169,6 +169,7 @@ int fs_adopt_thread(fs_fiber **out)
     }
     s->thread = pthread_self();
     s->busy_since = fs_now();
+    fs__timers_reserve(atomic_load(&fs__g.live));
     f->home = s;
     /* The adopted thread's own stack: let the fiber report it. */
     pthread_attr_t a;

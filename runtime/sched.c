@@ -89,10 +89,13 @@ void fs__ready(struct fs_fiber *f)
     if (s && (fs__movable(f) || f->home == s)) {
         struct fs_fiber *old = s->runnext;
         s->runnext = f;
+        /* No wakep for f itself: runnext is owner-only (fs__steal takes
+         * from rings and the global queue, never from runnext), so a
+         * woken carrier could not take f and would go back to sleep. That
+         * kick cost spawn+join an eventfd write on a good share of spawns.
+         * The displaced fiber does become stealable: queue_local wakes. */
         if (old)
             fs__queue_local(s, old);
-        else if (fs__movable(f))
-            fs__wakep(); /* another carrier could take it if we stay busy */
         return;
     }
     if (!fs__movable(f)) {
@@ -219,12 +222,18 @@ static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
         return f;
     }
     s->runnext_streak = 0;
+    /* Fairness between the queues: fibers sent home go to the tail of the
+     * local FIFO before every pop, and the ring gets every other turn.
+     * Otherwise two fibers yielding to each other keep the local FIFO
+     * non-empty forever and starve the ring (new fibers) and the inbox
+     * (pinned fibers woken by other threads). */
+    fs__inbox_drain(&s->inbox, &s->local);
+    if ((s->tick & 1) && (f = fs__ring_pop(&s->ring)))
+        return f;
     if ((f = fs__fifo_pop(&s->local)))
         return f;
     if ((f = fs__ring_pop(&s->ring)))
         return f;
-    if (fs__inbox_drain(&s->inbox, &s->local))
-        return fs__fifo_pop(&s->local);
     if ((f = s->runnext)) {
         s->runnext = NULL;
         return f;

@@ -114,6 +114,23 @@ static int heap_grow(struct fs_timer_heap *h)
     return 0;
 }
 
+int fs__timer_heap_reserve(struct fs_timer_heap *h, uint32_t n)
+{
+    if (n <= h->cap)
+        return 0;
+    uint64_t cap = (uint64_t)h->cap * 2 > n ? (uint64_t)h->cap * 2 : n;
+    if (cap > FS_HEAP_MAX_LEN)
+        cap = FS_HEAP_MAX_LEN;
+    if (cap < n || cap > SIZE_MAX / sizeof(*h->v))
+        return -ENOMEM;
+    struct fs_timer **v = realloc(h->v, (size_t)cap * sizeof(*h->v));
+    if (!v)
+        return -ENOMEM;
+    h->v = v;
+    h->cap = (uint32_t)cap;
+    return 0;
+}
+
 int fs__timer_heap_insert(struct fs_timer_heap *h, struct fs_timer *t)
 {
     int rc = heap_grow(h);

@@ -37,6 +37,10 @@ void fs__timer_heap_destroy(struct fs_timer_heap *h);
  * Returns 0, or -ENOMEM when the array cannot grow (t stays unqueued). */
 int fs__timer_heap_insert(struct fs_timer_heap *h, struct fs_timer *t);
 
+/* Makes room for n nodes in all, so that inserts up to n cannot fail.
+ * Returns 0 or -ENOMEM (heap unchanged). */
+int fs__timer_heap_reserve(struct fs_timer_heap *h, uint32_t n);
+
 /* Removes t if queued; no-op otherwise. */
 void fs__timer_heap_remove(struct fs_timer_heap *h, struct fs_timer *t);
 
