@@ -16,6 +16,7 @@
 #include "observe.h"
 
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -72,9 +73,11 @@ static void shim__stats_write(int fd)
     }
 }
 
+static _Atomic int shim__stats_written;
+
 static void shim__stats_at_exit(void)
 {
-    if (!shim__stats_path)
+    if (!shim__stats_path || atomic_exchange(&shim__stats_written, 1))
         return;
     if (!*shim__stats_path) {
         shim__stats_write(2);
@@ -266,3 +269,23 @@ void shim__observe_atfork_child(void)
     if (fs_self())
         shim__observe_start();
 }
+
+/* A program that ends with _exit() (often from its own SIGINT/SIGTERM
+ * handler) runs no atexit handler: write the stats here too. Formatting
+ * and writing a few lines allocates nothing, so this is safe where _exit
+ * itself is called from a signal handler. */
+void shim___exit(int status)
+{
+    shim__stats_at_exit();
+    REAL(_exit)(status);
+    __builtin_unreachable();
+}
+SHIM_ALIAS(_exit)
+
+void shim___Exit(int status)
+{
+    shim__stats_at_exit();
+    REAL(_Exit)(status);
+    __builtin_unreachable();
+}
+SHIM_ALIAS(_Exit)
