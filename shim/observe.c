@@ -39,7 +39,7 @@ static void shim__stats_write(int fd)
 {
     struct fs_stats st;
     fs_stats_get(&st);
-    char buf[4096];
+    char buf[8192];
     size_t n = 0;
 #define P(name, v)                                                                         \
     n += (size_t)snprintf(buf + n, sizeof buf - n, "%s %llu\n", name, (unsigned long long)(v))
@@ -64,6 +64,17 @@ static void shim__stats_write(int fd)
     P("timers_fired", st.timers_fired);
     P("syscalls_made", st.syscalls_made);
     P("syscalls_avoided", st.syscalls_avoided);
+    /* Balance: how many fibers each carrier started, and its busy time. */
+    for (unsigned i = 0; i < st.carriers && n < sizeof buf - 128; i++) {
+        struct fs_carrier_stats cs;
+        if (fs_carrier_stats(i, &cs))
+            break;
+        char name[48];
+        snprintf(name, sizeof name, "carrier%u_fibers_run", i);
+        P(name, cs.fibers_run);
+        snprintf(name, sizeof name, "carrier%u_busy_ms", i);
+        P(name, cs.busy_ns / 1000000);
+    }
 #undef P
     for (size_t off = 0; off < n;) {
         ssize_t w = REAL(write)(fd, buf + off, n - off);
