@@ -195,7 +195,7 @@ void fs_exit(void *ret)
     self->ret = ret;
     s->after_fn = fs__after_exit;
     s->after_prev = self;
-    fs__switch_out(s, self);
+    fs__switch_out(s, self, true); /* exit completes after the switch; no lock held */
     FS_CHECK(!"a dead fiber was resumed");
     __builtin_unreachable();
 }

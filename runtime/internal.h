@@ -128,6 +128,7 @@ struct fs_sched {
     struct fs_ring ring;         /* stealable fibers */
     struct fs_inbox inbox;       /* pinned fibers readied elsewhere */
     uint32_t tick;
+    bool want_poll;              /* a poll is due; the idle loop does it */
 
     /* Post-switch action, run by whatever context runs next on this sched
      * (fs__sched_after_switch). Owner only. */
@@ -212,7 +213,7 @@ int fs__start_carriers(void);
 void fs__ready(struct fs_fiber *f);
 void fs__sched_kick(struct fs_sched *s);
 void fs__wakep(void);
-void fs__switch_out(struct fs_sched *s, struct fs_fiber *self);
+void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll);
 void fs__carrier_main_loop(struct fs_sched *s) __attribute__((noreturn));
 int fs__sched_init(struct fs_sched *s, unsigned id);
 int fs__sched_make_idle_stack(struct fs_sched *s);

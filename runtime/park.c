@@ -242,7 +242,7 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
     s->commit_fn = commit;
     s->commit_arg = arg;
     s->commit_tok = tok;
-    fs__switch_out(s, self);
+    fs__switch_out(s, self, false); /* commit() may still have a lock to release */
 
     self->wait_obj = NULL;
     if (self->timer_sched)

@@ -342,8 +342,9 @@ static inline void fs__run_prepare(struct fs_sched *s, struct fs_fiber *f)
 
 /* Switches the calling fiber out; returns when it is resumed. The caller
  * set s->after_fn to whatever must happen once its stack is free (queue
- * it, commit a park, free it). */
-void fs__switch_out(struct fs_sched *s, struct fs_fiber *self)
+ * it, commit a park, free it). may_poll: the caller holds no lock that
+ * harvesting events could need (false for parks, see fs__find_runnable). */
+void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
 {
     /* errno is per fiber. glibc's __errno_location() is declared const, so
      * the compiler may reuse &errno from before the switch; after it, we
@@ -352,7 +353,7 @@ void fs__switch_out(struct fs_sched *s, struct fs_fiber *self)
     int *(*volatile errloc)(void) = __errno_location;
     self->saved_errno = *errloc();
 
-    struct fs_fiber *next = fs__find_runnable(s, false);
+    struct fs_fiber *next = fs__find_runnable(s, may_poll);
     if (next) {
         fs__run_prepare(s, next);
         fs__context_switch(&self->ctx, &next->ctx);
@@ -448,13 +449,18 @@ void fs_yield(void)
     }
     fs__stat_inc(&s->st.parks[FS_PARK_YIELD]);
     if (!fs__has_work(s)) {
-        /* Nobody else to run here: look for I/O (at most every 50 us, so
-         * a yield loop does not become an epoll_wait loop), else go on. */
+        /* Nobody else to run here: fire due timers, look for I/O (at most
+         * every 50 us, so a yield loop does not become an epoll_wait
+         * loop), else go on. The timers matter: fs__find_runnable, which
+         * fires them otherwise, never runs while a lone fiber yields, and
+         * the fibers sleeping on this carrier would never wake. */
         int64_t now = fs_now();
-        if (now - s->last_poll < 50000 || fs__netpoll(s, 0) == 0)
+        if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
+            fs__timers_run(s, now);
+        if (!fs__has_work(s) && (now - s->last_poll < 50000 || fs__netpoll(s, 0) == 0))
             return;
     }
     s->after_fn = fs__after_yield;
     s->after_prev = self;
-    fs__switch_out(s, self);
+    fs__switch_out(s, self, true); /* a yielder holds no lock: polling is safe */
 }
