@@ -11,6 +11,7 @@
  */
 #include "shim.h"
 #include "fd.h"
+#include "offload.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
@@ -305,6 +306,9 @@ static int shim__fcntl_impl(int (*real)(int, int, ...), int fd, int cmd, void *a
             shim__fd_copy(fd, nfd);
         return nfd;
     }
+    case F_SETLKW:
+    case F_OFD_SETLKW:
+        return shim__file_setlkw(real, fd, cmd, arg); /* waits off the carrier */
     default:
         return real(fd, cmd, arg);
     }

@@ -10,6 +10,7 @@
  */
 #include "shim.h"
 #include "observe.h"
+#include "offload.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -40,6 +41,8 @@ __attribute__((constructor(101))) static void shim__init(void)
     if (shim__observe_init(err, sizeof err))
         shim__bad_env(err);
     shim__process_init();
+    if (shim__offload_init(err, sizeof err))
+        shim__bad_env(err);
 }
 
 int shim__activate(void)

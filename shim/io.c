@@ -19,10 +19,14 @@
  *  - A read that returned less than asked on a stream proves the socket
  *    drained; the next read then parks without a failing syscall, unless an
  *    edge arrived meanwhile (fs_fd_drained / fs_fd_edges).
- * Calls from threads that are not fibers go straight to the C library.
+ * Regular files (SHIM_FD_FILE) are not the netpoller's: a fiber's
+ * read/write/readv/writev on one goes to file.c (page cache first, then a
+ * spare thread). Calls from threads that are not fibers go straight to
+ * the C library.
  */
 #include "shim.h"
 #include "fd.h"
+#include "offload.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -161,6 +165,14 @@ static inline struct shim_fd *shim__io_entry(int fd)
     return e;
 }
 
+/* After shim__io_entry() said NULL: whether the caller is a fiber and fd
+ * a regular file, for file.c. */
+static inline bool shim__io_file(int fd)
+{
+    struct shim_fd *e = fs_self() ? shim__fd_peek(fd) : NULL;
+    return e && atomic_load_explicit(&e->kind, memory_order_relaxed) == SHIM_FD_FILE;
+}
+
 /* ---- reads ------------------------------------------------------------------ */
 
 struct shim_buf {
@@ -186,6 +198,8 @@ static ssize_t shim__try_read(int fd, void *ctx, int mode)
 ssize_t shim__read(int fd, void *buf, size_t len)
 {
     struct shim_fd *e = shim__io_entry(fd);
+    if (!e && shim__io_file(fd))
+        return shim__file_rw1(fd, buf, len, -1, false);
     if (!e)
         return REAL(read)(fd, buf, len);
     struct shim_buf b = {buf, len, 0, NULL, NULL};
@@ -298,6 +312,8 @@ static size_t shim__iov_len(const struct iovec *iov, int n)
 ssize_t shim__readv(int fd, const struct iovec *iov, int iovcnt)
 {
     struct shim_fd *e = shim__io_entry(fd);
+    if (!e && shim__io_file(fd))
+        return shim__file_rw(fd, iov, iovcnt, -1, false);
     if (!e)
         return REAL(readv)(fd, iov, iovcnt);
     struct shim_msg m = {NULL, 0, iov, iovcnt};
@@ -397,6 +413,8 @@ static ssize_t shim__write_all(int fd, struct shim_fd *e, shim_try_fn try, struc
 ssize_t shim__write(int fd, const void *buf, size_t len)
 {
     struct shim_fd *e = shim__io_entry(fd);
+    if (!e && shim__io_file(fd))
+        return shim__file_rw1(fd, buf, len, -1, true);
     if (!e)
         return REAL(write)(fd, buf, len);
     struct shim_cbuf b = {buf, len, 0, NULL, 0};
@@ -507,6 +525,8 @@ static ssize_t shim__writev_all(int fd, struct shim_fd *e, const struct iovec *i
 ssize_t shim__writev(int fd, const struct iovec *iov, int iovcnt)
 {
     struct shim_fd *e = shim__io_entry(fd);
+    if (!e && shim__io_file(fd))
+        return shim__file_rw(fd, iov, iovcnt, -1, true);
     if (!e || iovcnt < 0)
         return REAL(writev)(fd, iov, iovcnt);
     return shim__writev_all(fd, e, iov, iovcnt, NULL, 0);
