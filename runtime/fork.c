@@ -86,6 +86,7 @@ void fs_atfork_child(void)
     }
     fs__tls_sched = NULL;
     fs__timers_reserve_reset();
+    fs__monitor_atfork_child();
     fs__timers_reserve(atomic_load(&fs__g.live));
     if (!self) {
         /* A plain thread forked: no fiber to carry on. The runtime stays

@@ -238,6 +238,13 @@ int fs__netpoll_init(struct fs_sched *s);
  * fibers the events wake; returns how many were readied. */
 int fs__netpoll(struct fs_sched *s, int64_t timeout_ns);
 
+int fs__netpoll_foreign(struct fs_sched *s);
+
+/* monitor.c */
+void fs__monitor_start(void);
+uint64_t fs__monitor_harvests(void);
+void fs__monitor_atfork_child(void);
+
 /* fault.c */
 void fs__fault_init(void);
 int fs__fault_thread_init(void);

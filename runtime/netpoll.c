@@ -239,6 +239,15 @@ int fs__netpoll(struct fs_sched *s, int64_t timeout_ns)
     return woken;
 }
 
+/* Polls s's epoll instance from a thread that is not s's carrier (the
+ * monitor, while s is stuck). Event processing only takes pollfd locks and
+ * wakes fibers with fs_unpark, which is safe from any thread; the fields
+ * fs__netpoll writes besides (counters, last_poll) tolerate the race. */
+int fs__netpoll_foreign(struct fs_sched *s)
+{
+    return fs__netpoll(s, 0);
+}
+
 /* ---- registration ------------------------------------------------------ */
 
 /* Adds fd to s's epoll. Under pd->lock. */

@@ -145,6 +145,7 @@ int fs__start_carriers(void)
         atomic_store_explicit(&fs__g.nstarted, i + 1, memory_order_release);
     }
     fs__spin_unlock(&fs__g.start_lock);
+    fs__monitor_start();
     return atomic_load(&fs__g.nstarted) ? 0 : rc;
 }
 
@@ -197,6 +198,7 @@ void fs_stats_get(struct fs_stats *st)
     st->fibers_live = LD(fs__g.live);
     st->fibers_peak = LD(fs__g.peak);
     st->carriers = fs__g.nsched;
+    st->monitor_harvests = fs__monitor_harvests();
     for (unsigned i = 0; i < fs__g.nsched; i++) {
         struct fs_sched_stats *c = &fs__g.scheds[i]->st;
         st->switches += LD(c->switches);

@@ -64,6 +64,7 @@ static void shim__stats_write(int fd)
     P("timers_fired", st.timers_fired);
     P("syscalls_made", st.syscalls_made);
     P("syscalls_avoided", st.syscalls_avoided);
+    P("monitor_harvests", st.monitor_harvests);
     /* Balance: how many fibers each carrier started, and its busy time. */
     for (unsigned i = 0; i < st.carriers && n < sizeof buf - 128; i++) {
         struct fs_carrier_stats cs;

@@ -293,6 +293,7 @@ struct fs_stats {
     uint64_t timers_fired;
     uint64_t syscalls_made;    /* I/O syscalls issued on behalf of fibers */
     uint64_t syscalls_avoided; /* I/O attempts skipped because fd known not ready */
+    uint64_t monitor_harvests; /* epoll harvests the monitor made for a stuck carrier */
     unsigned carriers;
 };
 
