@@ -80,15 +80,12 @@ int shim__offload_init(char *err, size_t errlen)
     return 0;
 }
 
-/* Runs r's call and wakes its requester. The requester may return (and
- * its stack record die) as soon as the wake lands: nothing touches r
- * after it. Any thread. */
-static void shim__offload_run(struct shim_offload_req *r)
+/* Runs r's call. Any thread. */
+static void shim__offload_call(struct shim_offload_req *r)
 {
     errno = r->err;
     r->ret = r->fn(r->ctx);
     r->err = errno;
-    fs_waiter_wake(&r->w);
 }
 
 static struct shim_offload_req *shim__offload_pop_locked(void)
@@ -108,8 +105,14 @@ static void *shim__spare_main(void *unused)
         struct shim_offload_req *r = shim__offload_pop_locked();
         if (r) {
             fs__spin_unlock(&shim__pool.lock);
-            shim__offload_run(r);
+            shim__offload_call(r);
             fs__spin_lock(&shim__pool.lock);
+            /* Woken under the lock, so this spare is back in the pool
+             * (idle, or on the next request) before the requester can
+             * call again: a fiber making call after call uses one spare,
+             * not a new one each time. The requester may return (and r
+             * die) as soon as the wake lands: nothing touches r after. */
+            fs_waiter_wake(&r->w);
             continue;
         }
         fs_waiter_prepare(&idle);
@@ -152,9 +155,11 @@ static void shim__spare_start(void)
     }
     fs__spin_unlock(&shim__pool.lock);
     struct fs_waiter *w;
-    while ((w = shim__waitq_pop_locked(&orphans)))
-        shim__offload_run((struct shim_offload_req *)((char *)w -
-                                                      offsetof(struct shim_offload_req, w)));
+    while ((w = shim__waitq_pop_locked(&orphans))) {
+        shim__offload_call((struct shim_offload_req *)((char *)w -
+                                                       offsetof(struct shim_offload_req, w)));
+        fs_waiter_wake(w);
+    }
 }
 
 long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why)
