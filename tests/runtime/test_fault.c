@@ -1,0 +1,130 @@
+/*
+ * test_fault.c - a fiber that overflows its stack (fault.c): the process
+ * dies of SIGSEGV, as without the runtime, and stderr names the fiber, its
+ * stack size and FIBERSHIM_STACK_SIZE first.
+ *
+ * Criterion cannot read the stderr of a test that crashes, so each case
+ * forks a child of its own, which starts the runtime, runs the scenario
+ * with stderr on a pipe, and dies; the parent checks how it died and what
+ * it wrote.
+ */
+#include <criterion/criterion.h>
+
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "fibershim.h"
+
+/* ~1 KiB per frame; the volatile buffer and the use after the call keep
+ * each frame and stop tail-call optimisation. The limit is never reached
+ * (the stack runs out first); being volatile, it tells the compiler the
+ * recursion may end. */
+static volatile int depth_limit = 1 << 30;
+
+static __attribute__((noinline)) int recurse(int depth)
+{
+    if (depth >= depth_limit)
+        return depth;
+    volatile char pad[1024];
+    pad[0] = (char)depth;
+    pad[sizeof pad - 1] = (char)depth;
+    return recurse(depth + 1) + pad[0] + pad[sizeof pad - 1];
+}
+
+static void *overflow(void *arg)
+{
+    (void)arg;
+    return (void *)(intptr_t)recurse(0);
+}
+
+static void *named_overflow(void *arg)
+{
+    fs_fiber_set_name(fs_self(), arg);
+    return (void *)(intptr_t)recurse(0);
+}
+
+static void *null_deref(void *arg)
+{
+    return (void *)(intptr_t) * (volatile int *)arg;
+}
+
+struct outcome {
+    int status;
+    char err[4096];
+};
+
+/* Runs fn(arg) in a fiber of a forked child (one carrier, stack
+ * stack_size) and collects how the child ended and its stderr. */
+static void run_child(void *(*fn)(void *), void *arg, size_t stack_size, struct outcome *out)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        /* No core file: a dump of the reserved stack arenas is slow. */
+        setrlimit(RLIMIT_CORE, &(struct rlimit){0, 0});
+        dup2(p[1], 2);
+        close(p[0]);
+        close(p[1]);
+        if (fs_init(&(struct fs_config){.carriers = 1}) != 0)
+            _exit(10);
+        fs_fiber *f;
+        if (fs_spawn(&f, fn, arg, &(struct fs_spawn_attr){.stack_size = stack_size}) != 0)
+            _exit(11);
+        fs_join(f, NULL, FS_NO_DEADLINE);
+        _exit(12); /* the fiber was supposed to crash */
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof out->err - 1 && (r = read(p[0], out->err + n, sizeof out->err - 1 - n)) > 0)
+        n += (size_t)r;
+    out->err[n] = 0;
+    close(p[0]);
+    cr_assert_eq(waitpid(pid, &out->status, 0), pid);
+}
+
+static void expect_overflow_report(const struct outcome *o, unsigned kib)
+{
+    cr_assert(WIFSIGNALED(o->status), "child did not die of a signal (status %#x), stderr: %s",
+              o->status, o->err);
+    cr_assert_eq(WTERMSIG(o->status), SIGSEGV, "child died of signal %d", WTERMSIG(o->status));
+    cr_assert_not_null(strstr(o->err, "fiber stack overflow"), "stderr: %s", o->err);
+    char size[32];
+    snprintf(size, sizeof size, " %u KiB stack", kib);
+    cr_assert_not_null(strstr(o->err, size), "no \"%s\" in: %s", size, o->err);
+    cr_assert_not_null(strstr(o->err, "FIBERSHIM_STACK_SIZE"), "stderr: %s", o->err);
+    cr_log_info("%s", o->err);
+}
+
+Test(fault, stack_overflow_dies_of_sigsegv_and_says_why)
+{
+    struct outcome o;
+    run_child(overflow, NULL, 64 * 1024, &o);
+    expect_overflow_report(&o, 64);
+}
+
+Test(fault, overflow_report_names_the_fiber)
+{
+    struct outcome o;
+    run_child(named_overflow, "deep-recursion", 128 * 1024, &o);
+    expect_overflow_report(&o, 128);
+    cr_assert_not_null(strstr(o.err, "(deep-recursion)"), "stderr: %s", o.err);
+}
+
+Test(fault, other_faults_are_not_called_overflows)
+{
+    struct outcome o;
+    run_child(null_deref, NULL, 64 * 1024, &o);
+    cr_assert(WIFSIGNALED(o.status), "status %#x", o.status);
+    cr_assert_eq(WTERMSIG(o.status), SIGSEGV);
+    cr_assert_null(strstr(o.err, "overflow"), "a NULL dereference was reported as: %s", o.err);
+}
