@@ -317,27 +317,34 @@ int shim__pthread_mutex_timedlock(pthread_mutex_t *mp, const struct timespec *ab
 }
 SHIM_ALIAS(pthread_mutex_timedlock)
 
-int shim__pthread_mutex_unlock(pthread_mutex_t *mp)
+/* Out of line, so that the fast path below needs no stack frame. */
+static __attribute__((noinline)) int shim__mutex_unlock_slow(struct shim__mutex *m, int kind)
 {
-    struct shim__mutex *m = (struct shim__mutex *)mp;
-    int kind = shim__mutex_kind(m);
-    if (SHIM_LIKELY(kind == PTHREAD_MUTEX_NORMAL)) {
-        uint32_t v = SHIM_MX_LOCKED;
-        if (SHIM_LIKELY(atomic_compare_exchange_strong_explicit(
-                &m->word, &v, 0, memory_order_release, memory_order_relaxed)))
-            return 0;
-    } else if (kind & SHIM_MX_GLIBC_KIND_BITS) {
-        return REAL(pthread_mutex_unlock)(mp);
-    } else if ((kind & 3) == PTHREAD_MUTEX_RECURSIVE || (kind & 3) == PTHREAD_MUTEX_ERRORCHECK) {
+    if (kind & SHIM_MX_GLIBC_KIND_BITS)
+        return REAL(pthread_mutex_unlock)((pthread_mutex_t *)m);
+    int type = kind & 3;
+    if (type == PTHREAD_MUTEX_RECURSIVE || type == PTHREAD_MUTEX_ERRORCHECK) {
         if (!shim__owner_is_self(atomic_load_explicit(&m->owner, memory_order_relaxed),
                                  shim__self_owner()))
             return EPERM;
-        if ((kind & 3) == PTHREAD_MUTEX_RECURSIVE && --m->count)
+        if (type == PTHREAD_MUTEX_RECURSIVE && --m->count)
             return 0;
         atomic_store_explicit(&m->owner, 0, memory_order_relaxed);
     }
     shim__mutex_release(m);
     return 0;
+}
+
+int shim__pthread_mutex_unlock(pthread_mutex_t *mp)
+{
+    struct shim__mutex *m = (struct shim__mutex *)mp;
+    int kind = shim__mutex_kind(m);
+    uint32_t v = SHIM_MX_LOCKED;
+    if (SHIM_LIKELY(kind == PTHREAD_MUTEX_NORMAL) &&
+        SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, 0, memory_order_release,
+                                                            memory_order_relaxed)))
+        return 0;
+    return shim__mutex_unlock_slow(m, kind);
 }
 SHIM_ALIAS(pthread_mutex_unlock)
 

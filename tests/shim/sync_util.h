@@ -29,7 +29,7 @@
     do {                                                                                   \
         if (!(cond)) {                                                                     \
             fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, "" __VA_ARGS__);                                               \
+            fprintf(stderr, " " __VA_ARGS__);                                              \
             fprintf(stderr, "\n");                                                         \
             abort();                                                                       \
         }                                                                                  \

@@ -1,0 +1,239 @@
+/*
+ * sync_bench.c - pthread synchronization micro-benchmarks.
+ *
+ * A plain pthread program: run it as is for kernel threads, and with
+ * LD_PRELOAD=libfibershim.so for fibers. Prints a Markdown table; each
+ * number is the median of 5 repetitions.
+ *
+ *   uncontended   mutex lock + unlock by one thread, ns per pair
+ *   ping-pong     condvar round trip between two threads, ns
+ *   pool          10,000 consumer threads fed by one producer through a
+ *                 mutex + condvar queue, items/s
+ *   contention    1,000 threads locking one mutex, lock+unlock pairs/s
+ *
+ * Measurements run on created threads (under the shim: fibers).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REPS 5
+#define STACK (64 * 1024)
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void check(int rc, const char *what)
+{
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", what, strerror(rc));
+        exit(1);
+    }
+}
+
+static pthread_t spawn(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, STACK);
+    pthread_t t;
+    check(pthread_create(&t, &a, fn, arg), "pthread_create");
+    pthread_attr_destroy(&a);
+    return t;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v)
+{
+    qsort(v, REPS, sizeof *v, cmp);
+    return v[REPS / 2];
+}
+
+/* ---- uncontended ---------------------------------------------------------------- */
+
+#define UNCONTENDED_ITERS 20000000
+
+static void *uncontended(void *out)
+{
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    double t0 = now_s();
+    for (int i = 0; i < UNCONTENDED_ITERS; i++) {
+        pthread_mutex_lock(&m);
+        __asm__ volatile("" ::: "memory");
+        pthread_mutex_unlock(&m);
+    }
+    *(double *)out = (now_s() - t0) * 1e9 / UNCONTENDED_ITERS;
+    return NULL;
+}
+
+/* ---- ping-pong ----------------------------------------------------------------------- */
+
+#define PP_ROUNDS 100000
+
+static pthread_mutex_t pp_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pp_c = PTHREAD_COND_INITIALIZER;
+static int pp_turn;
+
+static void *pp_player(void *arg)
+{
+    int me = (int)(long)arg;
+    for (int i = 0; i < PP_ROUNDS; i++) {
+        pthread_mutex_lock(&pp_m);
+        while (pp_turn != me)
+            pthread_cond_wait(&pp_c, &pp_m);
+        pp_turn = 1 - me;
+        pthread_cond_signal(&pp_c);
+        pthread_mutex_unlock(&pp_m);
+    }
+    return NULL;
+}
+
+static double ping_pong(void)
+{
+    pp_turn = 0;
+    double t0 = now_s();
+    pthread_t a = spawn(pp_player, (void *)0), b = spawn(pp_player, (void *)1);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    return (now_s() - t0) * 1e9 / PP_ROUNDS;
+}
+
+/* ---- pool ------------------------------------------------------------------------------ */
+
+#define POOL_THREADS 10000
+#define POOL_ITEMS 200000
+#define POOL_CAP 1024
+
+static pthread_mutex_t pool_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_nonempty = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_nonfull = PTHREAD_COND_INITIALIZER;
+static int pool_q[POOL_CAP], pool_head, pool_len, pool_started;
+static int pool_closed;
+static long pool_done;
+
+static void *pool_consumer(void *arg)
+{
+    pthread_mutex_lock(&pool_m);
+    pool_started++;
+    for (;;) {
+        while (pool_len == 0 && !pool_closed)
+            pthread_cond_wait(&pool_nonempty, &pool_m);
+        if (pool_len == 0)
+            break;
+        pool_head = (pool_head + 1) % POOL_CAP;
+        pool_len--;
+        pool_done++;
+        pthread_cond_signal(&pool_nonfull);
+        pthread_mutex_unlock(&pool_m);
+        for (volatile int i = 0; i < 100; i++) /* the "work" */
+            ;
+        pthread_mutex_lock(&pool_m);
+    }
+    pthread_mutex_unlock(&pool_m);
+    return NULL;
+}
+
+static double pool(void)
+{
+    static pthread_t t[POOL_THREADS];
+    pool_head = pool_len = pool_started = pool_closed = 0;
+    pool_done = 0;
+    for (int i = 0; i < POOL_THREADS; i++)
+        t[i] = spawn(pool_consumer, NULL);
+    for (;;) { /* all waiting before the clock starts */
+        pthread_mutex_lock(&pool_m);
+        int s = pool_started;
+        pthread_mutex_unlock(&pool_m);
+        if (s == POOL_THREADS)
+            break;
+        sched_yield();
+    }
+    double t0 = now_s();
+    for (int i = 0; i < POOL_ITEMS; i++) {
+        pthread_mutex_lock(&pool_m);
+        while (pool_len == POOL_CAP)
+            pthread_cond_wait(&pool_nonfull, &pool_m);
+        pool_q[(pool_head + pool_len) % POOL_CAP] = i;
+        pool_len++;
+        pthread_cond_signal(&pool_nonempty);
+        pthread_mutex_unlock(&pool_m);
+    }
+    pthread_mutex_lock(&pool_m);
+    while (pool_done < POOL_ITEMS) {
+        pthread_mutex_unlock(&pool_m);
+        sched_yield();
+        pthread_mutex_lock(&pool_m);
+    }
+    double dt = now_s() - t0;
+    pool_closed = 1;
+    pthread_cond_broadcast(&pool_nonempty);
+    pthread_mutex_unlock(&pool_m);
+    for (int i = 0; i < POOL_THREADS; i++)
+        pthread_join(t[i], NULL);
+    return POOL_ITEMS / dt;
+}
+
+/* ---- contention -------------------------------------------------------------------------- */
+
+#define CONT_THREADS 1000
+#define CONT_ITERS 1000
+
+static pthread_mutex_t cont_m = PTHREAD_MUTEX_INITIALIZER;
+static long cont_counter;
+
+static void *cont_worker(void *arg)
+{
+    for (int i = 0; i < CONT_ITERS; i++) {
+        pthread_mutex_lock(&cont_m);
+        cont_counter++;
+        pthread_mutex_unlock(&cont_m);
+    }
+    return NULL;
+}
+
+static double contention(void)
+{
+    static pthread_t t[CONT_THREADS];
+    cont_counter = 0;
+    double t0 = now_s();
+    for (int i = 0; i < CONT_THREADS; i++)
+        t[i] = spawn(cont_worker, NULL);
+    for (int i = 0; i < CONT_THREADS; i++)
+        pthread_join(t[i], NULL);
+    double dt = now_s() - t0;
+    if (cont_counter != (long)CONT_THREADS * CONT_ITERS) {
+        fprintf(stderr, "contention: counter %ld\n", cont_counter);
+        exit(1);
+    }
+    return cont_counter / dt;
+}
+
+int main(void)
+{
+    double u[REPS], pp[REPS], pl[REPS], ct[REPS];
+    for (int r = 0; r < REPS; r++) {
+        pthread_join(spawn(uncontended, &u[r]), NULL);
+        pp[r] = ping_pong();
+        pl[r] = pool();
+        ct[r] = contention();
+        fprintf(stderr, "rep %d: %.1f ns, %.0f ns, %.0f items/s, %.0f ops/s\n", r + 1, u[r],
+                pp[r], pl[r], ct[r]);
+    }
+    printf("| benchmark | result |\n|---|---|\n");
+    printf("| uncontended lock+unlock | %.1f ns |\n", median(u));
+    printf("| condvar ping-pong round trip | %.0f ns |\n", median(pp));
+    printf("| pool, %d consumers | %.0f items/s |\n", POOL_THREADS, median(pl));
+    printf("| %d threads on one mutex | %.0f ops/s |\n", CONT_THREADS, median(ct));
+    return 0;
+}
