@@ -79,6 +79,8 @@ struct fs_fiber {
     _Atomic uint64_t park;       /* park word, see FS_PW_* */
     _Atomic int state;           /* enum fs_fiber_state, for dumps and asserts */
     int saved_errno;             /* errno of the fiber while switched out */
+    _Atomic int interrupt;       /* fs_interrupt pending: run the hook on resume */
+    _Atomic int interrupted;     /* the current park was cut short by fs_interrupt */
     uint8_t why;                 /* enum fs_park_reason of the current park */
     bool is_adopted;             /* runs on a kernel thread's own stack */
     bool own_stack;              /* stack came from fs__stack_alloc */
@@ -218,9 +220,18 @@ void fs__carrier_main_loop(struct fs_sched *s) __attribute__((noreturn));
 int fs__sched_init(struct fs_sched *s, unsigned id);
 int fs__sched_make_idle_stack(struct fs_sched *s);
 void fs__fiber_start_hook(void);
+void fs__run_interrupt_hook(struct fs_fiber *f);
 void fs__global_push(struct fs_fiber *f);
 
 /* park.c */
+extern void (*fs__interrupt_hook)(struct fs_fiber *f);
+extern _Atomic bool fs__hook_always;
+
+static inline bool fs__hook_due(struct fs_fiber *f)
+{
+    return atomic_load_explicit(&f->interrupt, memory_order_relaxed) ||
+           atomic_load_explicit(&fs__hook_always, memory_order_relaxed);
+}
 int fs__timers_reserve(uint64_t live);
 void fs__timers_reserve_reset(void);
 int64_t fs__now_coarse(void);

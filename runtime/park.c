@@ -249,6 +249,8 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
         fs__timer_disarm(self);
     uint64_t w = atomic_load_explicit(&self->park, memory_order_acquire);
     FS_CHECK(PW_TOK(w) == tok && PW_ST(w) >= FS_PW_WOKEN);
+    if (PW_ST(w) == FS_PW_TIMEDOUT && atomic_exchange(&self->interrupted, 0))
+        return -EINTR;
     return PW_ST(w) == FS_PW_TIMEDOUT ? -ETIMEDOUT : 0;
 }
 
@@ -258,9 +260,46 @@ int fs_sleep_until(int64_t deadline)
         return -EPERM;
     while (fs_now() < deadline) {
         fs_park_token tok = fs_park_prepare();
-        fs_park(tok, FS_PARK_SLEEP, NULL, deadline, NULL, NULL);
+        if (fs_park(tok, FS_PARK_SLEEP, NULL, deadline, NULL, NULL) == -EINTR)
+            return -EINTR;
     }
     return 0;
+}
+
+/* ---- interrupts ---------------------------------------------------------- */
+
+void (*fs__interrupt_hook)(struct fs_fiber *f);
+_Atomic bool fs__hook_always;
+
+void fs_hook_every_switch(void)
+{
+    atomic_store(&fs__hook_always, true);
+}
+
+void fs_set_interrupt_hook(void (*hook)(fs_fiber *f))
+{
+    fs__interrupt_hook = hook;
+}
+
+void fs_interrupt(fs_fiber *f)
+{
+    /* The flag first: whatever happens next, f runs the hook when it
+     * resumes (fs__switch_out checks it after every switch). */
+    atomic_store(&f->interrupt, 1);
+    uint64_t w = atomic_load_explicit(&f->park, memory_order_acquire);
+    if (PW_ST(w) > FS_PW_PARKED)
+        return; /* not parked: the hook runs at its next switch */
+    /* why belongs to the park named by w's token: if f has moved on to
+     * another park since, the compare-and-swap below fails on the token. */
+    unsigned why = f->why;
+    if (why > FS_PARK_SLEEP)
+        return; /* locks and joins are not interruptible */
+    atomic_store(&f->interrupted, 1);
+    bool won;
+    if (fs__park_transition(f, PW_TOK(w), FS_PW_TIMEDOUT, &won))
+        fs__ready(f);
+    if (!won)
+        atomic_store(&f->interrupted, 0);
 }
 
 /* ---- waiters: parking that also works on plain threads ----------------- */

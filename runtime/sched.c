@@ -294,7 +294,12 @@ static struct fs_fiber *fs__find_runnable_blocking(struct fs_sched *s)
             }
         }
 
-        /* Sleep. Publish `sleeping` before the final check (see kick). */
+        /* Sleep. Publish `sleeping` before the final check (see kick).
+         * Clear `notified` first: a kick whose eventfd edge was consumed
+         * by a non-blocking poll (fs_yield, the idle loop) left it set, and
+         * every later kick would then skip the eventfd write and the wake
+         * would be lost. */
+        atomic_store_explicit(&s->notified, 0, memory_order_relaxed);
         atomic_store_explicit(&s->sleeping, 1, memory_order_seq_cst);
         atomic_fetch_add(&fs__g.nsleeping, 1);
         atomic_thread_fence(memory_order_seq_cst);
@@ -365,12 +370,28 @@ void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
     s = fs__cur_sched();
     fs__after_switch(s);
     *errloc() = self->saved_errno;
+    if (FS_UNLIKELY(fs__hook_due(self)))
+        fs__run_interrupt_hook(self);
+}
+
+/* Runs the interrupt hook for f, on f's stack, with errno preserved. */
+void fs__run_interrupt_hook(struct fs_fiber *f)
+{
+    atomic_store(&f->interrupt, 0);
+    if (fs__interrupt_hook) {
+        int e = errno;
+        fs__interrupt_hook(f);
+        errno = e;
+    }
 }
 
 /* First code of every new fiber, on its own stack. */
 void fs__fiber_start_hook(void)
 {
-    fs__after_switch(fs__cur_sched());
+    struct fs_sched *s = fs__cur_sched();
+    fs__after_switch(s);
+    if (FS_UNLIKELY(fs__hook_due(s->cur)))
+        fs__run_interrupt_hook(s->cur);
 }
 
 /* The idle loop: runs on the carrier thread's own stack (or, for an

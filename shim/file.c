@@ -7,9 +7,12 @@
  * offloads only when that form says it would:
  *  - reads: preadv2(RWF_NOWAIT) returns what the page cache holds and
  *    EAGAIN when it holds none of it. A page-cache hit, the common case,
- *    costs no switch. Writes: pwritev2(RWF_NOWAIT), which buffered writes
- *    on ext4 refuse with EOPNOTSUPP; those are offloaded (one failed
- *    syscall, cheap next to the hand-off).
+ *    costs no switch. Writes: pwritev2(RWF_NOWAIT); a file system that
+ *    says EAGAIN (it would wait) gets the write offloaded. Where it refuses
+ *    the flag (EOPNOTSUPP: buffered writes on ext4), the write is made on
+ *    the carrier, as Go's runtime makes it: a buffered write lands in the
+ *    page cache and waits only under dirty-page throttling, and offloading
+ *    every log line would cost ~25x per write.
  *  - a partly cached read goes on without blocking first: a blocking read
  *    of a regular file returns everything up to EOF, and programs count on
  *    that; so only the part that is not cached goes to a spare.
@@ -75,6 +78,15 @@ ssize_t shim__file_rw(int fd, const struct iovec *iov, int iovcnt, off_t off, bo
         fs_count_syscall();
         ssize_t n = write ? pwritev2(fd, v, iovcnt, at, RWF_NOWAIT)
                           : preadv2(fd, v, iovcnt, at, RWF_NOWAIT);
+        if (n < 0 && write && errno == EOPNOTSUPP) {
+            fs_count_syscall();
+            n = pwritev2(fd, v, iovcnt, at, 0);
+            if (n < 0 && !done)
+                done = -1;
+            else if (n > 0)
+                done += n;
+            break;
+        }
         if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) {
             struct shim_file_io io = {fd, v, iovcnt, at};
             n = shim__offload_blocking(write ? shim__file_write_blocking

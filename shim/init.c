@@ -58,8 +58,10 @@ int shim__activate(void)
             rc = 0;
         if (rc == 0)
             rc = -shim__adopt_current(); /* positive errno -> runtime style */
-        if (rc == 0)
+        if (rc == 0) {
+            shim__signal_activate();
             shim__observe_start();
+        }
     }
     __atomic_store_n(&shim__activate_lock, 0, __ATOMIC_RELEASE);
     if (rc < 0)

@@ -83,10 +83,12 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             if (user_nb || st < 0 || (st & shim__may_succeed(dir)))
                 break;
             int rc = fs_wait_fd(fd, dir, snap, FS_NO_DEADLINE, why);
-            if (rc == -EBADF) {
-                errno = EBADF;
+            if (rc == -EBADF || (rc == -EINTR && !shim__sig_should_restart())) {
+                errno = -rc;
                 return -1;
             }
+            if (rc == -EINTR)
+                continue;
             if (rc)
                 break;
         }
@@ -132,6 +134,14 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
         int rc = fs_wait_fd(fd, dir, snap, deadline, why);
         if (rc == 0)
             continue;
+        if (rc == -EINTR) {
+            /* A signal sent to this fiber ran its handler (signal.c):
+             * restart under SA_RESTART, else fail as the kernel would. */
+            if (shim__sig_should_restart())
+                continue;
+            errno = EINTR;
+            return -1;
+        }
         if (rc == -ETIMEDOUT) {
             /* SO_RCVTIMEO/SO_SNDTIMEO: one last try, then EAGAIN as the
              * kernel reports it. */
@@ -690,6 +700,8 @@ static int shim__connect_nb(int fd, struct shim_fd *e, const struct sockaddr *ad
                 return -1;
             }
             if (w < 0) {
+                if (w == -EINTR)
+                    shim__sig_should_restart(); /* connect goes on in the background */
                 errno = -w;
                 return -1;
             }

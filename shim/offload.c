@@ -38,6 +38,8 @@
  * has taken the lock to take itself out of the idle queue.
  */
 #include "offload.h"
+
+#include <string.h>
 #include "waitq.h"
 
 #include <pthread.h>
@@ -78,6 +80,16 @@ int shim__offload_init(char *err, size_t errlen)
     }
     shim__pool.max = (unsigned)n;
     return 0;
+}
+
+/* fork child: no spare survived, and the requests queued belonged to
+ * fibers that did not either. The lock may have been held by one of them. */
+void shim__offload_atfork_child(void)
+{
+    memset(&shim__pool.lock, 0, sizeof shim__pool.lock);
+    memset(&shim__pool.pending, 0, sizeof shim__pool.pending);
+    memset(&shim__pool.idle, 0, sizeof shim__pool.idle);
+    shim__pool.spares = 0;
 }
 
 /* Runs r's call. Any thread. */

@@ -58,4 +58,7 @@ static inline ssize_t shim__file_rw1(int fd, const void *buf, size_t len, off_t 
  * offloads the wait only if the lock is held elsewhere. Any thread. */
 int shim__file_setlkw(int (*real)(int, int, ...), int fd, int cmd, void *lock);
 
+/* fork child: forget the spares (process.c). */
+void shim__offload_atfork_child(void);
+
 #endif

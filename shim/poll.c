@@ -128,6 +128,8 @@ static int shim__fiber_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
             break;
         }
         int rc = fs_wait_fds(wfds, wmasks, nw, deadline);
+        if (rc == -EINTR)
+            shim__sig_should_restart(); /* poll and select are never restarted */
         if (rc < 0 && rc != -ETIMEDOUT) {
             errno = -rc;
             break;
@@ -322,6 +324,8 @@ static int shim__fiber_epoll_wait(int ep, struct epoll_event *ev, int max, int64
             return 0;
         fs_fd_drained(ep, FS_POLL_READ, snap);
         int rc = fs_wait_fd(ep, FS_POLL_READ, snap, deadline, FS_PARK_POLL);
+        if (rc == -EINTR)
+            shim__sig_should_restart(); /* epoll_wait is never restarted */
         if (rc == -ETIMEDOUT)
             deadline = 0;
         else if (rc < 0) {

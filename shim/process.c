@@ -16,6 +16,7 @@
  */
 #include "shim.h"
 #include "observe.h"
+#include "offload.h"
 
 #include <pthread.h>
 #include <unistd.h>
@@ -27,6 +28,7 @@ static void shim__atfork_child(void)
     fs_atfork_child();
     shim__thread_atfork_child();
     shim__observe_atfork_child();
+    shim__offload_atfork_child();
 }
 
 void shim__process_init(void)

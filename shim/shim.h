@@ -85,7 +85,27 @@ static inline int64_t shim__deadline_after(int64_t ns)
  * Called by the first pthread_create. Returns 0 or a positive errno. */
 int shim__activate(void);
 
+/* ---- signal.c ----------------------------------------------------------- */
+
+/* Signal state of a fiber (inside its struct shim_thread). */
+struct shim_sigstate {
+    _Atomic uint64_t pending;  /* signals sent to this fiber, bit sig-1 */
+    uint64_t mask;             /* its blocked signals, bit sig-1 (signals 1..64) */
+    _Atomic int restart;       /* the handlers last run had SA_RESTART */
+};
+
+/* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */
+void shim__signal_activate(void);
+void shim__sigstate_init(struct shim_sigstate *ss, bool inherit_current);
+
+/* After a wait returned -EINTR: true if the call should be restarted
+ * (every handler that ran had SA_RESTART). */
+bool shim__sig_should_restart(void);
+
 /* ---- thread.c ----------------------------------------------------------- */
+
+/* The signal state of a fiber of the shim, or NULL. */
+struct shim_sigstate *shim__sigstate(fs_fiber *f);
 
 /* Runs the calling fiber's cleanup handlers and TSD destructors, then ends
  * it with value ret. */

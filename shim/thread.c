@@ -54,6 +54,7 @@ struct shim_thread {
     _Atomic int cancel_pending;
     int sched_policy;
     struct sched_param sched_param;
+    struct shim_sigstate sig;   /* signal.c */
 };
 
 /* ---- keys ---------------------------------------------------------------- */
@@ -84,6 +85,12 @@ static inline struct shim_thread *shim__cur(void)
 {
     fs_fiber *f = fs_self();
     return f ? fs_fiber_local(f) : NULL;
+}
+
+struct shim_sigstate *shim__sigstate(fs_fiber *f)
+{
+    struct shim_thread *st = f ? fs_fiber_local(f) : NULL;
+    return st ? &st->sig : NULL;
 }
 
 static struct shim_thread *shim__from_id(pthread_t t)
@@ -133,6 +140,7 @@ int shim__adopt_current(void)
     st->magic = SHIM_THREAD_MAGIC;
     st->real_id = REAL(pthread_self)();
     st->refs = 2;
+    shim__sigstate_init(&st->sig, true);
     st->fiber = f;
     fs_fiber_set_local(f, st);
     /* The thread's TSD so far was kept as a plain thread's: carry it. */
@@ -193,6 +201,7 @@ int shim__pthread_create(pthread_t *thread, const pthread_attr_t *attr,
     st->arg = arg;
     st->refs = sa.detached ? 1 : 2;
     st->detached = sa.detached;
+    shim__sigstate_init(&st->sig, true); /* a new thread inherits the creator's mask */
     /* The id is visible before the thread can run, as with glibc. */
     *thread = (pthread_t)st;
     atomic_fetch_add(&shim__threads_alive, 1);
@@ -533,20 +542,6 @@ int shim__pthread_getcpuclockid(pthread_t t, clockid_t *clock)
 }
 SHIM_ALIAS(pthread_getcpuclockid)
 
-int shim__pthread_kill(pthread_t t, int sig)
-{
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_kill)(t, sig);
-    if (sig < 0 || sig >= NSIG)
-        return EINVAL;
-    if (sig == 0)
-        return 0; /* it exists: its handle has not been released */
-    /* Fibers have no kernel thread of their own: the signal goes to the
-     * process, whose handler runs on some carrier. */
-    return kill(getpid(), sig) ? errno : 0;
-}
-SHIM_ALIAS(pthread_kill)
 
 /* ---- cancellation (deferred, at pthread_testcancel) ----------------------- */
 
@@ -707,4 +702,14 @@ SHIM_ALIAS(pthread_setspecific)
 void shim__thread_atfork_child(void)
 {
     atomic_store(&shim__threads_alive, shim__cur() ? 1 : 0);
+}
+
+/* For signal.c: the fiber behind a pthread_t of the shim, or NULL (a
+ * real thread). The adopted thread counts as real: it has a kernel thread
+ * of its own to signal... except that other fibers may be running on it,
+ * so it is treated as a fiber too. */
+fs_fiber *shim__fiber_of(pthread_t t)
+{
+    struct shim_thread *st = shim__from_id(t);
+    return st ? st->fiber : NULL;
 }

@@ -9,8 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Sleeps the calling fiber until `abs` on `clock`. */
-static void shim__sleep_abs(clockid_t clock, const struct timespec *abs)
+/* Sleeps the calling fiber until `abs` on `clock`. Returns 0, or EINTR
+ * when a signal handler ran (sleeps are never restarted, signal(7)). */
+static int shim__sleep_abs(clockid_t clock, const struct timespec *abs)
 {
     for (;;) {
         struct timespec now;
@@ -18,9 +19,23 @@ static void shim__sleep_abs(clockid_t clock, const struct timespec *abs)
         int64_t left = (int64_t)(abs->tv_sec - now.tv_sec) * 1000000000 +
                        (abs->tv_nsec - now.tv_nsec);
         if (left <= 0)
-            return;
-        fs_sleep_until(shim__deadline_after(left));
+            return 0;
+        if (fs_sleep_until(shim__deadline_after(left)) == -EINTR) {
+            shim__sig_should_restart(); /* consume: sleeps report EINTR regardless */
+            return EINTR;
+        }
     }
+}
+
+/* What is left of a sleep until abs on clock (for rem after EINTR). */
+static struct timespec shim__left(clockid_t clock, const struct timespec *abs)
+{
+    struct timespec now;
+    clock_gettime(clock, &now);
+    int64_t left = (int64_t)(abs->tv_sec - now.tv_sec) * 1000000000 + (abs->tv_nsec - now.tv_nsec);
+    if (left < 0)
+        left = 0;
+    return (struct timespec){left / 1000000000, left % 1000000000};
 }
 
 static bool shim__sleep_clock_ok(clockid_t clock)
@@ -37,7 +52,7 @@ int shim__clock_nanosleep(clockid_t clock, int flags, const struct timespec *req
     if (req->tv_nsec < 0 || req->tv_nsec >= 1000000000 || req->tv_sec < 0)
         return EINVAL;
     if (flags & TIMER_ABSTIME) {
-        shim__sleep_abs(clock, req);
+        return shim__sleep_abs(clock, req);
     } else {
         struct timespec now, abs;
         clock_gettime(CLOCK_MONOTONIC, &now);
@@ -47,11 +62,11 @@ int shim__clock_nanosleep(clockid_t clock, int flags, const struct timespec *req
             abs.tv_sec++;
             abs.tv_nsec -= 1000000000;
         }
-        shim__sleep_abs(CLOCK_MONOTONIC, &abs);
-        if (rem)
-            *rem = (struct timespec){0, 0};
+        int rc = shim__sleep_abs(CLOCK_MONOTONIC, &abs);
+        if (rc == EINTR && rem)
+            *rem = shim__left(CLOCK_MONOTONIC, &abs);
+        return rc;
     }
-    return 0;
 }
 SHIM_ALIAS(clock_nanosleep)
 
@@ -81,8 +96,9 @@ unsigned shim__sleep(unsigned secs)
 {
     if (!fs_self())
         return REAL(sleep)(secs);
-    struct timespec ts = {(time_t)secs, 0};
-    shim__nanosleep(&ts, NULL);
-    return 0;
+    struct timespec ts = {(time_t)secs, 0}, rem = {0, 0};
+    if (shim__nanosleep(&ts, &rem) == 0)
+        return 0;
+    return (unsigned)rem.tv_sec + (rem.tv_nsec > 0); /* unslept seconds, rounded up */
 }
 SHIM_ALIAS(sleep)

@@ -181,6 +181,22 @@ FS_API int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_
  * is asleep. */
 FS_API bool fs_unpark(fs_fiber *f, fs_park_token tok);
 
+/* Interrupts f, as a signal interrupts a thread: if f is parked for I/O,
+ * poll or sleep (FS_PARK_READ .. FS_PARK_SLEEP), that park ends at once
+ * and fs_park() returns -EINTR; other parks (locks, joins) are not cut
+ * short. Either way f's switch hook runs when f next runs. Any thread. */
+FS_API void fs_interrupt(fs_fiber *f);
+
+/* Installs a hook the runtime calls on the fiber's own stack each time a
+ * fiber resumes (or first starts) with an interrupt pending. The shim uses
+ * it to deliver signals sent to a fiber. Set once, before fibers exist. */
+FS_API void fs_set_interrupt_hook(void (*hook)(fs_fiber *f));
+
+/* From now on, run the hook at every resume, not only with an interrupt
+ * pending (the shim turns this on once a fiber sets its own signal mask,
+ * which the carrier's mask must follow). One-way. */
+FS_API void fs_hook_every_switch(void);
+
 /* A waiter that works on any thread: a fiber parks, a plain thread sleeps
  * on a futex. Wait queues in the shim are lists of these. */
 struct fs_waiter {
