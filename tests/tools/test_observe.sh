@@ -5,7 +5,7 @@
 # (states, what each fiber waits on, backtraces naming the function).
 set -u
 lib=$1 prog=$2 launcher=$3
-[ -n "$lib" ] && [ -f "$lib" ] || { echo "SKIP: shim not built"; exit 77; }
+if [ -z "$lib" ] || [ ! -f "$lib" ]; then echo "SKIP: shim not built"; exit 77; fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
@@ -46,7 +46,7 @@ grep -q '^epoll_ctl_calls ' "$tmp/err" || fail "FIBERSHIM_STATS=1 printed no cou
 # 3. Trace: about one line per 100 ms over a 1 s run.
 env FIBERSHIM_TRACE=100 LD_PRELOAD="$lib" "$prog" busy 1000 >/dev/null 2>"$tmp/trace"
 lines=$(grep -c 'fibershim: trace:' "$tmp/trace")
-[ "$lines" -ge 6 ] && [ "$lines" -le 14 ] || fail "trace printed $lines lines in 1 s at 100 ms"
+if [ "$lines" -lt 6 ] || [ "$lines" -gt 14 ]; then fail "trace printed $lines lines in 1 s at 100 ms"; fi
 grep -q 'switches/s' "$tmp/trace" || fail "trace line lacks rates"
 
 # 4. Dump on the signal, through the launcher: every parked fiber, what it
