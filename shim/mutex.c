@@ -83,8 +83,21 @@ bool shim__mutex_is_real(const pthread_mutex_t *mp)
 
 enum shim__lock_mode { SHIM_LOCK, SHIM_TRYLOCK, SHIM_TIMEDLOCK };
 
+static int shim__mutex_lock_glibc_impl(pthread_mutex_t *m, enum shim__lock_mode mode,
+                                       clockid_t clock, const struct timespec *abs);
+
+/* glibc's lock, remembering robust mutexes a fiber holds (robust.c). */
 static int shim__mutex_lock_glibc(pthread_mutex_t *m, enum shim__lock_mode mode, clockid_t clock,
                                   const struct timespec *abs)
+{
+    int rc = shim__mutex_lock_glibc_impl(m, mode, clock, abs);
+    if (fs_self())
+        shim__robust_locked(m, rc);
+    return rc;
+}
+
+static int shim__mutex_lock_glibc_impl(pthread_mutex_t *m, enum shim__lock_mode mode,
+                                       clockid_t clock, const struct timespec *abs)
 {
     if (mode == SHIM_TRYLOCK)
         return REAL(pthread_mutex_trylock)(m);
@@ -320,8 +333,12 @@ SHIM_ALIAS(pthread_mutex_timedlock)
 /* Out of line, so that the fast path below needs no stack frame. */
 static __attribute__((noinline)) int shim__mutex_unlock_slow(struct shim__mutex *m, int kind)
 {
-    if (kind & SHIM_MX_GLIBC_KIND_BITS)
-        return REAL(pthread_mutex_unlock)((pthread_mutex_t *)m);
+    if (kind & SHIM_MX_GLIBC_KIND_BITS) {
+        int rc = REAL(pthread_mutex_unlock)((pthread_mutex_t *)m);
+        if (fs_self())
+            shim__robust_unlocked((pthread_mutex_t *)m, rc);
+        return rc;
+    }
     int type = kind & 3;
     if (type == PTHREAD_MUTEX_RECURSIVE || type == PTHREAD_MUTEX_ERRORCHECK) {
         if (!shim__owner_is_self(atomic_load_explicit(&m->owner, memory_order_relaxed),

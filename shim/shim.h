@@ -18,6 +18,7 @@
 #include "fibershim.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -102,7 +103,24 @@ void shim__sigstate_init(struct shim_sigstate *ss, bool inherit_current);
  * (every handler that ran had SA_RESTART). */
 bool shim__sig_should_restart(void);
 
+/* ---- robust.c ----------------------------------------------------------- */
+
+/* The robust glibc mutexes a fiber holds (inside its struct shim_thread). */
+struct shim_robust_set {
+    pthread_mutex_t **v;
+    unsigned n, cap;
+};
+
+/* Bookkeeping around glibc's lock/unlock of a robust mutex by a fiber. */
+void shim__robust_locked(pthread_mutex_t *m, int rc);
+void shim__robust_unlocked(pthread_mutex_t *m, int rc);
+/* At fiber exit: mark the ones still held owner-dead, as the kernel would. */
+void shim__robust_owner_died(struct shim_robust_set *s);
+
 /* ---- thread.c ----------------------------------------------------------- */
+
+/* The calling fiber's robust set, or NULL off a fiber of the shim. */
+struct shim_robust_set *shim__robust_set(void);
 
 /* The signal state of a fiber of the shim, or NULL. */
 struct shim_sigstate *shim__sigstate(fs_fiber *f);

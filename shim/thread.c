@@ -55,7 +55,15 @@ struct shim_thread {
     int sched_policy;
     struct sched_param sched_param;
     struct shim_sigstate sig;   /* signal.c */
+    struct shim_robust_set robust; /* robust mutexes it holds (robust.c) */
 };
+
+struct shim_robust_set *shim__robust_set(void)
+{
+    fs_fiber *f = fs_self();
+    struct shim_thread *st = f ? fs_fiber_local(f) : NULL;
+    return st ? &st->robust : NULL;
+}
 
 /* ---- keys ---------------------------------------------------------------- */
 
@@ -260,6 +268,8 @@ __attribute__((noreturn)) void shim__thread_exit(void *ret)
         shim__longjmp(b->__cancel_jmp_buf, 1);
     }
     shim__tsd_run_dtors(&st->tsd);
+    /* What the kernel does for a thread that exits holding robust mutexes. */
+    shim__robust_owner_died(&st->robust);
     if (atomic_fetch_sub(&shim__threads_alive, 1) == 1)
         exit(0); /* the last thread is gone: the process ends, as with glibc */
     shim__thread_unref(st);
