@@ -170,6 +170,42 @@ static unsigned fs__ev_bits(uint32_t ev)
 
 /* Wakes the waiters of pd that `bits` satisfies. Under pd->lock: waiter
  * records live on their fibers' stacks and are only valid while linked. */
+/* Takes w off pd's waiter list. Under pd->lock. */
+static void fs__pd_unlink_locked(struct fs_pollfd *pd, struct fs_pollwait *w)
+{
+    if (!w->linked)
+        return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        pd->waiters = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->linked = false;
+}
+
+/* Links w at the head of pd's waiter list. Under pd->lock. */
+static void fs__pd_link_locked(struct fs_pollfd *pd, struct fs_pollwait *w)
+{
+    w->prev = NULL;
+    w->next = pd->waiters;
+    if (w->next)
+        w->next->prev = w;
+    pd->waiters = w;
+    w->linked = true;
+}
+
+/* A waiter woken with an error, or whose park ended otherwise (timeout,
+ * interrupt, another fd of a multi-wait), unlinks itself under the lock. */
+static void fs__pd_unlink(struct fs_pollfd *pd, struct fs_pollwait *w)
+{
+    if (!w->linked)
+        return;
+    fs__spin_lock(&pd->lock);
+    fs__pd_unlink_locked(pd, w);
+    fs__spin_unlock(&pd->lock);
+}
+
 static int fs__pd_wake_locked(struct fs_pollfd *pd, unsigned bits, int result)
 {
     int n = 0;
@@ -178,13 +214,7 @@ static int fs__pd_wake_locked(struct fs_pollfd *pd, unsigned bits, int result)
         nx = w->next;
         if (!(w->mask & bits) && result == 0)
             continue;
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            pd->waiters = w->next;
-        if (w->next)
-            w->next->prev = w->prev;
-        w->linked = false;
+        fs__pd_unlink_locked(pd, w);
         w->result = result;
         n += fs_unpark(w->f, w->tok);
     }
@@ -341,28 +371,10 @@ int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline, enum fs_p
         .f = s->cur,
         .tok = fs_park_prepare(),
         .mask = (dir == FS_POLL_READ ? FS_FD_READABLE | FS_FD_PRI : FS_FD_WRITABLE) | sticky,
-        .linked = true,
     };
-    w.next = pd->waiters;
-    if (w.next)
-        w.next->prev = &w;
-    pd->waiters = &w;
-    int rc = fs_park(w.tok, why,
-                     (const void *)(intptr_t)fd, deadline,
-                     fs__commit_unlock, pd);
-    if (w.linked) { /* timed out: unlink ourselves */
-        fs__spin_lock(&pd->lock);
-        if (w.linked) {
-            if (w.prev)
-                w.prev->next = w.next;
-            else
-                pd->waiters = w.next;
-            if (w.next)
-                w.next->prev = w.prev;
-            w.linked = false;
-        }
-        fs__spin_unlock(&pd->lock);
-    }
+    fs__pd_link_locked(pd, &w);
+    int rc = fs_park(w.tok, why, (const void *)(intptr_t)fd, deadline, fs__commit_unlock, pd);
+    fs__pd_unlink(pd, &w); /* still linked: timed out or interrupted */
     if (w.result)
         return w.result;
     return rc;
@@ -424,11 +436,8 @@ int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t deadline)
         } else {
             /* Linked before we park: an event now finds us PREPARED and
              * marks the park woken; fs_park then returns at once. */
-            ws[i] = (struct fs_pollwait){.f = s->cur, .tok = tok, .mask = m, .linked = true};
-            ws[i].next = pd->waiters;
-            if (ws[i].next)
-                ws[i].next->prev = &ws[i];
-            pd->waiters = &ws[i];
+            ws[i] = (struct fs_pollwait){.f = s->cur, .tok = tok, .mask = m};
+            fs__pd_link_locked(pd, &ws[i]);
         }
         fs__spin_unlock(&pd->lock);
     }
@@ -437,21 +446,9 @@ int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t deadline)
         rc = fs_park(tok, FS_PARK_POLL, fds, deadline, NULL, NULL);
     else
         fs_park(tok, FS_PARK_POLL, fds, 0, NULL, NULL); /* ends the prepared park */
-    for (i = 0; i < linked; i++) {
-        if (!ws[i].linked)
-            continue;
-        struct fs_pollfd *pd = fs__pd_lookup(fds[i]);
-        fs__spin_lock(&pd->lock);
-        if (ws[i].linked) {
-            if (ws[i].prev)
-                ws[i].prev->next = ws[i].next;
-            else
-                pd->waiters = ws[i].next;
-            if (ws[i].next)
-                ws[i].next->prev = ws[i].prev;
-        }
-        fs__spin_unlock(&pd->lock);
-    }
+    for (i = 0; i < linked; i++)
+        if (ws[i].linked)
+            fs__pd_unlink(fs__pd_lookup(fds[i]), &ws[i]);
     if (ws != stackw)
         free(ws);
     return ready ? 0 : rc;

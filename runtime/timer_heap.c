@@ -92,28 +92,6 @@ static void sift_down(struct fs_timer_heap *h, uint32_t i, struct fs_timer *t)
     heap_set(h, i, t);
 }
 
-/* Makes room for one more node. Returns 0 or -ENOMEM (heap unchanged). */
-static int heap_grow(struct fs_timer_heap *h)
-{
-    if (h->len < h->cap)
-        return 0;
-    if (h->cap >= FS_HEAP_MAX_LEN)
-        return -ENOMEM;
-
-    uint64_t cap = h->cap ? (uint64_t)h->cap * 2 : FS_HEAP_INITIAL_CAP;
-    if (cap > FS_HEAP_MAX_LEN)
-        cap = FS_HEAP_MAX_LEN;
-    if (cap > SIZE_MAX / sizeof(*h->v))
-        return -ENOMEM;
-
-    struct fs_timer **v = realloc(h->v, (size_t)cap * sizeof(*h->v));
-    if (!v)
-        return -ENOMEM;
-    h->v = v;
-    h->cap = (uint32_t)cap;
-    return 0;
-}
-
 int fs__timer_heap_reserve(struct fs_timer_heap *h, uint32_t n)
 {
     if (n <= h->cap)
@@ -129,6 +107,16 @@ int fs__timer_heap_reserve(struct fs_timer_heap *h, uint32_t n)
     h->v = v;
     h->cap = (uint32_t)cap;
     return 0;
+}
+
+/* Makes room for one more node. Returns 0 or -ENOMEM (heap unchanged). */
+static int heap_grow(struct fs_timer_heap *h)
+{
+    if (h->len < h->cap)
+        return 0;
+    if (h->cap >= FS_HEAP_MAX_LEN)
+        return -ENOMEM;
+    return fs__timer_heap_reserve(h, h->cap ? h->cap + 1 : FS_HEAP_INITIAL_CAP);
 }
 
 int fs__timer_heap_insert(struct fs_timer_heap *h, struct fs_timer *t)
