@@ -18,7 +18,7 @@
  * never ran sit in the stealable ring, where idle carriers already take
  * them. The README says what this means for a handler stuck in DNS.
  *
- * Cost: the monitor samples every 2 ms while some carrier is busy and
+ * Cost: the monitor samples every 5 ms while some carrier is busy and
  * backs off to 50 ms when all sleep; a sample reads two counters per
  * carrier. It starts with the carriers, only when there is more than one.
  */
@@ -29,7 +29,7 @@
 #include <time.h>
 
 #define FS_STUCK_NS (10 * 1000000)   /* no switch for this long: stuck */
-#define FS_MON_MIN_NS (2 * 1000000)
+#define FS_MON_MIN_NS (5 * 1000000)
 #define FS_MON_MAX_NS (50 * 1000000)
 
 struct fs_mon_view {

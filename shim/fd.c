@@ -145,6 +145,18 @@ void shim__fd_created(int fd)
     shim__fd_reset(fd);
 }
 
+void shim__fd_accepted(int fd, const struct shim_fd *l, int flags)
+{
+    shim__fd_reset(fd);
+    struct shim_fd *e = shim__fd_slot(fd);
+    if (!e)
+        return;
+    atomic_store(&e->user_nb, (flags & SOCK_NONBLOCK) != 0);
+    atomic_store(&e->rcvtimeo, atomic_load(&l->rcvtimeo));
+    atomic_store(&e->sndtimeo, atomic_load(&l->sndtimeo));
+    atomic_store_explicit(&e->kind, atomic_load(&l->kind), memory_order_release);
+}
+
 void shim__fd_copy(int from, int to)
 {
     struct shim_fd *a = shim__fd_peek(from);

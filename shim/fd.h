@@ -45,6 +45,12 @@ void shim__fd_reset(int fd);
 /* A new fd: forget whatever the number meant before. */
 void shim__fd_created(int fd);
 
+/* A socket accepted from listener l (classified) with accept4 flags:
+ * classified without a syscall. It has the listener's type and inherits
+ * its SO_RCVTIMEO/SO_SNDTIMEO (the kernel clones the listener's socket),
+ * but not its O_NONBLOCK: that comes from SOCK_NONBLOCK alone. */
+void shim__fd_accepted(int fd, const struct shim_fd *l, int flags);
+
 /* Copies what we know of `from` to `to` (dup: same open file description). */
 void shim__fd_copy(int from, int to);
 

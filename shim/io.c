@@ -634,8 +634,12 @@ int shim__accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags)
         struct shim_accept a = {addr, alen, flags};
         nfd = (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_ACCEPT, shim__try_accept, &a, 0);
     }
-    if (nfd >= 0)
-        shim__fd_created(nfd);
+    if (nfd >= 0) {
+        if (e)
+            shim__fd_accepted(nfd, e, flags);
+        else
+            shim__fd_created(nfd);
+    }
     return nfd;
 }
 SHIM_ALIAS(accept4)
