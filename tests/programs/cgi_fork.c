@@ -7,6 +7,7 @@
  * program's pthread_atfork handlers run in the parent and the child,
  * posix_spawn, system and popen work, and vfork+exec works. */
 #include "common.h"
+#include <fcntl.h>
 #include <spawn.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
@@ -27,8 +28,10 @@ static void at_child(void) { atomic_store(&child_calls_seen, 1); }
 static size_t run_cgi(const char *req, size_t len, char *out, size_t cap)
 {
     int in[2], outp[2];
-    CHECK_SYS(pipe(in));
-    CHECK_SYS(pipe(outp));
+    /* O_CLOEXEC: another thread's child, forked meanwhile, must not keep
+     * our pipe ends open past its exec (our tr would never see EOF). */
+    CHECK_SYS(pipe2(in, O_CLOEXEC));
+    CHECK_SYS(pipe2(outp, O_CLOEXEC));
     pid_t pid = fork();
     if (pid < 0)
         FAIL("fork: %s", errname(errno));
