@@ -33,9 +33,6 @@
 #include <string.h>
 #include <time.h>
 
-/* How long an idle carrier watches its queues before it sleeps. */
-#define FS_IDLE_SPIN_NS 20000
-
 __thread struct fs_sched *fs__tls_sched __attribute__((tls_model("initial-exec")));
 
 /* ---- queue placement --------------------------------------------------- */
@@ -295,20 +292,6 @@ static struct fs_fiber *fs__find_runnable_blocking(struct fs_sched *s)
                 fs__wakep();
                 return f;
             }
-        }
-
-        /* Before sleeping, watch our own queues for a moment: work handed
-         * to this carrier within a few microseconds (a lock handed over, a
-         * reply from a fiber on the other carrier) then costs no eventfd
-         * write and no kernel wake-up. Kicks skip a carrier that is not
-         * marked sleeping, so this wait is what makes them free. */
-        if (n > 1) {
-            int64_t until = fs_now() + FS_IDLE_SPIN_NS;
-            while (!fs__has_work(s) && fs_now() < until)
-                for (int i = 0; i < 16; i++)
-                    __builtin_ia32_pause();
-            if (fs__has_work(s))
-                continue;
         }
 
         /* Sleep. Publish `sleeping` before the final check (see kick).
