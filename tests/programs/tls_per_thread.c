@@ -9,20 +9,33 @@
  * difference with exit status 1, so that the limit stays documented by a
  * test and the day it is lifted, the test says so. */
 #include "common.h"
+#include <stdatomic.h>
 
 #define NTLS 8
 static __thread long tls_var = -1;
+static atomic_int failed;
+
+/* Only the first failing thread reports (and exits the process); another
+ * one failing at the same moment waits for that exit, so the output is one
+ * line whichever threads see the shared variable. */
+#define TLS_FAIL(...)                                                                      \
+    do {                                                                                   \
+        if (atomic_exchange(&failed, 1))                                                   \
+            for (;;)                                                                       \
+                sleep(1);                                                                  \
+        FAIL(__VA_ARGS__);                                                                 \
+    } while (0)
 
 static void *tls_thread(void *arg)
 {
     long id = (long)arg;
     if (tls_var != -1)
-        FAIL("__thread initial value %ld", tls_var);
+        TLS_FAIL("__thread initial value %ld", tls_var);
     tls_var = id;
     for (int i = 0; i < 5; i++) {
         sleep_ms(5 + id); /* blocking: other threads run meanwhile */
         if (tls_var != id)
-            FAIL("__thread changed: %ld != %ld", tls_var, id);
+            TLS_FAIL("__thread changed: %ld != %ld", tls_var, id);
     }
     return (void *)&tls_var; /* address of this thread's instance */
 }
