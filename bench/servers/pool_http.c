@@ -83,64 +83,12 @@ static int queue_pop(void)
     return fd;
 }
 
-/* Serves one connection until EOF, error or "Connection: close". */
-static void serve_connection(int fd)
-{
-    char in[HTTP_REQ_MAX];
-    char out[64 * HTTP_RESP_CLOSE_LEN];
-    size_t have = 0;
-    int closing = 0;
-
-    while (!closing) {
-        ssize_t n = read(fd, in + have, sizeof in - have);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        have += (size_t)n;
-
-        size_t used = 0, olen = 0;
-        long served = 0;
-        int failed = 0;
-        for (;;) {
-            size_t rlen = http_parse(in + used, have - used, &closing);
-            if (rlen == 0)
-                break;
-            used += rlen;
-            served++;
-            if (olen + HTTP_RESP_CLOSE_LEN > sizeof out) {
-                if (write_all(fd, out, olen) < 0) {
-                    failed = 1;
-                    break;
-                }
-                olen = 0;
-            }
-            const char *resp = closing ? HTTP_RESP_CLOSE : HTTP_RESP_KEEP;
-            size_t len = closing ? HTTP_RESP_CLOSE_LEN : HTTP_RESP_KEEP_LEN;
-            memcpy(out + olen, resp, len);
-            olen += len;
-            if (closing)
-                break;
-        }
-        if (!failed && olen > 0 && write_all(fd, out, olen) < 0)
-            failed = 1;
-        if (served > 0)
-            count_requests(served);
-        if (failed)
-            break;
-        if (used == 0 && have == sizeof in)
-            break; /* header block larger than HTTP_REQ_MAX */
-        memmove(in, in + used, have - used);
-        have -= used;
-    }
-    close(fd);
-}
 
 static void *worker_main(void *arg)
 {
     (void)arg;
     for (;;)
-        serve_connection(queue_pop());
+        http_serve_blocking(queue_pop(), count_requests);
     return NULL;
 }
 
