@@ -67,6 +67,11 @@ static int shim__once_slow(pthread_once_t *o, void (*fn)(void))
         fs_waiter_prepare(&w);
         w.data = (uintptr_t)o;
         fs__spin_lock(&q->lock);
+        /* Reread under the lock: a v with WAITERS read before it may be
+         * stale, the finisher having since made it DONE and woken the
+         * queue, and we would then queue ourselves with nobody to wake us
+         * (the hang once::many_objects caught, 1 run in 5). */
+        v = atomic_load_explicit(st, memory_order_acquire);
         while (v & SHIM_ONCE_RUNNING) {
             if ((v & SHIM_ONCE_WAITERS) ||
                 atomic_compare_exchange_weak_explicit(st, &v, v | SHIM_ONCE_WAITERS,
