@@ -96,6 +96,17 @@ int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen)
         }
         cfg->migrate = v[0] == '1';
     }
+    if ((v = secure_getenv("FIBERSHIM_HANDOFF_MAX")) && *v) {
+        if (fs__parse_uint(v, 0, FS_MAX_CARRIERS, &n)) {
+            snprintf(err, errlen,
+                     "FIBERSHIM_HANDOFF_MAX=\"%s\" is invalid: expected an integer from 0 "
+                     "(no handoff) to %u",
+                     v, FS_MAX_CARRIERS);
+            return -EINVAL;
+        }
+        cfg->handoff_max = (unsigned)n;
+        cfg->handoff_off = n == 0;
+    }
     return 0;
 }
 

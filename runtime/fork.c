@@ -14,7 +14,7 @@
  * becomes carrier 0 running the fiber, exactly like an adopted main().
  * The other fibers, like the other threads of a forked pthread program,
  * are gone; their memory is not reclaimed. Other carriers start lazily at
- * the child's next spawn.
+ * the child's next spawn; handoff carriers are forgotten too.
  */
 #include "internal.h"
 #include "sys.h"
@@ -57,9 +57,14 @@ void fs_atfork_child(void)
     struct fs_sched *old = fs__cur_sched();
     struct fs_fiber *self = old ? old->cur : NULL;
 
-    for (unsigned i = 0; i < fs__g.nsched; i++) {
+    unsigned made = atomic_load(&fs__g.nstarted);
+    if (made < fs__g.nsched)
+        made = fs__g.nsched;
+    for (unsigned i = 0; i < made; i++) {
         fs__sys1(SYS_close, fs__g.scheds[i]->epfd);
         fs__sys1(SYS_close, fs__g.scheds[i]->wakefd);
+        if (i >= fs__g.nsched)
+            fs__g.scheds[i] = NULL; /* handoff carriers: the child starts its own */
     }
     fs__netpoll_forget_all();
 

@@ -156,6 +156,14 @@ struct fs_sched {
     struct fs_timer_heap timers;
     _Atomic int64_t next_deadline;
 
+    /* Handoff carriers (monitor.c). An extra sched is driven by a spare
+     * kernel thread the monitor started while some carrier was stuck.
+     * retired: it takes no new work (no stealing, no global queue, not a
+     * wakep target) but still runs the fibers pinned to it. */
+    bool extra;
+    _Atomic int retired;
+    _Atomic int defunct;         /* its thread could not be started */
+
     int64_t busy_since;          /* fs_now() when the current fiber started */
     uint32_t rng;                /* victim selection */
     struct fs_sched_stats st;
@@ -166,9 +174,15 @@ struct fs_sched {
 struct fs_runtime {
     _Atomic int state;           /* 0 off, 1 starting, 2 running */
     struct fs_config cfg;
-    unsigned nsched;
-    struct fs_sched **scheds;
-    _Atomic unsigned nstarted;   /* carrier threads started so far */
+    unsigned nsched;             /* configured carriers */
+    unsigned nextra_max;         /* handoff carriers the monitor may add */
+    struct fs_sched **scheds;    /* nsched + nextra_max slots */
+    /* Scheds driven so far: the configured ones start first, in order;
+     * handoff carriers are appended after them (never before all
+     * configured ones run) and never removed, so scheds[i] for i below
+     * nstarted stays valid. */
+    _Atomic unsigned nstarted;
+    _Atomic uint64_t handoffs;   /* handoff carriers activated */
     fs_spinlock start_lock;
 
     _Atomic int nsleeping;       /* scheds in (or entering) epoll_wait */
@@ -233,6 +247,7 @@ static inline bool fs__hook_due(struct fs_fiber *f)
            atomic_load_explicit(&fs__hook_always, memory_order_relaxed);
 }
 int fs__timers_reserve(uint64_t live);
+void fs__timers_reserve_sched(struct fs_sched *s);
 void fs__timers_reserve_reset(void);
 int64_t fs__now_coarse(void);
 bool fs__unpark_as(struct fs_fiber *f, fs_park_token tok, int how);
@@ -250,6 +265,9 @@ int fs__netpoll_init(struct fs_sched *s);
 int fs__netpoll(struct fs_sched *s, int64_t timeout_ns);
 
 int fs__netpoll_foreign(struct fs_sched *s);
+
+/* runtime.c: starts a handoff carrier; monitor thread only. */
+struct fs_sched *fs__start_extra(void);
 
 /* monitor.c */
 void fs__monitor_start(void);

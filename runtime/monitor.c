@@ -1,26 +1,35 @@
 /*
- * monitor.c - the system monitor (Go's sysmon, in part): watches the
- * carriers for one that is stuck, running the same fiber or blocked in a
- * call the runtime cannot see, and harvests that carrier's epoll instance
- * on its behalf.
+ * monitor.c - the system monitor (Go's sysmon): watches the carriers for
+ * one that is stuck, running the same fiber or blocked in a call the
+ * runtime cannot see, and hands that carrier's work to others.
  *
- * Why: readiness for an fd is harvested by the carrier whose epoll holds
- * it. While that carrier is stuck (a CPU-bound handler, a blocking call no
- * wrapper covers), fibers of other carriers waiting on such an fd (a
- * listening socket shared by acceptors, or any fiber when migration is on)
- * would wait with it. The monitor takes the events instead: waking a fiber
- * is thread-safe (fs_unpark from any thread), and a woken fiber goes to
- * its own carrier's inbox, or to the global queue if it may move.
+ * A stuck carrier holds three kinds of work hostage:
+ *  - readiness in its epoll instance (an fd is harvested by the carrier
+ *    whose epoll holds it): the monitor harvests it. Waking is thread-safe
+ *    (fs_unpark from any thread); a woken fiber goes to its own carrier's
+ *    inbox if it is pinned, else to the global queue;
+ *  - its timers: the monitor fires the due ones, with the same result;
+ *  - fibers that may move (never run yet, or migration on), in its ring
+ *    and in the global queue: other carriers steal them, if they have
+ *    time. When fewer than the configured number of carriers can take
+ *    work (the rest are stuck) and such work waits, the monitor starts a
+ *    spare carrier (a handoff carrier: its own sched, driven by a new
+ *    kernel thread), which steals it. This is Go's handoffp, for the part
+ *    of a sched that may change threads. When the stuck carrier returns,
+ *    there is one carrier too many, and the monitor retires a spare: it
+ *    takes no new work, runs only the fibers that started on it (pinned
+ *    there, like any started fiber) and sleeps once they are gone, until
+ *    the monitor needs it again. Spares are bounded by
+ *    FIBERSHIM_HANDOFF_MAX (default: as many as carriers).
  *
- * What it does not do: hand the stuck carrier's run queue to a spare
- * kernel thread. Fibers that already ran are pinned to their kernel thread
- * (internal.h): they wait for it whatever the monitor does. Fibers that
- * never ran sit in the stealable ring, where idle carriers already take
- * them. The README says what this means for a handler stuck in DNS.
+ * What stays with the stuck carrier: fibers that already ran there are
+ * pinned to its kernel thread (internal.h) and wait for it, unless
+ * migration is on; so does the one fiber its runnext slot may hold (owner
+ * only: nobody else may take it). The README says what this means for a
+ * handler stuck in DNS (nothing: getaddrinfo waits on an offload thread).
  *
- * Cost: the monitor samples every 5 ms while some carrier is busy and
- * backs off to 50 ms when all sleep; a sample reads two counters per
- * carrier. It starts with the carriers, only when there is more than one.
+ * Cost: a sample every 5 ms while some carrier is busy, backing off to
+ * 50 ms when all sleep; a sample reads two counters per carrier.
  */
 #include "internal.h"
 #include "sys.h"
@@ -35,6 +44,7 @@
 struct fs_mon_view {
     uint64_t switches;
     int64_t since; /* when switches last changed */
+    bool stuck;
 };
 
 static _Atomic uint64_t fs__mon_harvests;
@@ -50,39 +60,94 @@ static void fs__mon_sleep(int64_t ns)
     fs__sys2(SYS_nanosleep, &ts, NULL);
 }
 
+/* Takes what a stuck carrier holds that others may run (see the top).
+ * Returns true if it holds fibers that may move. */
+static bool fs__mon_rescue(struct fs_sched *s, int64_t now)
+{
+    /* Harvesting is thread-safe (pollfd locks); the counters it bumps
+     * are the stuck carrier's, which is not touching them meanwhile. */
+    if (fs__netpoll_foreign(s) > 0)
+        atomic_fetch_add_explicit(&fs__mon_harvests, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
+        fs__timers_run(s, now); /* under the timer lock; wakes go home or global */
+    return fs__ring_len(&s->ring) != 0;
+}
+
+/* One more carrier able to take work: a retired spare that is not stuck
+ * itself, else a new one. */
+static void fs__mon_handoff(struct fs_mon_view *v, unsigned n)
+{
+    for (unsigned i = fs__g.nsched; i < n; i++) {
+        struct fs_sched *s = fs__g.scheds[i];
+        if (atomic_load(&s->defunct) || !atomic_load(&s->retired) || v[i].stuck)
+            continue;
+        atomic_store(&s->retired, 0);
+        atomic_fetch_add(&fs__g.handoffs, 1);
+        fs__sched_kick(s);
+        return;
+    }
+    if (fs__start_extra())
+        atomic_fetch_add(&fs__g.handoffs, 1);
+}
+
+/* One carrier too many: retire the last active spare that is not stuck. */
+static void fs__mon_retire(struct fs_mon_view *v, unsigned n)
+{
+    for (unsigned i = n; i-- > fs__g.nsched;) {
+        struct fs_sched *s = fs__g.scheds[i];
+        if (atomic_load(&s->retired) || v[i].stuck)
+            continue;
+        atomic_store(&s->retired, 1);
+        return;
+    }
+}
+
 static void *fs__monitor(void *arg)
 {
-    unsigned n = fs__g.nsched;
-    struct fs_mon_view *v = calloc(n, sizeof *v);
+    unsigned cap = fs__g.nsched + fs__g.nextra_max;
+    struct fs_mon_view *v = calloc(cap, sizeof *v);
     if (!v)
         return NULL;
     int64_t delay = FS_MON_MIN_NS;
     for (;;) {
         fs__mon_sleep(delay);
         int64_t now = fs_now();
-        bool busy = false, stuck = false;
-        unsigned started = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
-        for (unsigned i = 0; i < started && i < n; i++) {
+        bool busy = false, waiting = false;
+        unsigned nstuck = 0, capable = 0;
+        unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+        for (unsigned i = 0; i < n && i < cap; i++) {
             struct fs_sched *s = fs__g.scheds[i];
+            if (atomic_load_explicit(&s->defunct, memory_order_relaxed))
+                continue;
+            bool retired = atomic_load_explicit(&s->retired, memory_order_relaxed);
             uint64_t sw = atomic_load_explicit(&s->st.switches, memory_order_relaxed);
             bool sleeping = atomic_load_explicit(&s->sleeping, memory_order_relaxed);
+            v[i].stuck = false;
             if (sw != v[i].switches || sleeping) {
                 v[i].switches = sw;
                 v[i].since = now;
                 busy |= !sleeping;
-                continue;
+            } else {
+                busy = true;
+                v[i].stuck = now - v[i].since >= FS_STUCK_NS;
             }
-            busy = true;
-            if (now - v[i].since < FS_STUCK_NS)
-                continue;
-            /* Stuck: take its events. Harvesting is thread-safe (pollfd
-             * locks); the counters it bumps are the stuck carrier's, which
-             * is not touching them meanwhile. */
-            stuck = true;
-            if (fs__netpoll_foreign(s) > 0)
-                atomic_fetch_add_explicit(&fs__mon_harvests, 1, memory_order_relaxed);
+            if (v[i].stuck) {
+                nstuck++;
+                waiting |= fs__mon_rescue(s, now);
+            } else if (!retired) {
+                capable++;
+            }
         }
-        if (stuck || busy)
+        waiting |= atomic_load_explicit(&fs__g.global_len, memory_order_relaxed) != 0;
+        if (nstuck && waiting) {
+            if (capable < fs__g.nsched)
+                fs__mon_handoff(v, n);
+            else
+                fs__wakep(); /* a carrier that can take it may be asleep */
+        } else if (capable > fs__g.nsched) {
+            fs__mon_retire(v, n);
+        }
+        if (nstuck || busy)
             delay = FS_MON_MIN_NS;
         else if (delay < FS_MON_MAX_NS)
             delay *= 2;
@@ -96,7 +161,7 @@ static _Atomic int started;
 
 void fs__monitor_start(void)
 {
-    if (fs__g.nsched < 2 || atomic_exchange(&started, 1))
+    if ((fs__g.nsched < 2 && fs__g.nextra_max == 0) || atomic_exchange(&started, 1))
         return;
     fs_create_fn create = (fs_create_fn)dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
     if (!create)

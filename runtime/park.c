@@ -100,6 +100,22 @@ bool fs_unpark(fs_fiber *f, fs_park_token tok)
  * could only abort. */
 static _Atomic uint64_t fs__timers_reserved;
 
+static unsigned fs__nscheds_made(void)
+{
+    unsigned n = atomic_load(&fs__g.nstarted);
+    return n > fs__g.nsched ? n : fs__g.nsched;
+}
+
+static int fs__heap_reserve(struct fs_sched *s, uint64_t want)
+{
+    fs__spin_lock(&s->timer_lock);
+    int rc = fs__timer_heap_reserve(&s->timers, (uint32_t)want);
+    fs__spin_unlock(&s->timer_lock);
+    return rc;
+}
+
+/* Every sched made so far (configured ones exist from init; handoff
+ * carriers are appended, see fs__start_extra for the race with them). */
 int fs__timers_reserve(uint64_t live)
 {
     if (live <= atomic_load_explicit(&fs__timers_reserved, memory_order_relaxed))
@@ -107,18 +123,38 @@ int fs__timers_reserve(uint64_t live)
     uint64_t want = live < 32 ? 64 : live * 2;
     if (want > UINT32_MAX)
         return -ENOMEM;
-    for (unsigned i = 0; i < fs__g.nsched; i++) {
-        struct fs_sched *s = fs__g.scheds[i];
-        fs__spin_lock(&s->timer_lock);
-        int rc = fs__timer_heap_reserve(&s->timers, (uint32_t)want);
-        fs__spin_unlock(&s->timer_lock);
-        if (rc)
-            return rc;
+    unsigned done = 0, n;
+    for (;;) {
+        n = fs__nscheds_made();
+        for (unsigned i = done; i < n; i++) {
+            int rc = fs__heap_reserve(fs__g.scheds[i], want);
+            if (rc)
+                return rc;
+        }
+        done = n;
+        uint64_t cur = atomic_load(&fs__timers_reserved);
+        while (cur < want && !atomic_compare_exchange_weak(&fs__timers_reserved, &cur, want))
+            ;
+        if (fs__nscheds_made() == done) /* seq_cst reread: see fs__start_extra */
+            return 0;
     }
-    uint64_t cur = atomic_load(&fs__timers_reserved);
-    while (cur < want && !atomic_compare_exchange_weak(&fs__timers_reserved, &cur, want))
-        ;
-    return 0;
+}
+
+/* A handoff carrier's heap, after it was published: until the reservation
+ * we read is still the current one. Allocation failure leaves the heap
+ * smaller, so the sched is retired and defunct: it never runs a fiber. */
+void fs__timers_reserve_sched(struct fs_sched *s)
+{
+    for (;;) {
+        uint64_t r = atomic_load(&fs__timers_reserved);
+        if (fs__heap_reserve(s, r < 64 ? 64 : r) != 0) {
+            atomic_store(&s->retired, 1);
+            atomic_store(&s->defunct, 1);
+            return;
+        }
+        if (atomic_load(&fs__timers_reserved) == r)
+            return;
+    }
 }
 
 /* fork child: the scheds are new, with empty heaps. */

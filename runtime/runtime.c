@@ -48,8 +48,11 @@ static int fs__init_locked(const struct fs_config *cfg)
     if (c.stack_size < FS_MIN_STACK_SIZE || c.stack_size > FS_MAX_STACK_SIZE)
         return -EINVAL;
     fs__g.cfg = c;
+    fs__g.nextra_max = c.handoff_off ? 0 : c.handoff_max ? c.handoff_max : c.carriers;
+    if (fs__g.nextra_max > FS_MAX_CARRIERS)
+        fs__g.nextra_max = FS_MAX_CARRIERS;
 
-    fs__g.scheds = calloc(c.carriers, sizeof *fs__g.scheds);
+    fs__g.scheds = calloc(c.carriers + fs__g.nextra_max, sizeof *fs__g.scheds);
     if (!fs__g.scheds)
         return -ENOMEM;
     for (unsigned i = 0; i < c.carriers; i++) {
@@ -149,6 +152,61 @@ int fs__start_carriers(void)
     return atomic_load(&fs__g.nstarted) ? 0 : rc;
 }
 
+/* Starts one handoff carrier: a fresh sched, appended after the others,
+ * driven by a new kernel thread. Monitor thread only (it is the only
+ * caller, so two extras never race for one slot; start_lock keeps out
+ * fs_adopt_thread and fork). Returns the sched, or NULL if every slot is
+ * used, not every configured carrier runs yet, or resources ran out.
+ *
+ * Timer room: every heap must hold every live fiber's timer (park.c).
+ * We publish the sched (nstarted), then read the reservation; a spawner
+ * raises the reservation, then rereads nstarted (fs__timers_reserve).
+ * Both are seq_cst, so one of us sees the other and the heap gets room. */
+struct fs_sched *fs__start_extra(void)
+{
+    fs__spin_lock(&fs__g.start_lock);
+    unsigned i = atomic_load(&fs__g.nstarted);
+    struct fs_sched *s = NULL;
+    if (i < fs__g.nsched || i >= fs__g.nsched + fs__g.nextra_max)
+        goto out;
+    s = aligned_alloc(64, sizeof *s);
+    if (!s)
+        goto out;
+    if (fs__sched_init(s, i) != 0) {
+        free(s);
+        s = NULL;
+        goto out;
+    }
+    s->extra = true;
+    s->busy_since = fs_now();
+    fs__g.scheds[i] = s;
+    atomic_store(&fs__g.nstarted, i + 1);
+    fs__timers_reserve_sched(s);
+    if (atomic_load(&s->defunct)) {
+        s = NULL;
+        goto out;
+    }
+
+    fs_pthread_create_fn create = fs__libc_pthread_create();
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 256 * 1024);
+    int rc = create ? create(&s->thread, &a, fs__carrier_thread, s) : ENOSYS;
+    pthread_attr_destroy(&a);
+    if (rc) {
+        /* Published but driven by nobody: no fiber can be pinned to it
+         * (none ran there), wakep and the monitor skip it. */
+        atomic_store(&s->retired, 1);
+        atomic_store(&s->defunct, 1);
+        fprintf(stderr, "fibershim: could not start a handoff carrier: %s\n", strerror(rc));
+        s = NULL;
+    }
+out:
+    fs__spin_unlock(&fs__g.start_lock);
+    return s;
+}
+
 int fs_adopt_thread(fs_fiber **out)
 {
     int rc = fs__ensure_init();
@@ -198,8 +256,11 @@ void fs_stats_get(struct fs_stats *st)
     st->fibers_live = LD(fs__g.live);
     st->fibers_peak = LD(fs__g.peak);
     st->carriers = fs__g.nsched;
+    unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+    st->extra_carriers = n > fs__g.nsched ? n - fs__g.nsched : 0;
+    st->handoffs = LD(fs__g.handoffs);
     st->monitor_harvests = fs__monitor_harvests();
-    for (unsigned i = 0; i < fs__g.nsched; i++) {
+    for (unsigned i = 0; i < fs__g.nsched + st->extra_carriers; i++) {
         struct fs_sched_stats *c = &fs__g.scheds[i]->st;
         st->switches += LD(c->switches);
         st->steals += LD(c->steals);
@@ -219,7 +280,8 @@ void fs_stats_get(struct fs_stats *st)
 
 int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
 {
-    if (i >= fs__g.nsched)
+    unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+    if (i >= (n > fs__g.nsched ? n : fs__g.nsched))
         return -EINVAL;
     struct fs_sched *s = fs__g.scheds[i];
     cs->fibers_run = LD(s->st.fibers_run);
@@ -227,6 +289,8 @@ int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
     cs->switches = LD(s->st.switches);
     cs->runq_len = fs__ring_len(&s->ring) + (uint32_t)LD(*(_Atomic uint32_t *)&s->local.len);
     cs->sleeping = atomic_load(&s->sleeping) != 0;
+    cs->extra = s->extra;
+    cs->retired = atomic_load(&s->retired) != 0;
     return 0;
 }
 

@@ -37,6 +37,11 @@ __thread struct fs_sched *fs__tls_sched __attribute__((tls_model("initial-exec")
 
 /* ---- queue placement --------------------------------------------------- */
 
+static inline bool fs__retired(struct fs_sched *s)
+{
+    return s->extra && atomic_load_explicit(&s->retired, memory_order_relaxed);
+}
+
 static inline bool fs__movable(const struct fs_fiber *f)
 {
     return f->home == NULL || fs__g.cfg.migrate;
@@ -146,7 +151,8 @@ void fs__wakep(void)
     for (unsigned i = 0; i < n; i++) {
         struct fs_sched *v = fs__g.scheds[(start + i) % n];
         if (v == me || !atomic_load_explicit(&v->sleeping, memory_order_acquire) ||
-            atomic_load_explicit(&v->notified, memory_order_relaxed))
+            atomic_load_explicit(&v->notified, memory_order_relaxed) ||
+            atomic_load_explicit(&v->retired, memory_order_relaxed))
             continue;
         int nz = 0;
         /* Hand our spinning token to v; if v already spins, keep looking. */
@@ -203,7 +209,7 @@ static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
     if (FS_UNLIKELY(s->tick % 61 == 0)) {
         /* Fairness: global work and I/O readiness get a turn even while
          * local queues never drain. */
-        if ((f = fs__global_pop(s, 1)))
+        if (!fs__retired(s) && (f = fs__global_pop(s, 1)))
             return f;
         int64_t now = fs_now();
         if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
@@ -238,7 +244,7 @@ static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
         s->runnext = NULL;
         return f;
     }
-    if ((f = fs__global_pop(s, 32)))
+    if (!fs__retired(s) && (f = fs__global_pop(s, 32)))
         return f;
     /* Last local resort: readiness that arrived since the last poll. */
     if (may_poll && fs__netpoll(s, 0) > 0)
@@ -250,7 +256,7 @@ static bool fs__has_work(struct fs_sched *s)
 {
     return s->runnext || s->local.head || fs__ring_len(&s->ring) ||
            !fs__inbox_empty(&s->inbox) ||
-           atomic_load_explicit(&fs__g.global_len, memory_order_relaxed);
+           (atomic_load_explicit(&fs__g.global_len, memory_order_relaxed) && !fs__retired(s));
 }
 
 /* Blocking search, on the idle loop only: steal, then sleep in epoll until
@@ -269,7 +275,9 @@ static struct fs_fiber *fs__find_runnable_blocking(struct fs_sched *s)
         unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
         int busy = (int)n - atomic_load_explicit(&fs__g.nsleeping, memory_order_relaxed);
         bool spinner = atomic_load_explicit(&s->spinning, memory_order_relaxed);
-        if (n > 1 && (spinner ||
+        /* A retired handoff carrier looks for no new work; it only keeps
+         * a spinning token wakep handed it just before it retired. */
+        if (n > 1 && (spinner || !fs__retired(s)) && (spinner ||
                       2 * atomic_load_explicit(&fs__g.nspinning, memory_order_relaxed) < busy)) {
             if (!spinner) {
                 atomic_store_explicit(&s->spinning, 1, memory_order_relaxed);

@@ -65,8 +65,11 @@ static void shim__stats_write(int fd)
     P("syscalls_made", st.syscalls_made);
     P("syscalls_avoided", st.syscalls_avoided);
     P("monitor_harvests", st.monitor_harvests);
-    /* Balance: how many fibers each carrier started, and its busy time. */
-    for (unsigned i = 0; i < st.carriers && n < sizeof buf - 128; i++) {
+    P("handoff_carriers", st.extra_carriers);
+    P("handoffs", st.handoffs);
+    /* Balance: how many fibers each carrier started, and its busy time.
+     * Handoff carriers follow the configured ones. */
+    for (unsigned i = 0; i < st.carriers + st.extra_carriers && n < sizeof buf - 128; i++) {
         struct fs_carrier_stats cs;
         if (fs_carrier_stats(i, &cs))
             break;
@@ -209,11 +212,12 @@ static void shim__trace_line(int64_t dt_ns, struct fs_stats *prev)
                      (unsigned long long)st.fibers_live,
                      (double)(st.switches - prev->switches) / secs,
                      (double)(parks - pparks) / secs, (double)(st.steals - prev->steals) / secs);
-    for (unsigned i = 0; i < st.carriers && n < (int)sizeof buf - 64; i++) {
+    for (unsigned i = 0; i < st.carriers + st.extra_carriers && n < (int)sizeof buf - 64; i++) {
         struct fs_carrier_stats cs;
         if (fs_carrier_stats(i, &cs))
             break;
-        n += snprintf(buf + n, sizeof buf - (size_t)n, " [%u %s q=%u]", i,
+        n += snprintf(buf + n, sizeof buf - (size_t)n, " [%u%s %s q=%u]", i,
+                      cs.extra ? (cs.retired ? " spare,retired" : " spare") : "",
                       cs.sleeping ? "idle" : "busy", cs.runq_len);
     }
     n += snprintf(buf + n, sizeof buf - (size_t)n, "\n");

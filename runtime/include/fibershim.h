@@ -46,10 +46,17 @@ struct fs_config {
     unsigned carriers;  /* carrier threads; 0 = from affinity and cgroup quota */
     size_t stack_size;  /* default stack size; 0 = FS_DEFAULT_STACK_SIZE */
     bool migrate;       /* let started fibers move between carriers (see README) */
+    /* Handoff: while carriers are stuck (a CPU-bound fiber, a call the
+     * runtime cannot see) and work waits that no other carrier takes, the
+     * monitor adds a spare carrier thread, at most handoff_max of them
+     * (0: as many as carriers). They retire when the stuck ones return. */
+    unsigned handoff_max;
+    bool handoff_off;   /* no spare carriers at all */
 };
 
-/* Fills *cfg from FIBERSHIM_CARRIERS, FIBERSHIM_STACK_SIZE and
- * FIBERSHIM_MIGRATE (read with secure_getenv). On a bad value returns
+/* Fills *cfg from FIBERSHIM_CARRIERS, FIBERSHIM_STACK_SIZE,
+ * FIBERSHIM_MIGRATE and FIBERSHIM_HANDOFF_MAX (0 = off) (read with
+ * secure_getenv). On a bad value returns
  * -EINVAL and writes one line naming the variable, the value and what is
  * accepted into err. */
 FS_API int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen);
@@ -310,7 +317,9 @@ struct fs_stats {
     uint64_t syscalls_made;    /* I/O syscalls issued on behalf of fibers */
     uint64_t syscalls_avoided; /* I/O attempts skipped because fd known not ready */
     uint64_t monitor_harvests; /* epoll harvests the monitor made for a stuck carrier */
-    unsigned carriers;
+    uint64_t handoffs;         /* spare carriers activated for stuck ones */
+    unsigned carriers;         /* configured carriers */
+    unsigned extra_carriers;   /* spare (handoff) carriers started so far */
 };
 
 /* Counts, on the calling carrier, an I/O syscall made for a fiber, or
@@ -324,13 +333,16 @@ FS_API void fs_count_avoided(void);
 FS_API void fs_stats_get(struct fs_stats *st);
 
 /* Per-carrier view, for balance: fibers run and nanoseconds busy. i <
- * carriers. Returns -EINVAL past the last one. */
+ * carriers + extra_carriers (spare carriers come after the configured
+ * ones). Returns -EINVAL past the last one. */
 struct fs_carrier_stats {
     uint64_t fibers_run;     /* fibers started on this carrier */
     uint64_t busy_ns;        /* time spent running fibers */
     uint64_t switches;
     uint32_t runq_len;
     bool sleeping;
+    bool extra;              /* a spare carrier started for handoff */
+    bool retired;            /* spare, taking no new work */
 };
 FS_API int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs);
 

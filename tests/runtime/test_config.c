@@ -126,6 +126,21 @@ Test(config, migrate)
     expect_bad("FIBERSHIM_MIGRATE", "10");
 }
 
+Test(config, handoff_max)
+{
+    struct fs_config cfg;
+    expect_ok("FIBERSHIM_HANDOFF_MAX", "0", &cfg);
+    cr_assert(cfg.handoff_off);
+    expect_ok("FIBERSHIM_HANDOFF_MAX", "3", &cfg);
+    cr_assert_not(cfg.handoff_off);
+    cr_assert_eq(cfg.handoff_max, 3);
+    expect_ok("FIBERSHIM_HANDOFF_MAX", "1024", &cfg);
+    cr_assert_eq(cfg.handoff_max, 1024);
+    expect_bad("FIBERSHIM_HANDOFF_MAX", "1025");
+    expect_bad("FIBERSHIM_HANDOFF_MAX", "-1");
+    expect_bad("FIBERSHIM_HANDOFF_MAX", "two");
+}
+
 Test(config, all_three_together)
 {
     clear_env();
