@@ -159,7 +159,8 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         /* Fibers spawned by fibers start local, in runnext: a creator that
          * joins at once pays no cross-core hop. Idle carriers may steal it
          * until it first runs. */
-        if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) < fs__g.nsched)
+        if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) < fs__g.nsched ||
+            FS_UNLIKELY(!atomic_load_explicit(&fs__monitor_tried, memory_order_relaxed)))
             fs__start_carriers();
         fs__ready(f);
     } else {

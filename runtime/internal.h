@@ -123,8 +123,10 @@ struct fs_sched {
     struct fs_context idle_ctx;  /* the idle loop's context (g0) */
     struct fs_stack idle_stack;
 
-    /* Run queues. runnext, local and tick: owner only. */
-    struct fs_fiber *runnext;    /* woken by this carrier; runs next */
+    /* Run queues. local and tick: owner only. runnext: set and taken by
+     * the owner with atomic exchanges, so that the monitor can take a
+     * movable fiber out of a stuck carrier's slot (fs__runnext_steal). */
+    _Atomic(struct fs_fiber *) runnext; /* woken by this carrier; runs next */
     uint32_t runnext_streak;     /* runnext picks in a row (fairness cap) */
     struct fs_fifo local;        /* pinned fibers readied on this carrier */
     struct fs_ring ring;         /* stealable fibers */
@@ -237,6 +239,8 @@ void fs__fiber_start_hook(void);
 void fs__run_interrupt_hook(struct fs_fiber *f);
 void fs__global_push(struct fs_fiber *f);
 
+struct fs_fiber *fs__runnext_steal(struct fs_sched *s);
+
 /* park.c */
 extern void (*fs__interrupt_hook)(struct fs_fiber *f);
 extern _Atomic bool fs__hook_always;
@@ -270,6 +274,7 @@ int fs__netpoll_foreign(struct fs_sched *s);
 struct fs_sched *fs__start_extra(void);
 
 /* monitor.c */
+extern _Atomic int fs__monitor_tried;
 void fs__monitor_start(void);
 uint64_t fs__monitor_harvests(void);
 void fs__monitor_atfork_child(void);

@@ -22,10 +22,13 @@
  *    the monitor needs it again. Spares are bounded by
  *    FIBERSHIM_HANDOFF_MAX (default: as many as carriers).
  *
+ *  - the fiber in its runnext slot, if that one may move (the peer a
+ *    handler answered just before it got stuck, typically): the monitor
+ *    takes it out of the slot with a compare-and-swap (sched.c).
+ *
  * What stays with the stuck carrier: fibers that already ran there are
  * pinned to its kernel thread (internal.h) and wait for it, unless
- * migration is on; so does the one fiber its runnext slot may hold (owner
- * only: nobody else may take it). The README says what this means for a
+ * migration is on. The README says what this means for a
  * handler stuck in DNS (nothing: getaddrinfo waits on an offload thread).
  *
  * Cost: a sample every 5 ms while some carrier is busy, backing off to
@@ -70,6 +73,13 @@ static bool fs__mon_rescue(struct fs_sched *s, int64_t now)
         atomic_fetch_add_explicit(&fs__mon_harvests, 1, memory_order_relaxed);
     if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
         fs__timers_run(s, now); /* under the timer lock; wakes go home or global */
+    /* The fiber its last wake put in runnext (typically the peer a stuck
+     * handler answered just before it started spinning). */
+    struct fs_fiber *f = fs__runnext_steal(s);
+    if (f) {
+        fs__global_push(f);
+        return true;
+    }
     return fs__ring_len(&s->ring) != 0;
 }
 
@@ -158,9 +168,15 @@ static void *fs__monitor(void *arg)
 typedef int (*fs_create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 
 static _Atomic int started;
+_Atomic int fs__monitor_tried;
 
+/* Starts the monitor, once. Needed with two carriers or more (harvesting)
+ * or with handoff on (a lone carrier may get stuck too). Called when the
+ * carriers start and, through fs__monitor_tried, at the next spawn after
+ * an adopted thread became the only carrier or a fork. */
 void fs__monitor_start(void)
 {
+    atomic_store_explicit(&fs__monitor_tried, 1, memory_order_relaxed);
     if ((fs__g.nsched < 2 && fs__g.nextra_max == 0) || atomic_exchange(&started, 1))
         return;
     fs_create_fn create = (fs_create_fn)dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
@@ -172,7 +188,7 @@ void fs__monitor_start(void)
     pthread_attr_setstacksize(&a, 64 * 1024);
     pthread_t t;
     if (!create || create(&t, &a, fs__monitor, NULL) != 0)
-        atomic_store(&started, 0); /* retried at the next carrier start */
+        atomic_store(&started, 0); /* retried at the next carrier start or fork */
     pthread_attr_destroy(&a);
 }
 
@@ -181,4 +197,5 @@ void fs__monitor_start(void)
 void fs__monitor_atfork_child(void)
 {
     atomic_store(&started, 0);
+    atomic_store(&fs__monitor_tried, 0);
 }

@@ -126,8 +126,10 @@ int fs__start_carriers(void)
     int rc = fs__ensure_init();
     if (rc)
         return rc;
-    if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) >= fs__g.nsched)
+    if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) >= fs__g.nsched) {
+        fs__monitor_start(); /* every carrier was adopted, or after a fork */
         return 0;
+    }
     fs__spin_lock(&fs__g.start_lock);
     unsigned i = atomic_load(&fs__g.nstarted);
     fs_pthread_create_fn create = fs__libc_pthread_create();

@@ -92,13 +92,13 @@ void fs__ready(struct fs_fiber *f)
     struct fs_sched *s = fs__cur_sched();
     atomic_store_explicit(&f->state, FS_F_RUNNABLE, memory_order_relaxed);
     if (s && (fs__movable(f) || f->home == s)) {
-        struct fs_fiber *old = s->runnext;
-        s->runnext = f;
-        /* No wakep for f itself: runnext is owner-only (fs__steal takes
-         * from rings and the global queue, never from runnext), so a
-         * woken carrier could not take f and would go back to sleep. That
-         * kick cost spawn+join an eventfd write on a good share of spawns.
-         * The displaced fiber does become stealable: queue_local wakes. */
+        struct fs_fiber *old =
+            atomic_exchange_explicit(&s->runnext, f, memory_order_acq_rel);
+        /* No wakep for f itself: runnext is taken only by its owner (and
+         * by the monitor when the owner is stuck), so a woken carrier
+         * could not take f and would go back to sleep. That kick cost
+         * spawn+join an eventfd write on a good share of spawns. The
+         * displaced fiber does become stealable: queue_local wakes. */
         if (old)
             fs__queue_local(s, old);
         return;
@@ -177,6 +177,30 @@ static void fs__found_work(struct fs_sched *s)
 
 /* ---- choosing the next fiber ------------------------------------------- */
 
+/* Owner: empties runnext. The load first keeps the common empty case free
+ * of a locked instruction. */
+static inline struct fs_fiber *fs__runnext_take(struct fs_sched *s)
+{
+    if (!atomic_load_explicit(&s->runnext, memory_order_relaxed))
+        return NULL;
+    return atomic_exchange_explicit(&s->runnext, NULL, memory_order_acq_rel);
+}
+
+/* Monitor: takes s's runnext fiber if it may move. s is stuck, so the
+ * slot rarely changes meanwhile; if it does, the compare-and-swap fails
+ * and the fiber stays. A fiber taken here was runnable in the slot, so
+ * it is ours to ready: it goes to the global queue. */
+struct fs_fiber *fs__runnext_steal(struct fs_sched *s)
+{
+    struct fs_fiber *f = atomic_load_explicit(&s->runnext, memory_order_acquire);
+    if (!f || !fs__movable(f))
+        return NULL;
+    if (!atomic_compare_exchange_strong_explicit(&s->runnext, &f, NULL, memory_order_acq_rel,
+                                                 memory_order_relaxed))
+        return NULL;
+    return f;
+}
+
 static struct fs_fiber *fs__steal(struct fs_sched *s)
 {
     unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
@@ -221,9 +245,7 @@ static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
         if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
             fs__timers_run(s, now);
     }
-    if (s->runnext && s->runnext_streak < 3) {
-        f = s->runnext;
-        s->runnext = NULL;
+    if (s->runnext_streak < 3 && (f = fs__runnext_take(s))) {
         s->runnext_streak++;
         return f;
     }
@@ -240,10 +262,8 @@ static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
         return f;
     if ((f = fs__ring_pop(&s->ring)))
         return f;
-    if ((f = s->runnext)) {
-        s->runnext = NULL;
+    if ((f = fs__runnext_take(s)))
         return f;
-    }
     if (!fs__retired(s) && (f = fs__global_pop(s, 32)))
         return f;
     /* Last local resort: readiness that arrived since the last poll. */
@@ -254,7 +274,7 @@ static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
 
 static bool fs__has_work(struct fs_sched *s)
 {
-    return s->runnext || s->local.head || fs__ring_len(&s->ring) ||
+    return atomic_load_explicit(&s->runnext, memory_order_relaxed) || s->local.head || fs__ring_len(&s->ring) ||
            !fs__inbox_empty(&s->inbox) ||
            (atomic_load_explicit(&fs__g.global_len, memory_order_relaxed) && !fs__retired(s));
 }

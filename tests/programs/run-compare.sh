@@ -11,6 +11,8 @@
 #                            (to blank out numbers that legitimately vary)
 #   --ulimit-v KB            run with this address-space limit (ulimit -v)
 #   --timeout S              per-run wall-clock bound (default 120)
+#   --shim-env VAR=VALUE     set in the environment of the shim run only
+#                            (repeatable): the shim's own settings
 # Exit status: 0 pass, 1 fail, 77 skipped (a program exited 77, or the
 # requested mode needs a shim that was not built).
 set -u
@@ -20,6 +22,7 @@ expect_rc=0
 sedexpr=
 ulimit_v=
 tmo=120
+shim_env=
 while [ $# -gt 0 ]; do
     case "$1" in
     --mode) mode=$2; shift 2 ;;
@@ -27,6 +30,9 @@ while [ $# -gt 0 ]; do
     --sed) sedexpr=$2; shift 2 ;;
     --ulimit-v) ulimit_v=$2; shift 2 ;;
     --timeout) tmo=$2; shift 2 ;;
+    --shim-env)
+        case "$2" in FIBERSHIM_*=*) ;; *) echo "run-compare.sh: --shim-env takes FIBERSHIM_VAR=VALUE" >&2; exit 2 ;; esac
+        shim_env="$shim_env $2"; shift 2 ;;
     --) shift; break ;;
     -*) echo "run-compare.sh: unknown option $1" >&2; exit 2 ;;
     *) break ;;
@@ -60,11 +66,12 @@ run_one() {
     preload=$2
     out=$tmp/$label.out
     err=$tmp/$label.err
-    echo "== $name [$label]${preload:+ LD_PRELOAD=$preload}"
+    echo "== $name [$label]${preload:+ LD_PRELOAD=$preload}${preload:+$shim_env}"
     (
         if [ -n "$ulimit_v" ]; then ulimit -v "$ulimit_v" || exit 125; fi
         if [ -n "$preload" ]; then
-            LD_PRELOAD=$preload exec timeout -k 10 "$tmo" "$bin"
+            # shellcheck disable=SC2086 # the VAR=VALUE words split on purpose
+            LD_PRELOAD=$preload exec env $shim_env timeout -k 10 "$tmo" "$bin"
         else
             exec timeout -k 10 "$tmo" "$bin"
         fi
