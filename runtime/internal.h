@@ -119,6 +119,7 @@ struct fs_sched_stats {
 struct fs_sched {
     unsigned id;
     pthread_t thread;            /* carrier currently driving this sched */
+    _Atomic int tid;             /* its kernel thread id, for the monitor */
     struct fs_fiber *cur;        /* fiber running now; NULL on the idle loop */
     struct fs_context idle_ctx;  /* the idle loop's context (g0) */
     struct fs_stack idle_stack;

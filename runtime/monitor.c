@@ -31,6 +31,10 @@
  * migration is on. The README says what this means for a
  * handler stuck in DNS (nothing: getaddrinfo waits on an offload thread).
  *
+ * Stuck means: no switch for 10 ms, and the thread either computed most
+ * of the time or is blocked in the kernel; a thread that was merely
+ * preempted gets no spare (fs__mon_judge).
+ *
  * Cost: a sample every 5 ms while some carrier is busy, backing off to
  * 50 ms when all sleep; a sample reads two counters per carrier.
  */
@@ -38,6 +42,8 @@
 #include "sys.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <string.h>
 #include <time.h>
 
 #define FS_STUCK_NS (10 * 1000000)   /* no switch for this long: stuck */
@@ -46,7 +52,9 @@
 
 struct fs_mon_view {
     uint64_t switches;
-    int64_t since; /* when switches last changed */
+    int64_t since;   /* when switches last changed */
+    int64_t cpu_at;  /* thread CPU time when suspected; -1: not suspected */
+    int64_t cpu_now; /* fs_now() at cpu_at */
     bool stuck;
 };
 
@@ -61,6 +69,62 @@ static void fs__mon_sleep(int64_t ns)
 {
     struct timespec ts = {ns / 1000000000, ns % 1000000000};
     fs__sys2(SYS_nanosleep, &ts, NULL);
+}
+
+/* CPU time used by kernel thread tid (Linux's per-thread CPU clock id,
+ * as pthread_getcpuclockid makes it), or -1. */
+static int64_t fs__thread_cpu_ns(int tid)
+{
+    clockid_t id = (clockid_t)((~(unsigned)tid) << 3) | 6; /* CPUCLOCK_SCHED, per thread */
+    struct timespec ts;
+    if (fs__sys2(SYS_clock_gettime, id, &ts) != 0)
+        return -1;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Whether kernel thread tid is blocked in the kernel: state S or D in
+ * /proc/self/task/<tid>/stat (the field after the parenthesised name). */
+static bool fs__thread_blocked(int tid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
+    int fd = (int)fs__sys4(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    ssize_t n = fs__sys3(SYS_read, fd, buf, sizeof buf - 1);
+    fs__sys1(SYS_close, fd);
+    if (n <= 0)
+        return false;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && (p[2] == 'S' || p[2] == 'D');
+}
+
+/* A carrier that has not switched for FS_STUCK_NS is stuck if its thread
+ * either ran on the CPU most of the time since (a fiber that computes) or
+ * is blocked in the kernel (a call the runtime cannot see). A thread
+ * that is runnable but got little CPU was only preempted (more runnable
+ * threads than CPUs): another thread would compete for the same CPUs, so
+ * that is not a reason for a spare. Judged over one more sample. */
+static bool fs__mon_judge(struct fs_mon_view *v, struct fs_sched *s, int64_t now)
+{
+    int tid = atomic_load_explicit(&s->tid, memory_order_relaxed);
+    if (tid <= 0)
+        return true;
+    int64_t cpu = fs__thread_cpu_ns(tid);
+    if (cpu < 0)
+        return true;
+    if (v->cpu_at < 0 || now - v->cpu_now <= 0) {
+        v->cpu_at = cpu;
+        v->cpu_now = now;
+        return false;
+    }
+    bool computing = 2 * (cpu - v->cpu_at) >= now - v->cpu_now;
+    if (computing || fs__thread_blocked(tid))
+        return true;
+    v->cpu_at = cpu; /* preempted: look again from here */
+    v->cpu_now = now;
+    return false;
 }
 
 /* Takes what a stuck carrier holds that others may run (see the top).
@@ -118,6 +182,8 @@ static void *fs__monitor(void *arg)
     struct fs_mon_view *v = calloc(cap, sizeof *v);
     if (!v)
         return NULL;
+    for (unsigned i = 0; i < cap; i++)
+        v[i].cpu_at = -1;
     int64_t delay = FS_MON_MIN_NS;
     for (;;) {
         fs__mon_sleep(delay);
@@ -136,10 +202,11 @@ static void *fs__monitor(void *arg)
             if (sw != v[i].switches || sleeping) {
                 v[i].switches = sw;
                 v[i].since = now;
+                v[i].cpu_at = -1;
                 busy |= !sleeping;
             } else {
                 busy = true;
-                v[i].stuck = now - v[i].since >= FS_STUCK_NS;
+                v[i].stuck = now - v[i].since >= FS_STUCK_NS && fs__mon_judge(&v[i], s, now);
             }
             if (v[i].stuck) {
                 nstuck++;

@@ -229,6 +229,7 @@ int fs_adopt_thread(fs_fiber **out)
         return f ? rc : -ENOMEM;
     }
     s->thread = pthread_self();
+    atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     fs__timers_reserve(atomic_load(&fs__g.live));
     f->home = s;

@@ -443,6 +443,7 @@ static void fs__idle_entry(void *arg)
 void fs__carrier_main_loop(struct fs_sched *s)
 {
     fs__tls_sched = s;
+    atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     fs__idle_loop(s);
     __builtin_unreachable();
