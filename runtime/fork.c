@@ -102,6 +102,7 @@ void fs_atfork_child(void)
     if (fs__sched_make_idle_stack(s) != 0)
         fs__panic(__FILE__, __LINE__, "cannot rebuild the runtime after fork");
     s->thread = pthread_self();
+    fs__g.carrier_sigmask = fs__sigmask_set(NULL);
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     self->home = s;

@@ -186,6 +186,7 @@ struct fs_runtime {
      * nstarted stays valid. */
     _Atomic unsigned nstarted;
     _Atomic uint64_t handoffs;   /* handoff carriers activated */
+    uint64_t carrier_sigmask;    /* mask the configured carriers started with */
     fs_spinlock start_lock;
 
     _Atomic int nsleeping;       /* scheds in (or entering) epoll_wait */
@@ -270,6 +271,9 @@ int fs__netpoll_init(struct fs_sched *s);
 int fs__netpoll(struct fs_sched *s, int64_t timeout_ns);
 
 int fs__netpoll_foreign(struct fs_sched *s);
+
+/* runtime.c: the calling thread's signal mask (raw, signals 1..64). */
+uint64_t fs__sigmask_set(const uint64_t *set);
 
 /* runtime.c: starts a handoff carrier; monitor thread only. */
 struct fs_sched *fs__start_extra(void);

@@ -254,8 +254,12 @@ void fs__monitor_start(void)
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&a, 64 * 1024);
     pthread_t t;
+    /* Signals are for the program's threads (carriers running fibers),
+     * never for the monitor: it starts with every signal blocked. */
+    uint64_t all = ~0ull, old = fs__sigmask_set(&all);
     if (!create || create(&t, &a, fs__monitor, NULL) != 0)
         atomic_store(&started, 0); /* retried at the next carrier start or fork */
+    fs__sigmask_set(&old);
     pthread_attr_destroy(&a);
 }
 

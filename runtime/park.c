@@ -258,6 +258,24 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
         return -EPERM;
     FS_CHECK(PW_TOK(atomic_load(&self->park)) == tok);
 
+    if (why <= FS_PARK_SLEEP) {
+        /* An interrupt that came before this park was prepared found the
+         * previous park over and only set the flag (fs_interrupt): it
+         * must cut this park short, or a signal sent just before a
+         * blocking call would wait for the call to end. Dekker with
+         * fs_interrupt: we published PREPARED, then read the flag; it
+         * sets the flag, then reads the park word. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (FS_UNLIKELY(atomic_load_explicit(&self->interrupt, memory_order_relaxed))) {
+            bool won;
+            fs__park_transition(self, tok, FS_PW_TIMEDOUT, &won);
+            if (commit)
+                commit(arg);
+            atomic_store(&self->interrupted, 0);
+            fs__run_interrupt_hook(self); /* delivers it, as at a switch */
+            return -EINTR;
+        }
+    }
     if (deadline != FS_NO_DEADLINE && deadline <= fs_now()) {
         /* Already due: do not switch at all. */
         bool won;
@@ -322,7 +340,7 @@ void fs_interrupt(fs_fiber *f)
     /* The flag first: whatever happens next, f runs the hook when it
      * resumes (fs__switch_out checks it after every switch). */
     atomic_store(&f->interrupt, 1);
-    uint64_t w = atomic_load_explicit(&f->park, memory_order_acquire);
+    uint64_t w = atomic_load_explicit(&f->park, memory_order_seq_cst); /* see fs_park */
     if (PW_ST(w) > FS_PW_PARKED)
         return; /* not parked: the hook runs at its next switch */
     /* why belongs to the park named by w's token: if f has moved on to

@@ -10,6 +10,7 @@
 #include "sys.h"
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -118,6 +119,20 @@ static fs_pthread_create_fn fs__libc_pthread_create(void)
     return fn;
 }
 
+/* Sets the calling thread's signal mask to *set (NULL: leaves it) and
+ * returns the previous one. Raw rt_sigprocmask: inside the shim library
+ * pthread_sigmask would be the shim's own. glibc's internal signals (32
+ * and 33: cancellation, setxid broadcast) are never blocked, as glibc's
+ * pthread_sigmask would not block them. */
+uint64_t fs__sigmask_set(const uint64_t *set)
+{
+    uint64_t old = 0, m;
+    if (set)
+        m = *set & ~((1ull << 31) | (1ull << 32));
+    fs__sys4(SYS_rt_sigprocmask, SIG_SETMASK, set ? &m : NULL, &old, sizeof old);
+    return old;
+}
+
 /* Starts the carrier threads not started yet (scheds already driven by an
  * adopted thread count as started). Any thread. Returns 0, or a negative
  * errno if no carrier at all could be started. */
@@ -133,6 +148,8 @@ int fs__start_carriers(void)
     fs__spin_lock(&fs__g.start_lock);
     unsigned i = atomic_load(&fs__g.nstarted);
     fs_pthread_create_fn create = fs__libc_pthread_create();
+    /* Carriers inherit this thread's mask; handoff carriers get the same. */
+    fs__g.carrier_sigmask = fs__sigmask_set(NULL);
     for (; i < fs__g.nsched; i++) {
         struct fs_sched *s = fs__g.scheds[i];
         pthread_attr_t a;
@@ -194,7 +211,11 @@ struct fs_sched *fs__start_extra(void)
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&a, 256 * 1024);
+    /* The monitor blocks every signal; a carrier takes the carriers' mask
+     * (it then follows its fibers' masks, see shim/signal.c). */
+    uint64_t mon_mask = fs__sigmask_set(&fs__g.carrier_sigmask);
     int rc = create ? create(&s->thread, &a, fs__carrier_thread, s) : ENOSYS;
+    fs__sigmask_set(&mon_mask);
     pthread_attr_destroy(&a);
     if (rc) {
         /* Published but driven by nobody: no fiber can be pinned to it
@@ -228,6 +249,7 @@ int fs_adopt_thread(fs_fiber **out)
         fs__spin_unlock(&fs__g.start_lock);
         return f ? rc : -ENOMEM;
     }
+    fs__g.carrier_sigmask = fs__sigmask_set(NULL);
     s->thread = pthread_self();
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();

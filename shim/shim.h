@@ -93,6 +93,7 @@ struct shim_sigstate {
     _Atomic uint64_t pending;  /* signals sent to this fiber, bit sig-1 */
     uint64_t mask;             /* its blocked signals, bit sig-1 (signals 1..64) */
     _Atomic int restart;       /* the handlers last run had SA_RESTART */
+    _Atomic uint64_t waiting;  /* the set it waits for in sigwait & co., or 0 */
 };
 
 /* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */
