@@ -277,6 +277,42 @@ static TP_UNUSED size_t read_full(int fd, void *buf, size_t n)
     return got;
 }
 
+/* ---- latency probes ---- */
+
+/* A client that measures a server while something else holds it up:
+ * connects to c->port, sends "E" (the servers' echo command), then does
+ * `rounds` round trips of 8 bytes, gap_ms apart. */
+struct echo_probe {
+    int id, port;
+    int rounds, gap_ms;
+    int64_t worst_ns; /* slowest round trip */
+    int64_t done_at;  /* now_ns() when it finished */
+    int rounds_ok;    /* echoes that matched */
+};
+
+static TP_UNUSED void *echo_probe_run(void *p)
+{
+    struct echo_probe *c = p;
+    int fd = connect_local(c->port);
+    write_all(fd, "E", 1);
+    for (int i = 0; i < c->rounds; i++) {
+        char req[8], resp[8];
+        snprintf(req, sizeof req, "%02u:%04u", (unsigned)c->id % 100u, (unsigned)i % 10000u);
+        int64_t t = now_ns();
+        write_all(fd, req, sizeof req);
+        if (read_full(fd, resp, sizeof resp) != sizeof resp)
+            FAIL("echo probe %d: short echo", c->id);
+        int64_t dt = now_ns() - t;
+        if (dt > c->worst_ns)
+            c->worst_ns = dt;
+        c->rounds_ok += memcmp(req, resp, sizeof req) == 0;
+        sleep_ms(c->gap_ms);
+    }
+    close(fd);
+    c->done_at = now_ns();
+    return NULL;
+}
+
 /* ---- misc ---- */
 
 /* FNV-1a 64-bit, incremental. Start with FNV_INIT. */

@@ -64,33 +64,6 @@ static void *acceptor(void *unused)
     return NULL;
 }
 
-struct fast {
-    int id, ok;
-    int64_t worst, done_at;
-};
-
-static void *fast_client(void *p)
-{
-    struct fast *c = p;
-    int fd = connect_local(port);
-    write_all(fd, "E", 1);
-    for (int i = 0; i < FAST_ROUNDS; i++) {
-        char req[8], resp[8];
-        snprintf(req, sizeof req, "%02d:%04d", c->id, i);
-        int64_t t = now_ns();
-        write_all(fd, req, sizeof req);
-        if (read_full(fd, resp, sizeof resp) != sizeof resp)
-            FAIL("short echo");
-        if (now_ns() - t > c->worst)
-            c->worst = now_ns() - t;
-        c->ok += memcmp(req, resp, sizeof req) == 0;
-        sleep_ms(10);
-    }
-    close(fd);
-    c->done_at = now_ns();
-    return NULL;
-}
-
 static bool resolver_is_local(void)
 {
     FILE *f = fopen("/etc/resolv.conf", "r");
@@ -130,17 +103,17 @@ int main(void)
     CHECK(read_full(r, &k, 1) == 1); /* the lookup is under way */
 
     pthread_t t[FAST_CLIENTS];
-    struct fast c[FAST_CLIENTS];
+    struct echo_probe c[FAST_CLIENTS];
     for (int i = 0; i < FAST_CLIENTS; i++) {
-        c[i] = (struct fast){i, 0, 0, 0};
-        CHECK_RC(pthread_create(&t[i], NULL, fast_client, &c[i]));
+        c[i] = (struct echo_probe){.id = i, .port = port, .rounds = FAST_ROUNDS, .gap_ms = 10};
+        CHECK_RC(pthread_create(&t[i], NULL, echo_probe_run, &c[i]));
     }
     int ok = 0;
     int64_t worst = 0, last = 0;
     for (int i = 0; i < FAST_CLIENTS; i++) {
         CHECK_RC(pthread_join(t[i], NULL));
-        ok += c[i].ok;
-        worst = c[i].worst > worst ? c[i].worst : worst;
+        ok += c[i].rounds_ok;
+        worst = c[i].worst_ns > worst ? c[i].worst_ns : worst;
         last = c[i].done_at > last ? c[i].done_at : last;
     }
     char answer[32];

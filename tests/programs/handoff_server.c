@@ -120,34 +120,6 @@ static void *fifo_writer(void *unused)
     return NULL;
 }
 
-struct fast_client {
-    int id;
-    int64_t worst_ns;
-    int rounds_ok;
-};
-
-static void *fast_client(void *p)
-{
-    struct fast_client *c = p;
-    int fd = connect_local(port);
-    write_all(fd, "E", 1);
-    for (int i = 0; i < FAST_ROUNDS; i++) {
-        char req[8], resp[8];
-        snprintf(req, sizeof req, "%02d:%04d", c->id, i);
-        int64_t t = now_ns();
-        write_all(fd, req, sizeof req);
-        if (read_full(fd, resp, sizeof resp) != sizeof resp)
-            FAIL("fast client %d: short echo", c->id);
-        int64_t dt = now_ns() - t;
-        if (dt > c->worst_ns)
-            c->worst_ns = dt;
-        c->rounds_ok += memcmp(req, resp, sizeof req) == 0;
-        sleep_ms(20);
-    }
-    close(fd);
-    return NULL;
-}
-
 int main(void)
 {
     tp_setup(60);
@@ -159,14 +131,14 @@ int main(void)
 
     pthread_t acc, writer, slow[3], fast[FAST_CLIENTS];
     struct slow_client sc[3] = {{'R', ""}, {'F', ""}, {'S', ""}};
-    struct fast_client fc[FAST_CLIENTS];
+    struct echo_probe fc[FAST_CLIENTS];
     CHECK_RC(pthread_create(&acc, NULL, acceptor, NULL));
     CHECK_RC(pthread_create(&writer, NULL, fifo_writer, NULL));
     for (int i = 0; i < 3; i++)
         CHECK_RC(pthread_create(&slow[i], NULL, slow_client, &sc[i]));
     for (int i = 0; i < FAST_CLIENTS; i++) {
-        fc[i] = (struct fast_client){i, 0, 0};
-        CHECK_RC(pthread_create(&fast[i], NULL, fast_client, &fc[i]));
+        fc[i] = (struct echo_probe){.id = i, .port = port, .rounds = FAST_ROUNDS, .gap_ms = 20};
+        CHECK_RC(pthread_create(&fast[i], NULL, echo_probe_run, &fc[i]));
     }
 
     for (int i = 0; i < FAST_CLIENTS; i++)

@@ -94,35 +94,6 @@ static void *stuck_finish(void *p)
     return NULL;
 }
 
-struct fast_client {
-    int id;
-    int64_t worst_ns, done_at;
-    int rounds_ok;
-};
-
-static void *fast_client(void *p)
-{
-    struct fast_client *c = p;
-    int fd = connect_local(port);
-    write_all(fd, "E", 1);
-    for (int i = 0; i < FAST_ROUNDS; i++) {
-        char req[8], resp[8];
-        snprintf(req, sizeof req, "%02d:%04d", c->id, i);
-        int64_t t = now_ns();
-        write_all(fd, req, sizeof req);
-        if (read_full(fd, resp, sizeof resp) != sizeof resp)
-            FAIL("fast client %d: short echo", c->id);
-        int64_t dt = now_ns() - t;
-        if (dt > c->worst_ns)
-            c->worst_ns = dt;
-        c->rounds_ok += memcmp(req, resp, sizeof req) == 0;
-        sleep_ms(10);
-    }
-    close(fd);
-    c->done_at = now_ns();
-    return NULL;
-}
-
 /* Runs everything from a thread of its own: under the shim main() is the
  * adopted fiber of the first carrier, which is about to be stuck. */
 static void *driver(void *unused)
@@ -146,10 +117,10 @@ static void *driver(void *unused)
         CHECK_RC(pthread_create(&finish[i], NULL, stuck_finish, &sc[i]));
 
     pthread_t fast[FAST_CLIENTS];
-    struct fast_client fc[FAST_CLIENTS];
+    struct echo_probe fc[FAST_CLIENTS];
     for (int i = 0; i < FAST_CLIENTS; i++) {
-        fc[i] = (struct fast_client){i, 0, 0, 0};
-        CHECK_RC(pthread_create(&fast[i], NULL, fast_client, &fc[i]));
+        fc[i] = (struct echo_probe){.id = i, .port = port, .rounds = FAST_ROUNDS, .gap_ms = 10};
+        CHECK_RC(pthread_create(&fast[i], NULL, echo_probe_run, &fc[i]));
     }
     for (int i = 0; i < FAST_CLIENTS; i++)
         CHECK_RC(pthread_join(fast[i], NULL));
