@@ -28,8 +28,10 @@ static struct fs_fiber *fs__struct_from_pool(void)
     if (f)
         fs__pool = f->next;
     fs__spin_unlock(&fs__pool_lock);
+    /* aligned_alloc wants a multiple of the alignment (C11 7.22.3.1), and
+     * the struct's size is not one in every build (TSan adds a field). */
     if (!f)
-        f = aligned_alloc(64, sizeof *f);
+        f = aligned_alloc(64, (sizeof *f + 63) & ~(size_t)63);
     return f;
 }
 
@@ -77,6 +79,8 @@ void fs__fiber_free(struct fs_fiber *f)
         f->all_next->all_prev = f->all_prev;
     fs__spin_unlock(&fs__g.all_lock);
     atomic_fetch_sub(&fs__g.live, 1);
+    if (!f->is_adopted) /* an adopted fiber's TSan state is its thread's */
+        fs__tsan_destroy(FS_TSAN_FIBER(f));
 
     if (f->own_stack) {
         /* Free exactly what fs__stack_alloc handed out: the allocator finds
@@ -95,6 +99,9 @@ struct fs_fiber *fs__fiber_alloc_adopted(void)
         return NULL;
     fs__fiber_init(f);
     f->is_adopted = true;
+    /* It goes on running on the calling thread's stack, as that thread
+     * (tsan.h). */
+    FS_TSAN_SET_FIBER(f, fs__tsan_current());
     atomic_store(&f->state, FS_F_RUNNING);
     return f;
 }
@@ -142,6 +149,7 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         f->stack.size = size;
         f->stack_map = st;
     }
+    FS_TSAN_SET_FIBER(f, fs__tsan_create());
     if (fs__timers_reserve(atomic_load(&fs__g.live))) {
         fs__fiber_free(f); /* out of memory for its timer: as for its stack */
         return -EAGAIN;

@@ -30,6 +30,7 @@
 #include "spinlock.h"
 #include "stack.h"
 #include "timer_heap.h"
+#include "tsan.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -103,6 +104,9 @@ struct fs_fiber {
     char name[16];
     void *local;                 /* fs_fiber_local() word */
     struct fs_fiber *all_prev, *all_next; /* g.all_fibers, under g.all_lock */
+#ifdef FS_TSAN
+    void *tsan;                  /* its TSan fiber; an adopted one's is its thread's (tsan.h) */
+#endif
 };
 
 /* ---- scheds (carriers) ------------------------------------------------- */
@@ -170,7 +174,21 @@ struct fs_sched {
     int64_t busy_since;          /* fs_now() when the current fiber started */
     uint32_t rng;                /* victim selection */
     struct fs_sched_stats st;
+#ifdef FS_TSAN
+    void *tsan;                  /* TSan fiber of the idle loop (tsan.h) */
+#endif
 } __attribute__((aligned(64)));
+
+/* The TSan fiber of a fiber, or of a sched's idle loop (tsan.h). Without
+ * TSan the field does not exist: reads give NULL, writes vanish (and do
+ * not evaluate v). */
+#ifdef FS_TSAN
+#define FS_TSAN_FIBER(p) ((p)->tsan)
+#define FS_TSAN_SET_FIBER(p, v) ((p)->tsan = (v))
+#else
+#define FS_TSAN_FIBER(p) ((void *)0)
+#define FS_TSAN_SET_FIBER(p, v) ((void)0)
+#endif
 
 /* ---- the runtime --------------------------------------------------------- */
 
@@ -228,6 +246,10 @@ static inline void fs__stat_add(_Atomic uint64_t *c, uint64_t n)
 /* runtime.c */
 int fs__ensure_init(void);
 int fs__start_carriers(void);
+typedef int (*fs_pthread_create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+/* The pthread_create the runtime starts its own threads with (never the
+ * shim's; TSan's interceptor under TSan). Any thread. */
+fs_pthread_create_fn fs__libc_pthread_create(void);
 
 /* sched.c */
 void fs__ready(struct fs_fiber *f);

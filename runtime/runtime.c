@@ -103,16 +103,20 @@ static void *fs__carrier_thread(void *arg)
     fs__carrier_main_loop(s);
 }
 
-typedef int (*fs_pthread_create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *),
-                                    void *);
-
 /* The C library's pthread_create, never an interposed one: inside
- * libfibershim.so a direct call would bind to the shim's definition. */
-static fs_pthread_create_fn fs__libc_pthread_create(void)
+ * libfibershim.so a direct call would bind to the shim's definition.
+ * Under TSan, the sanitizer's interceptor instead: a thread created behind
+ * its back has no TSan state and crashes at its first instrumented access.
+ * The interceptor is unversioned, so the versioned lookup skips it; the
+ * plain one finds it, since the TSan runtime comes before libc in the
+ * lookup order. */
+fs_pthread_create_fn fs__libc_pthread_create(void)
 {
     static fs_pthread_create_fn fn;
     if (!fn) {
+#ifndef FS_TSAN
         fn = (fs_pthread_create_fn)dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
+#endif
         if (!fn)
             fn = (fs_pthread_create_fn)dlsym(RTLD_NEXT, "pthread_create");
     }

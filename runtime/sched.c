@@ -389,9 +389,11 @@ void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
     struct fs_fiber *next = fs__find_runnable(s, may_poll);
     if (next) {
         fs__run_prepare(s, next);
+        fs__tsan_switch_to(FS_TSAN_FIBER(next));
         fs__context_switch(&self->ctx, &next->ctx);
     } else {
         s->cur = NULL;
+        fs__tsan_switch_to(FS_TSAN_FIBER(s));
         fs__context_switch(&self->ctx, &s->idle_ctx);
     }
     /* Resumed: possibly on another sched if migration is on. */
@@ -430,6 +432,7 @@ static void fs__idle_loop(struct fs_sched *s)
         fs__after_switch(s);
         struct fs_fiber *f = fs__find_runnable_blocking(s);
         fs__run_prepare(s, f);
+        fs__tsan_switch_to(FS_TSAN_FIBER(f));
         fs__context_switch(&s->idle_ctx, &f->ctx);
         s = fs__cur_sched();
     }
@@ -445,18 +448,22 @@ void fs__carrier_main_loop(struct fs_sched *s)
     fs__tls_sched = s;
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
+    /* The idle loop runs on this thread's stack: as the thread itself. */
+    FS_TSAN_SET_FIBER(s, fs__tsan_current());
     fs__idle_loop(s);
     __builtin_unreachable();
 }
 
 /* Gives the idle loop its own stack, for a thread whose stack belongs to
- * its adopted fiber. */
+ * its adopted fiber (which keeps the thread's TSan state: the idle loop
+ * gets a TSan fiber of its own, see tsan.h). */
 int fs__sched_make_idle_stack(struct fs_sched *s)
 {
     int rc = fs__stack_alloc(64 * 1024, &s->idle_stack);
     if (rc)
         return rc;
     fs__context_make(&s->idle_ctx, s->idle_stack.lo, s->idle_stack.size, fs__idle_entry, s);
+    FS_TSAN_SET_FIBER(s, fs__tsan_create());
     return 0;
 }
 
