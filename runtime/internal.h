@@ -82,7 +82,9 @@ struct fs_fiber {
     int saved_errno;             /* errno of the fiber while switched out */
     _Atomic int interrupt;       /* fs_interrupt pending: run the hook on resume */
     _Atomic int interrupted;     /* the current park was cut short by fs_interrupt */
-    uint8_t why;                 /* enum fs_park_reason of the current park */
+    /* enum fs_park_reason of the current park. Atomic (relaxed):
+     * fs_interrupt reads it from any thread (park.c). */
+    _Atomic uint8_t why;
     bool is_adopted;             /* runs on a kernel thread's own stack */
     bool own_stack;              /* stack came from fs__stack_alloc */
     const void *wait_obj;        /* what it waits on, for dumps */
@@ -150,7 +152,9 @@ struct fs_sched {
     /* Netpoller: this sched's epoll instance (see netpoll.c). */
     int epfd;
     int wakefd;                  /* eventfd in epfd, written by kicks */
-    int64_t last_poll;           /* fs_now() of the last epoll_wait */
+    /* fs_now() of the last epoll_wait. Atomic (relaxed): the monitor
+     * polls a stuck carrier's epoll too (fs__netpoll_foreign). */
+    _Atomic int64_t last_poll;
 
     /* Sleeping protocol (see fs__sched_kick). */
     _Atomic int sleeping;        /* 1 while in, or about to enter, epoll_wait */

@@ -51,7 +51,10 @@ struct fs_pollwait {
     fs_park_token tok;
     unsigned mask;  /* FS_FD_* bits that satisfy this waiter */
     int result;     /* 0, or -EBADF when closed under it */
-    bool linked;
+    /* On pd's list. Set under pd->lock; cleared under it too, by the
+     * waiter or by a waker, whose release store is its last access to
+     * the record (see fs__pd_unlink). */
+    _Atomic bool linked;
 };
 
 struct fs_pollfd {
@@ -168,12 +171,11 @@ static unsigned fs__ev_bits(uint32_t ev)
     return b;
 }
 
-/* Wakes the waiters of pd that `bits` satisfies. Under pd->lock: waiter
- * records live on their fibers' stacks and are only valid while linked. */
-/* Takes w off pd's waiter list. Under pd->lock. */
+/* Takes w off pd's waiter list. Under pd->lock. A waker must not touch
+ * w afterwards: its owner may see `linked` clear and reuse it. */
 static void fs__pd_unlink_locked(struct fs_pollfd *pd, struct fs_pollwait *w)
 {
-    if (!w->linked)
+    if (!atomic_load_explicit(&w->linked, memory_order_relaxed))
         return;
     if (w->prev)
         w->prev->next = w->next;
@@ -181,7 +183,9 @@ static void fs__pd_unlink_locked(struct fs_pollfd *pd, struct fs_pollwait *w)
         pd->waiters = w->next;
     if (w->next)
         w->next->prev = w->prev;
-    w->linked = false;
+    /* release: the waker's writes to w (result) happen before the owner,
+     * which reads `linked` without the lock, reuses w */
+    atomic_store_explicit(&w->linked, false, memory_order_release);
 }
 
 /* Links w at the head of pd's waiter list. Under pd->lock. */
@@ -192,20 +196,28 @@ static void fs__pd_link_locked(struct fs_pollfd *pd, struct fs_pollwait *w)
     if (w->next)
         w->next->prev = w;
     pd->waiters = w;
-    w->linked = true;
+    atomic_store_explicit(&w->linked, true, memory_order_relaxed);
 }
 
-/* A waiter woken with an error, or whose park ended otherwise (timeout,
- * interrupt, another fd of a multi-wait), unlinks itself under the lock. */
+/* A waiter whose park ended otherwise than by a wake of pd (timeout,
+ * interrupt, another fd of a multi-wait) unlinks itself under the lock.
+ * Its park ending does not order it after a waker that is unlinking it
+ * at that very moment (a deadline racing an event or fs_fd_close), so
+ * the lock-free check must be an acquire that pairs with the waker's
+ * release in fs__pd_unlink_locked: once `linked` reads false, the waker
+ * is done with w, and w (on the waiter's stack, or freed by
+ * fs_wait_fds) may go. */
 static void fs__pd_unlink(struct fs_pollfd *pd, struct fs_pollwait *w)
 {
-    if (!w->linked)
+    if (!atomic_load_explicit(&w->linked, memory_order_acquire))
         return;
     fs__spin_lock(&pd->lock);
     fs__pd_unlink_locked(pd, w);
     fs__spin_unlock(&pd->lock);
 }
 
+/* Wakes the waiters of pd that `bits` satisfies. Under pd->lock: waiter
+ * records live on their fibers' stacks and are only valid while linked. */
 static int fs__pd_wake_locked(struct fs_pollfd *pd, unsigned bits, int result)
 {
     int n = 0;
@@ -214,9 +226,11 @@ static int fs__pd_wake_locked(struct fs_pollfd *pd, unsigned bits, int result)
         nx = w->next;
         if (!(w->mask & bits) && result == 0)
             continue;
-        fs__pd_unlink_locked(pd, w);
+        struct fs_fiber *f = w->f;
+        fs_park_token tok = w->tok;
         w->result = result;
-        n += fs_unpark(w->f, w->tok);
+        fs__pd_unlink_locked(pd, w); /* the last access to w */
+        n += fs_unpark(f, tok);
     }
     return n;
 }
@@ -256,7 +270,7 @@ int fs__netpoll(struct fs_sched *s, int64_t timeout_ns)
     if (n == -ENOSYS && timeout_ns < 0)
         n = fs__sys6(SYS_epoll_pwait, s->epfd, evs, FS_EVENTS, -1, NULL, 8);
     fs__stat_inc(&s->st.epoll_waits);
-    s->last_poll = fs_now();
+    atomic_store_explicit(&s->last_poll, fs_now(), memory_order_relaxed);
     int woken = 0;
     for (long i = 0; i < n; i++) {
         uint64_t key = evs[i].data.u64;
@@ -272,7 +286,8 @@ int fs__netpoll(struct fs_sched *s, int64_t timeout_ns)
 /* Polls s's epoll instance from a thread that is not s's carrier (the
  * monitor, while s is stuck). Event processing only takes pollfd locks and
  * wakes fibers with fs_unpark, which is safe from any thread; the fields
- * fs__netpoll writes besides (counters, last_poll) tolerate the race. */
+ * fs__netpoll writes besides are relaxed atomics: counters (an increment
+ * may be lost, see fs__stat_inc) and last_poll. */
 int fs__netpoll_foreign(struct fs_sched *s)
 {
     return fs__netpoll(s, 0);
@@ -395,12 +410,14 @@ int fs_fd_probe(int fd)
     int rc = 0;
     if (!(atomic_load(&pd->bits) & FS_FD_REGISTERED))
         rc = fs__pd_register_locked(pd, fd, s);
+    /* Read under the lock: fs_fd_close on another thread resets it. */
+    bool mine = pd->sched == s;
     fs__spin_unlock(&pd->lock);
     if (rc)
         return rc;
     /* The kernel queued the fd's current readiness at EPOLL_CTL_ADD;
      * harvest it now so the caller sees the truth, not "nothing yet". */
-    if (pd->sched == s)
+    if (mine)
         fs__netpoll(s, 0);
     return (int)atomic_load_explicit(&pd->bits, memory_order_acquire);
 }
@@ -426,7 +443,7 @@ int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t deadline)
     int i;
     for (i = 0; i < n && !ready; i++) {
         struct fs_pollfd *pd = fs__pd_lookup(fds[i]);
-        ws[i].linked = false;
+        atomic_init(&ws[i].linked, false);
         if (!pd)
             continue;
         unsigned m = masks[i] | FS_FD_HUP | FS_FD_ERR;
@@ -447,8 +464,7 @@ int fs_wait_fds(const int *fds, const unsigned *masks, int n, int64_t deadline)
     else
         fs_park(tok, FS_PARK_POLL, fds, 0, NULL, NULL); /* ends the prepared park */
     for (i = 0; i < linked; i++)
-        if (ws[i].linked)
-            fs__pd_unlink(fs__pd_lookup(fds[i]), &ws[i]);
+        fs__pd_unlink(fs__pd_lookup(fds[i]), &ws[i]);
     if (ws != stackw)
         free(ws);
     return ready ? 0 : rc;

@@ -223,6 +223,8 @@ void fs__timers_run(struct fs_sched *s, int64_t now)
 
 /* ---- parking ----------------------------------------------------------- */
 
+static void fs__interrupt_parked(struct fs_fiber *f, fs_park_token tok);
+
 /* After-switch step of a park: runs on the next context of the carrier,
  * once the parked fiber's stack is no longer in use. */
 static void fs__after_park(struct fs_sched *s, struct fs_fiber *f)
@@ -232,8 +234,9 @@ static void fs__after_park(struct fs_sched *s, struct fs_fiber *f)
     void *arg = s->commit_arg;
     uint64_t w = PW(tok, FS_PW_PREPARED);
     atomic_store_explicit(&f->state, FS_F_PARKED, memory_order_relaxed);
+    /* seq_cst: the interrupt flag is read after it (below) */
     if (!atomic_compare_exchange_strong_explicit(&f->park, &w, PW(tok, FS_PW_PARKED),
-                                                 memory_order_acq_rel, memory_order_acquire)) {
+                                                 memory_order_seq_cst, memory_order_acquire)) {
         /* Woken (or timed out) before it was even switched out: whoever
          * did it left the readying to us. Still run commit, which releases
          * the caller's lock. */
@@ -246,7 +249,14 @@ static void fs__after_park(struct fs_sched *s, struct fs_fiber *f)
         bool won;
         if (fs__park_transition(f, tok, FS_PW_WOKEN, &won))
             fs__ready(f);
+        return;
     }
+    /* An interrupt that found this park still PREPARED left it to us
+     * (see fs_interrupt). Dekker: it sets the flag, then reads the park
+     * word; we moved the word to PARKED, then read the flag (both sides
+     * seq_cst), so one of us sees the other. */
+    if (FS_UNLIKELY(atomic_load_explicit(&f->interrupt, memory_order_seq_cst)))
+        fs__interrupt_parked(f, tok);
 }
 
 int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, int64_t deadline,
@@ -264,14 +274,15 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
          * must cut this park short, or a signal sent just before a
          * blocking call would wait for the call to end. Dekker with
          * fs_interrupt: we published PREPARED, then read the flag; it
-         * sets the flag, then reads the park word. */
+         * sets the flag, then reads the park word. (fs__after_park
+         * rereads the flag once the park is PARKED, so an interrupt this
+         * check misses still ends the park: the check saves the switch.) */
         atomic_thread_fence(memory_order_seq_cst);
         if (FS_UNLIKELY(atomic_load_explicit(&self->interrupt, memory_order_relaxed))) {
             bool won;
             fs__park_transition(self, tok, FS_PW_TIMEDOUT, &won);
             if (commit)
                 commit(arg);
-            atomic_store(&self->interrupted, 0);
             fs__run_interrupt_hook(self); /* delivers it, as at a switch */
             return -EINTR;
         }
@@ -284,7 +295,7 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
             commit(arg);
         return won ? -ETIMEDOUT : 0;
     }
-    self->why = (uint8_t)why;
+    atomic_store_explicit(&self->why, (uint8_t)why, memory_order_relaxed);
     self->wait_obj = wait_obj;
     self->park_since = fs__now_coarse();
     fs__stat_inc(&s->st.parks[why]);
@@ -335,25 +346,45 @@ void fs_set_interrupt_hook(void (*hook)(fs_fiber *f))
     fs__interrupt_hook = hook;
 }
 
+/* Ends f's park tok as interrupted, if that park is interruptible and
+ * still PARKED. Only the caller that moves the word to TIMEDOUT sets
+ * `interrupted`, and before readying f, which publishes it: fs_park then
+ * tells an interrupt from its deadline, and a timer or a second
+ * interrupter that lost the race cannot clear or fake it. Any thread. */
+static void fs__interrupt_parked(struct fs_fiber *f, fs_park_token tok)
+{
+    /* why belongs to park tok while that park lasts: if f has moved on to
+     * another park since, the transition fails on the token. */
+    if (atomic_load_explicit(&f->why, memory_order_relaxed) > FS_PARK_SLEEP)
+        return; /* locks and joins are not interruptible */
+    bool won;
+    if (fs__park_transition(f, tok, FS_PW_TIMEDOUT, &won)) {
+        atomic_store_explicit(&f->interrupted, 1, memory_order_relaxed);
+        fs__ready(f);
+    }
+}
+
+/* Who ends an interrupted park depends on the park word fs_interrupt
+ * reads after setting the flag (both seq_cst):
+ *  - PARKED: the park is committed, and its why was written before the
+ *    switch that preceded the PARKED store: fs_interrupt ends it, if the
+ *    flag is still set. f may have taken this interrupt already (ended
+ *    an earlier park with it, and run the hook, which clears the flag)
+ *    and parked again since; that park is not ours to end. If the flag
+ *    is set, no hook has run since we set it.
+ *  - PREPARED: the parker is still switching out, and why may still be
+ *    the previous park's. The parker ends it: fs__after_park reads the
+ *    flag after its PREPARED -> PARKED exchange.
+ *  - WOKEN or TIMEDOUT (no park now): the next interruptible park reads
+ *    the flag before it switches (fs_park) and ends at once. */
 void fs_interrupt(fs_fiber *f)
 {
     /* The flag first: whatever happens next, f runs the hook when it
      * resumes (fs__switch_out checks it after every switch). */
     atomic_store(&f->interrupt, 1);
-    uint64_t w = atomic_load_explicit(&f->park, memory_order_seq_cst); /* see fs_park */
-    if (PW_ST(w) > FS_PW_PARKED)
-        return; /* not parked: the hook runs at its next switch */
-    /* why belongs to the park named by w's token: if f has moved on to
-     * another park since, the compare-and-swap below fails on the token. */
-    unsigned why = f->why;
-    if (why > FS_PARK_SLEEP)
-        return; /* locks and joins are not interruptible */
-    atomic_store(&f->interrupted, 1);
-    bool won;
-    if (fs__park_transition(f, PW_TOK(w), FS_PW_TIMEDOUT, &won))
-        fs__ready(f);
-    if (!won)
-        atomic_store(&f->interrupted, 0);
+    uint64_t w = atomic_load_explicit(&f->park, memory_order_seq_cst);
+    if (PW_ST(w) == FS_PW_PARKED && atomic_load_explicit(&f->interrupt, memory_order_seq_cst))
+        fs__interrupt_parked(f, PW_TOK(w));
 }
 
 /* ---- waiters: parking that also works on plain threads ----------------- */

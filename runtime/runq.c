@@ -96,7 +96,7 @@ void fs__fifo_push(struct fs_fifo *q, struct fs_fiber *f)
     else
         q->head = f;
     q->tail = f;
-    q->len++;
+    atomic_store_explicit(&q->len, fs__fifo_len(q) + 1, memory_order_relaxed);
 }
 
 struct fs_fiber *fs__fifo_pop(struct fs_fifo *q)
@@ -106,7 +106,7 @@ struct fs_fiber *fs__fifo_pop(struct fs_fifo *q)
         q->head = f->next;
         if (!q->head)
             q->tail = NULL;
-        q->len--;
+        atomic_store_explicit(&q->len, fs__fifo_len(q) - 1, memory_order_relaxed);
         f->next = NULL;
     }
     return f;
@@ -120,7 +120,7 @@ void fs__fifo_append(struct fs_fifo *q, struct fs_fiber *first, struct fs_fiber 
     else
         q->head = first;
     q->tail = last;
-    q->len += n;
+    atomic_store_explicit(&q->len, fs__fifo_len(q) + n, memory_order_relaxed);
 }
 
 /* ---- inbox ------------------------------------------------------------ */

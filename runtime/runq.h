@@ -32,7 +32,10 @@ struct fs_ring {
 
 struct fs_fifo {
     struct fs_fiber *head, *tail;
-    uint32_t len;
+    /* Written only by the queue's owner (its carrier, or the holder of
+     * g.global_lock), with relaxed loads and stores, not read-modify-
+     * writes; atomic because fs_carrier_stats reads it from any thread. */
+    _Atomic uint32_t len;
 };
 
 struct fs_inbox {
@@ -51,6 +54,11 @@ static inline uint32_t fs__ring_len(struct fs_ring *r)
     uint32_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
     uint32_t h = atomic_load_explicit(&r->head, memory_order_acquire);
     return t - h;
+}
+
+static inline uint32_t fs__fifo_len(struct fs_fifo *q)
+{
+    return atomic_load_explicit(&q->len, memory_order_relaxed);
 }
 
 void fs__fifo_push(struct fs_fifo *q, struct fs_fiber *f);

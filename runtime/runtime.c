@@ -316,7 +316,7 @@ int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
     cs->fibers_run = LD(s->st.fibers_run);
     cs->busy_ns = LD(s->st.busy_ns);
     cs->switches = LD(s->st.switches);
-    cs->runq_len = fs__ring_len(&s->ring) + (uint32_t)LD(*(_Atomic uint32_t *)&s->local.len);
+    cs->runq_len = fs__ring_len(&s->ring) + fs__fifo_len(&s->local);
     cs->sleeping = atomic_load(&s->sleeping) != 0;
     cs->extra = s->extra;
     cs->retired = atomic_load(&s->retired) != 0;

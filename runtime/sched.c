@@ -51,7 +51,7 @@ void fs__global_push(struct fs_fiber *f)
 {
     fs__spin_lock(&fs__g.global_lock);
     fs__fifo_push(&fs__g.global, f);
-    atomic_store_explicit(&fs__g.global_len, fs__g.global.len, memory_order_release);
+    atomic_store_explicit(&fs__g.global_len, fs__fifo_len(&fs__g.global), memory_order_release);
     fs__spin_unlock(&fs__g.global_lock);
 }
 
@@ -62,13 +62,13 @@ static struct fs_fiber *fs__global_pop(struct fs_sched *s, uint32_t max)
     fs__spin_lock(&fs__g.global_lock);
     struct fs_fiber *f = fs__fifo_pop(&fs__g.global);
     /* Take a few more into the ring so the next schedules stay local. */
-    while (f && max-- > 1 && fs__g.global.len) {
+    while (f && max-- > 1 && fs__fifo_len(&fs__g.global)) {
         struct fs_fiber *g = fs__g.global.head;
         if (!fs__ring_push(&s->ring, g))
             break;
         fs__fifo_pop(&fs__g.global);
     }
-    atomic_store_explicit(&fs__g.global_len, fs__g.global.len, memory_order_release);
+    atomic_store_explicit(&fs__g.global_len, fs__fifo_len(&fs__g.global), memory_order_release);
     fs__spin_unlock(&fs__g.global_lock);
     return f;
 }
@@ -104,8 +104,11 @@ void fs__ready(struct fs_fiber *f)
         return;
     }
     if (!fs__movable(f)) {
-        fs__inbox_push(&f->home->inbox, f);
-        fs__sched_kick(f->home);
+        /* Read home before the push: once in the inbox, f is its home
+         * carrier's, which may run it, and it may exit and be freed. */
+        struct fs_sched *home = f->home;
+        fs__inbox_push(&home->inbox, f);
+        fs__sched_kick(home);
         return;
     }
     fs__global_push(f);
@@ -189,16 +192,22 @@ static inline struct fs_fiber *fs__runnext_take(struct fs_sched *s)
 /* Monitor: takes s's runnext fiber if it may move. s is stuck, so the
  * slot rarely changes meanwhile; if it does, the compare-and-swap fails
  * and the fiber stays. A fiber taken here was runnable in the slot, so
- * it is ours to ready: it goes to the global queue. */
+ * it is ours to ready: a movable one goes to the global queue (the
+ * caller's job), a pinned one back to s, through its inbox. Its home may
+ * be read only once the compare-and-swap has made it ours: until then s's
+ * carrier may be taking it to run it, writing home (fs__run_prepare). */
 struct fs_fiber *fs__runnext_steal(struct fs_sched *s)
 {
-    struct fs_fiber *f = atomic_load_explicit(&s->runnext, memory_order_acquire);
-    if (!f || !fs__movable(f))
+    struct fs_fiber *f = atomic_load_explicit(&s->runnext, memory_order_relaxed);
+    /* acquire: pairs with the owner's exchange that put f in the slot */
+    if (!f || !atomic_compare_exchange_strong_explicit(&s->runnext, &f, NULL, memory_order_acq_rel,
+                                                       memory_order_relaxed))
         return NULL;
-    if (!atomic_compare_exchange_strong_explicit(&s->runnext, &f, NULL, memory_order_acq_rel,
-                                                 memory_order_relaxed))
-        return NULL;
-    return f;
+    if (fs__movable(f))
+        return f;
+    fs__inbox_push(&s->inbox, f);
+    fs__sched_kick(s);
+    return NULL;
 }
 
 static struct fs_fiber *fs__steal(struct fs_sched *s)
@@ -238,7 +247,7 @@ static struct fs_fiber *fs__find_runnable(struct fs_sched *s, bool may_poll)
         int64_t now = fs_now();
         if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
             fs__timers_run(s, now);
-        if (may_poll && now - s->last_poll > 100000)
+        if (may_poll && now - atomic_load_explicit(&s->last_poll, memory_order_relaxed) > 100000)
             fs__netpoll(s, 0);
     } else if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) != INT64_MAX) {
         int64_t now = fs_now();
@@ -514,7 +523,9 @@ void fs_yield(void)
         int64_t now = fs_now();
         if (atomic_load_explicit(&s->next_deadline, memory_order_relaxed) <= now)
             fs__timers_run(s, now);
-        if (!fs__has_work(s) && (now - s->last_poll < 50000 || fs__netpoll(s, 0) == 0))
+        if (!fs__has_work(s) &&
+            (now - atomic_load_explicit(&s->last_poll, memory_order_relaxed) < 50000 ||
+             fs__netpoll(s, 0) == 0))
             return;
     }
     s->after_fn = fs__after_yield;
