@@ -41,7 +41,6 @@
 #include "internal.h"
 #include "sys.h"
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <string.h>
 #include <time.h>
@@ -232,8 +231,6 @@ static void *fs__monitor(void *arg)
     return NULL;
 }
 
-typedef int (*fs_create_fn)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
-
 static _Atomic int started;
 _Atomic int fs__monitor_tried;
 
@@ -246,9 +243,7 @@ void fs__monitor_start(void)
     atomic_store_explicit(&fs__monitor_tried, 1, memory_order_relaxed);
     if ((fs__g.nsched < 2 && fs__g.nextra_max == 0) || atomic_exchange(&started, 1))
         return;
-    fs_create_fn create = (fs_create_fn)dlvsym(RTLD_NEXT, "pthread_create", "GLIBC_2.34");
-    if (!create)
-        create = (fs_create_fn)dlsym(RTLD_NEXT, "pthread_create");
+    fs_pthread_create_fn create = fs__libc_pthread_create();
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);

@@ -39,7 +39,6 @@
  */
 #include "fibershim.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -1044,28 +1043,6 @@ static void *stats_reader(void *arg)
         nanosleep(&(struct timespec){0, MS}, NULL);
     }
     return NULL;
-}
-
-/* ---- the monitor's thread under TSan ---------------------------------------
- *
- * The runtime starts its threads with libc's own pthread_create, looked up
- * with dlvsym past the shim's interposed one. Under TSan that would skip
- * TSan's interceptor too, and a thread TSan never saw created crashes at
- * its first instrumented access. runtime.c asks for the interceptor under
- * TSan (fs__libc_pthread_create); monitor.c still makes the versioned
- * lookup itself. This program is linked with --wrap=dlvsym (CMakeLists),
- * which sends the dlvsym calls of its own objects and of the runtime
- * library, and only those, here: the pthread_create lookup gets the
- * unversioned symbol, which is TSan's. Remove this once monitor.c calls
- * fs__libc_pthread_create(). */
-void *__real_dlvsym(void *handle, const char *symbol, const char *version);
-void *__wrap_dlvsym(void *handle, const char *symbol, const char *version);
-
-void *__wrap_dlvsym(void *handle, const char *symbol, const char *version)
-{
-    if (strcmp(symbol, "pthread_create") == 0)
-        return dlsym(handle, symbol);
-    return __real_dlvsym(handle, symbol, version);
 }
 
 int main(int argc, char **argv)
