@@ -251,8 +251,8 @@ static void fs__after_park(struct fs_sched *s, struct fs_fiber *f)
             fs__ready(f);
         return;
     }
-    /* An interrupt that found this park still PREPARED left it to us
-     * (see fs_interrupt). Dekker: it sets the flag, then reads the park
+    /* An interrupt that found this park still PREPARED, or came before
+     * it was prepared, left it to us (see fs_interrupt). Dekker: it sets the flag, then reads the park
      * word; we moved the word to PARKED, then read the flag (both sides
      * seq_cst), so one of us sees the other. */
     if (FS_UNLIKELY(atomic_load_explicit(&f->interrupt, memory_order_seq_cst)))
@@ -268,25 +268,6 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
         return -EPERM;
     FS_CHECK(PW_TOK(atomic_load(&self->park)) == tok);
 
-    if (why <= FS_PARK_SLEEP) {
-        /* An interrupt that came before this park was prepared found the
-         * previous park over and only set the flag (fs_interrupt): it
-         * must cut this park short, or a signal sent just before a
-         * blocking call would wait for the call to end. Dekker with
-         * fs_interrupt: we published PREPARED, then read the flag; it
-         * sets the flag, then reads the park word. (fs__after_park
-         * rereads the flag once the park is PARKED, so an interrupt this
-         * check misses still ends the park: the check saves the switch.) */
-        atomic_thread_fence(memory_order_seq_cst);
-        if (FS_UNLIKELY(atomic_load_explicit(&self->interrupt, memory_order_relaxed))) {
-            bool won;
-            fs__park_transition(self, tok, FS_PW_TIMEDOUT, &won);
-            if (commit)
-                commit(arg);
-            fs__run_interrupt_hook(self); /* delivers it, as at a switch */
-            return -EINTR;
-        }
-    }
     if (deadline != FS_NO_DEADLINE && deadline <= fs_now()) {
         /* Already due: do not switch at all. */
         bool won;
@@ -375,8 +356,10 @@ static void fs__interrupt_parked(struct fs_fiber *f, fs_park_token tok)
  *  - PREPARED: the parker is still switching out, and why may still be
  *    the previous park's. The parker ends it: fs__after_park reads the
  *    flag after its PREPARED -> PARKED exchange.
- *  - WOKEN or TIMEDOUT (no park now): the next interruptible park reads
- *    the flag before it switches (fs_park) and ends at once. */
+ *  - WOKEN or TIMEDOUT (no park now): the next interruptible park ends
+ *    at once, in fs__after_park too, so a signal sent just before a
+ *    blocking call does not wait for the call to end. No extra fence in
+ *    fs_park: the exchange to PARKED is the barrier. */
 void fs_interrupt(fs_fiber *f)
 {
     /* The flag first: whatever happens next, f runs the hook when it
