@@ -1,3 +1,4 @@
+// fibershim-carriers: 1 2
 /* Condition variables.
  *  - a pool of 1,000 worker threads fed through a bounded queue (two
  *    condition variables: not-empty, not-full); the order-independent
