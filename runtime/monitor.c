@@ -130,6 +130,12 @@ static bool fs__mon_judge(struct fs_mon_view *v, struct fs_sched *s, int64_t now
  * Returns true if it holds fibers that may move. */
 static bool fs__mon_rescue(struct fs_sched *s, int64_t now)
 {
+    /* A carrier that went to sleep since it was judged is not stuck: it
+     * waits in epoll_wait and takes its own events. (A harvest that races
+     * such a sleep anyway leaves its kicks intact: fs__netpoll posts a
+     * kick it took from another carrier's instance again.) */
+    if (atomic_load_explicit(&s->sleeping, memory_order_relaxed))
+        return false;
     /* Harvesting is thread-safe (pollfd locks); the counters it bumps
      * are the stuck carrier's, which is not touching them meanwhile. */
     if (fs__netpoll_foreign(s) > 0)

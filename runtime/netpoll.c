@@ -274,8 +274,21 @@ int fs__netpoll(struct fs_sched *s, int64_t timeout_ns)
     int woken = 0;
     for (long i = 0; i < n; i++) {
         uint64_t key = evs[i].data.u64;
-        if (key == FS_WAKE_KEY)
+        if (key == FS_WAKE_KEY) {
+            /* A kick. On s's own thread it has done its job: s is awake.
+             * From another thread (the monitor harvesting a carrier it
+             * judged stuck) it was meant for s, which may have gone to
+             * sleep in epoll_wait since the judgement: the kernel woke
+             * s's thread, but this call emptied the ready list first, so
+             * s sleeps on, and with s->notified still set every later
+             * kick skips the write. Post it again, so that s gets an edge
+             * of its own (at worst s returns once for nothing). */
+            if (FS_UNLIKELY(fs__cur_sched() != s)) {
+                uint64_t one = 1;
+                fs__sys3(SYS_write, s->wakefd, &one, sizeof one);
+            }
             continue;
+        }
         struct fs_pollfd *pd = fs__pd_lookup((int)(uint32_t)key);
         if (pd)
             woken += fs__pd_event(pd, (uint32_t)(key >> 32), evs[i].events);
