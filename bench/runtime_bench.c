@@ -633,9 +633,9 @@ int main(int argc, char **argv)
     uname(&un);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     printf("# fibershim runtime micro-benchmarks\n\n");
-    printf("- date: %s\n- kernel: %s %s %s\n- nproc: %ld\n- carriers: 2, default stack %u KiB"
+    printf("- date: %s\n- kernel: %s %s %s\n- nproc: %ld\n- carriers: 2, default stack %zu KiB"
            "%s\n- each number: median of %d repetitions unless stated\n\n",
-           date, un.sysname, un.release, un.machine, ncpu, FS_DEFAULT_STACK_SIZE / 1024,
+           date, un.sysname, un.release, un.machine, ncpu, fs_default_stack_size() / 1024,
            quick ? "\n- mode: --quick (no 1M-fiber row; 10,000 fibers in row 5)" : "", REPS);
     fflush(stdout);
 

@@ -1,13 +1,22 @@
 /*
  * fault.c - naming a fiber stack overflow before the process dies.
  *
- * A fiber that runs off its stack touches the guard page below it and
- * takes SIGSEGV. The handler runs on the carrier's alternate signal stack
- * (the fiber's own stack is exhausted), recognises the guard page, prints
- * which fiber overflowed, its stack size and how to raise it, then restores
- * the default action and returns: the faulting instruction runs again and
- * the process dies of SIGSEGV as it would have, core dump included. Faults
- * elsewhere go to the handler installed before ours, or the default.
+ * A fiber that runs off its stack touches the guard below it and takes
+ * SIGSEGV. The handler runs on the carrier's alternate signal stack (the
+ * fiber's own stack is exhausted), recognises a guard (stack.c knows every
+ * guard and whose stack it protects), and prints one line: which fiber,
+ * its stack size, where it faulted, and how to raise the size. A frame
+ * larger than the fiber's own guard that lands in another stack's guard
+ * is reported as such. Then, as without the runtime, the program's own
+ * SIGSEGV handler (one installed before ours) runs if there is one;
+ * otherwise the handler restores the default action and returns: the
+ * faulting instruction runs again and the process dies of SIGSEGV as it
+ * would have, core dump included. Faults elsewhere go to the program's
+ * handler, or the default.
+ *
+ * A handler the program installs after the runtime started replaces ours:
+ * then guard faults reach it directly, as they would without the runtime,
+ * unreported.
  */
 #include "internal.h"
 #include "sys.h"
@@ -41,30 +50,74 @@ static size_t fs__put(char *p, const char *s)
     return n;
 }
 
-/* Async-signal-safe: formats by hand, writes with a raw syscall. */
-static void fs__segv(int sig, siginfo_t *si, void *uc)
+static size_t fs__fmt_hex(char *p, uintptr_t v)
 {
-    if (fs__stack_is_guard(si->si_addr)) {
-        char buf[512];
-        size_t n = 0;
-        struct fs_sched *s = fs__cur_sched();
-        struct fs_fiber *f = s ? s->cur : NULL;
-        n += fs__put(buf + n, "fibershim: fiber stack overflow: fiber ");
-        n += fs__fmt_u64(buf + n, f ? f->id : 0);
-        if (f && f->name[0]) {
-            n += fs__put(buf + n, " (");
-            n += fs__put(buf + n, f->name);
-            n += fs__put(buf + n, ")");
-        }
-        n += fs__put(buf + n, " ran past its ");
-        n += fs__fmt_u64(buf + n, f ? (uint64_t)(f->stack.size / 1024) : 0);
-        n += fs__put(buf + n, " KiB stack. Raise FIBERSHIM_STACK_SIZE (e.g. "
-                              "FIBERSHIM_STACK_SIZE=8M) or the thread's "
-                              "pthread_attr_setstacksize().\n");
+    static const char digits[] = "0123456789abcdef";
+    char tmp[2 * sizeof v];
+    size_t n = 0;
+    do {
+        tmp[n++] = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    p[0] = '0';
+    p[1] = 'x';
+    for (size_t i = 0; i < n; i++)
+        p[2 + i] = tmp[n - 1 - i];
+    return n + 2;
+}
+
+/* Prints the line for a fault at addr in the guard below the stack that
+ * starts at owner. Async-signal-safe: formats by hand, writes with a raw
+ * syscall. */
+static void fs__report_guard_fault(const void *addr, const void *owner)
+{
+    char buf[640];
+    size_t n = 0;
+    struct fs_sched *s = fs__cur_sched();
+    struct fs_fiber *f = s ? s->cur : NULL;
+    if (!f) {
+        n += fs__put(buf + n, "fibershim: stack overflow in a carrier's scheduler, at ");
+        n += fs__fmt_hex(buf + n, (uintptr_t)addr);
+        n += fs__put(buf + n, "\n");
         fs__sys3(SYS_write, 2, buf, n);
-        signal(SIGSEGV, SIG_DFL);
         return;
     }
+    n += fs__put(buf + n, "fibershim: fiber stack overflow: fiber ");
+    n += fs__fmt_u64(buf + n, f->id);
+    if (f->name[0]) {
+        n += fs__put(buf + n, " (");
+        n += fs__put(buf + n, f->name);
+        n += fs__put(buf + n, ")");
+    }
+    uintptr_t lo = (uintptr_t)f->stack.lo;
+    if (owner == f->stack.lo) {
+        n += fs__put(buf + n, " ran past its ");
+        n += fs__fmt_u64(buf + n, (uint64_t)(f->stack.size / 1024));
+        n += fs__put(buf + n, " KiB stack into its guard, at ");
+    } else if ((uintptr_t)addr < lo) {
+        /* Below its own guard: a frame bigger than that guard jumped over
+         * it, across the stacks below, into another one's guard. */
+        n += fs__put(buf + n, " jumped ");
+        n += fs__fmt_u64(buf + n, (uint64_t)((lo - (uintptr_t)addr) / 1024));
+        n += fs__put(buf + n, " KiB below its ");
+        n += fs__fmt_u64(buf + n, (uint64_t)(f->stack.size / 1024));
+        n += fs__put(buf + n, " KiB stack, past its guard, into another stack's guard, at ");
+    } else {
+        n += fs__put(buf + n, " (its stack is ");
+        n += fs__fmt_u64(buf + n, (uint64_t)(f->stack.size / 1024));
+        n += fs__put(buf + n, " KiB) touched another stack's guard, at ");
+    }
+    n += fs__fmt_hex(buf + n, (uintptr_t)addr);
+    n += fs__put(buf + n, ". Raise the thread's stack size: pthread_attr_setstacksize(), "
+                          "or FIBERSHIM_STACK_SIZE for every thread.\n");
+    fs__sys3(SYS_write, 2, buf, n);
+}
+
+static void fs__segv(int sig, siginfo_t *si, void *uc)
+{
+    void *owner = fs__stack_guard_owner(si->si_addr);
+    if (owner)
+        fs__report_guard_fault(si->si_addr, owner);
     if (fs__prev_segv.sa_flags & SA_SIGINFO && fs__prev_segv.sa_sigaction) {
         fs__prev_segv.sa_sigaction(sig, si, uc);
         return;

@@ -3,7 +3,11 @@
  *
  * Memory: a fiber on a runtime-allocated stack keeps its struct at the top
  * of that stack (one allocation, and the struct shares the page the fiber
- * touches first, which keeps an idle fiber near one resident page). Fibers
+ * touches first, which keeps an idle fiber near one resident page). The
+ * struct lies inside the stack reported to the program, as glibc keeps a
+ * thread's descriptor and static TLS inside its reported stack: so the
+ * reported [lo, lo + size) is exactly the mapping above the guard, size is
+ * what was asked for (in whole pages), and lo - 1 faults. Fibers
  * on caller-owned stacks take their struct from a pool that never returns
  * memory to malloc. Either way a struct stays mapped forever, so a late
  * fs_unpark() on an exited fiber reads harmless memory, and its park token
@@ -17,6 +21,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 fs_spinlock fs__pool_lock = FS_SPINLOCK_INIT; /* also held across fork (fork.c) */
 static struct fs_fiber *fs__pool; /* structs for caller-owned stacks */
@@ -121,7 +126,10 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
     if (rc)
         return rc;
     size_t size = attr && attr->stack_size ? attr->stack_size : fs__g.cfg.stack_size;
+    size_t guard = attr ? attr->guard_size : 0;
+    bool no_guard = attr && attr->no_guard;
     struct fs_fiber *f;
+    size_t run_size; /* the part of the stack below the struct, if any */
     if (attr && attr->stack_addr) {
         if (size < FS_MIN_STACK_SIZE / 4)
             return -EINVAL;
@@ -129,25 +137,38 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
             return -EAGAIN;
         fs__fiber_init(f);
         f->stack.lo = attr->stack_addr;
-        f->stack.size = size;
+        f->stack.size = size; /* guard_size 0, as glibc reports for one */
+        run_size = size;
     } else {
-        if (size > FS_MAX_STACK_SIZE)
-            return -EINVAL;
+        if (size == 0 || (guard == 0 && !no_guard)) {
+            /* What glibc would give a thread, read at each spawn so that
+             * pthread_setattr_default_np takes effect as it does there. */
+            size_t dsize, dguard;
+            fs__thread_stack_defaults(&dsize, &dguard);
+            if (size == 0)
+                size = dsize;
+            if (guard == 0 && !no_guard) {
+                guard = dguard;
+                no_guard = dguard == 0;
+            }
+        }
+        if (no_guard)
+            guard = 0;
         struct fs_stack st;
-        /* Room for the struct at the top, on top of what was asked. */
-        size_t want = size + ((sizeof(struct fs_fiber) + 63) & ~(size_t)63);
-        if ((rc = fs__stack_alloc(want, &st)))
+        if ((rc = fs__stack_alloc_guard(size, guard, &st)))
             return rc;
         uintptr_t top = ((uintptr_t)st.lo + st.size - sizeof(struct fs_fiber)) & ~(uintptr_t)63;
         f = (struct fs_fiber *)top;
         fs__fiber_init(f);
         f->own_stack = true;
-        f->stack = st;
-        /* Report what was asked for, ending right below the struct (the
-         * mapping may hold a few more bytes, from page rounding). */
-        f->stack.lo = (void *)(top - size);
-        f->stack.size = size;
         f->stack_map = st;
+        f->stack = st;
+        /* glibc reports the guard asked for, in whole pages; the runtime
+         * may have installed more (FS_STACK_GUARD_MIN). */
+        size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+        f->stack.guard_size = (guard + pg - 1) / pg * pg;
+        f->stack.guard = guard ? (char *)st.lo - f->stack.guard_size : NULL;
+        run_size = top - (uintptr_t)st.lo;
     }
     FS_TSAN_SET_FIBER(f, fs__tsan_create());
     if (fs__timers_reserve(atomic_load(&fs__g.live))) {
@@ -158,7 +179,7 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
     f->arg = arg;
     if (attr && attr->detached)
         f->join = FS_J_DETACHED;
-    fs__context_make(&f->ctx, f->stack.lo, f->stack.size, fs__fiber_entry, f);
+    fs__context_make(&f->ctx, f->stack.lo, run_size, fs__fiber_entry, f);
     if (out)
         *out = f;
 
@@ -280,6 +301,11 @@ void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size)
 {
     *lo = f->stack.lo;
     *size = f->stack.size;
+}
+
+size_t fs_fiber_stack_guard(const fs_fiber *f)
+{
+    return f->stack.guard_size;
 }
 
 void fs_fiber_set_name(fs_fiber *f, const char *name)

@@ -100,7 +100,7 @@ struct fs_fiber {
     int join;                    /* FS_J_*, under lock */
     struct fs_waiter *joiner;    /* under lock */
 
-    struct fs_stack stack;       /* usable stack, as reported to the program */
+    struct fs_stack stack;       /* usable stack and guard asked for, as reported to the program */
     struct fs_stack stack_map;   /* the whole allocation, when own_stack */
     uint64_t id;
     char name[16];

@@ -44,9 +44,8 @@ static int fs__init_locked(const struct fs_config *cfg)
         c.carriers = fs_default_carriers();
     if (c.carriers > FS_MAX_CARRIERS)
         return -EINVAL;
-    if (c.stack_size == 0)
-        c.stack_size = FS_DEFAULT_STACK_SIZE;
-    if (c.stack_size < FS_MIN_STACK_SIZE || c.stack_size > FS_MAX_STACK_SIZE)
+    /* A stack size of 0 stays 0: glibc's default, read at each spawn. */
+    if (c.stack_size && (c.stack_size < FS_MIN_STACK_SIZE || c.stack_size > FS_MAX_STACK_SIZE))
         return -EINVAL;
     fs__g.cfg = c;
     fs__g.nextra_max = c.handoff_off ? 0 : c.handoff_max ? c.handoff_max : c.carriers;

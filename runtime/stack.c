@@ -9,25 +9,52 @@
  *     base                                                     base + len
  *     | guard | stack ...... | guard | stack ...... | guard | ...  |
  *
- * so every stack has its own guard page directly below it, and the top
- * (first touched) page of every stack is a distinct page. Slots are carved
- * in address order by a bump counter ("carved"); arenas are never unmapped,
- * which is what lets fs__stack_is_guard() read them without a lock.
+ * so every stack has its own guard directly below it, and the top (first
+ * touched) page of every stack is a distinct page. Slots are carved in
+ * address order by a bump counter ("carved"); arenas are never unmapped,
+ * which is what lets fs__stack_guard_owner() read them without a lock.
  *
- * Why MAP_NORESERVE: a million default stacks need ~260 GiB of address
- * space. Under vm.overcommit_memory = 0 the kernel refuses a single private
- * writable mapping larger than RAM + swap unless it is MAP_NORESERVE (which
- * skips commit accounting); only touched pages ever cost memory. Under mode
- * 2 the flag is ignored and large reservations fail, so a failed mmap is
+ * Guards. A stack's guard is what its thread asked for (glibc's default:
+ * one page) rounded up to pages and to at least FS_STACK_GUARD_MIN (64
+ * KiB); a guard of 0 is none. The minimum is for frames larger than a
+ * page: code built without -fstack-clash-protection moves the stack
+ * pointer past a whole frame before touching it, and a frame bigger than
+ * the guard lands below it, in the top of the next stack down (its live
+ * frames and its fiber struct), without a fault. glibc's separately
+ * mapped stacks are adjacent too (mmap places them back to back), so
+ * there a 300 KiB array below a one-page guard corrupts the neighbour the
+ * same way; with 64 KiB every frame up to 64 KiB faults in the guard.
+ *
+ * Page tables. One page-table page maps an aligned 2 MiB. An idle fiber
+ * touches only its stack's top page (its struct and first frames), and
+ * the tops of two stacks of 2 MiB or more can never share a 2 MiB region
+ * without the stacks overlapping: at glibc's default 8 MiB every fiber
+ * costs a page-table page (4 KiB) besides its top page. Guards add almost
+ * nothing to that: MADV_GUARD_INSTALL writes markers into page-table
+ * entries, and a stack's guard lies directly above the top of the stack
+ * below, in the page-table page that top already needs; only when a 2 MiB
+ * boundary falls between the two (about (guard + top) / 2 MiB of slots)
+ * does a guard need a page of its own. Measured on 100,000 slots of 8 MiB
+ * with the top page touched: page tables of 4.04 KiB per slot with a 4 KiB
+ * guard, 4.16 with 64 KiB, 4.53 with 256 KiB and 6.04 with 1 MiB, hence
+ * the 64 KiB minimum. Stacks smaller than 2 MiB share page-table pages.
+ *
+ * Why MAP_NORESERVE: a million stacks of glibc's default 8 MiB need 8 TiB
+ * of address space (the x86-64 user space holds 128 TiB). Under
+ * vm.overcommit_memory = 0 the kernel refuses a single private writable
+ * mapping larger than RAM + swap unless it is MAP_NORESERVE (which skips
+ * commit accounting); only touched pages ever cost memory. Under mode 2
+ * the flag is ignored and large reservations fail, so a failed mmap is
  * retried with halved lengths down to a single slot before -EAGAIN.
  *
  * Arena growth. A class's first arena is 64 MiB, each next one twice the
  * previous, capped at 64 GiB: a program with a few fibers reserves little,
- * and a million stacks take about 13 arenas. Adjacent arenas usually merge
- * into one VMA, so /proc/self/maps stays short.
+ * and a million 8 MiB stacks take about 140 arenas. Adjacent arenas
+ * usually merge into one VMA, so /proc/self/maps stays short.
  *
- * Guards. MADV_GUARD_INSTALL (Linux 6.13+) writes guard markers into the
- * page tables without changing the VMA, so a million guards cost no VMAs.
+ * Guard mechanism. MADV_GUARD_INSTALL (Linux 6.13+) writes guard markers
+ * into the page tables without changing the VMA, so a million guards cost
+ * no VMAs.
  * If the kernel rejects it with EINVAL we fall back to mprotect(PROT_NONE),
  * which splits the arena VMA around every guard: two VMAs per stack, so
  * vm.max_map_count (default 65530) caps the fallback at roughly 32,000
@@ -36,19 +63,22 @@
  * it, or for tools that do not understand guard markers).
  *
  * Size classes. Requests are rounded up to whole pages (at least
- * FS_MIN_STACK_SIZE); each distinct rounded size is a class with its own
- * arenas and LIFO free list. Sizes other than the default are rare, so the
- * table is a small array searched linearly. Once FS_STACK_EXACT_CLASSES
- * sizes exist, further new sizes are rounded up to a power of two so that
- * the table (and the arena record array) cannot be exhausted by a program
- * that asks for many odd sizes.
+ * FS_MIN_STACK_SIZE); each distinct pair of rounded size and guard is a
+ * class with its own arenas and LIFO free list. Sizes and guards other
+ * than the default are rare, so the table is a small array searched
+ * linearly. Once FS_STACK_EXACT_CLASSES classes exist, further new sizes
+ * and guards are rounded up to powers of two so that the table (and the
+ * arena record array) cannot be exhausted by a program that asks for many
+ * odd sizes.
  *
  * Free lists. A freed stack is pushed on its class's list; the link lives
  * in the stack's top word, so freeing never allocates. Reuse is LIFO: the
- * most recently freed stack has the hottest top pages. Beyond
- * FS_STACK_CACHE_HOT cached stacks in a class, a freed stack's body (all but
- * its top page, which holds the link) is released with MADV_DONTNEED so
- * that a burst of fibers does not pin its peak memory forever.
+ * most recently freed stack has the hottest top pages. Once a class caches
+ * FS_STACK_CACHE_HOT stacks, or FS_STACK_CACHE_HOT_BYTES of them, a freed
+ * stack's body (all but its top page, which holds the link) is released
+ * with MADV_DONTNEED so that a burst of fibers does not pin its peak memory
+ * forever: a byte bound, since 1,024 cached 8 MiB stacks that each once
+ * ran deep could pin 8 GiB (glibc bounds its stack cache at 40 MiB).
  *
  * Locking. One mutex covers the class table, free lists and arena creation;
  * stack_lock()/stack_unlock() are the only places that know what it is.
@@ -78,34 +108,38 @@
 /* Records are never reused; 1024 arenas of up to 64 GiB exceed the 128 TiB
  * x86-64 user address space, so the array is never the limit in practice. */
 #define FS_STACK_MAX_ARENAS 1024u
-/* Exact-size classes before new sizes are rounded to powers of two. */
+/* Exact classes before new sizes and guards are rounded to powers of two. */
 #define FS_STACK_EXACT_CLASSES 64u
 /* Largest request honoured; keeps every size computation far from overflow
  * (and is more than the address space can hold anyway). */
 #define FS_STACK_SIZE_LIMIT ((size_t)1 << 46)
-/* Power-of-two classes from FS_MIN_STACK_SIZE (2^14) to the limit (2^46)
- * number at most 33; the table has room for all of them on top of the
+/* Power-of-two classes: sizes from FS_MIN_STACK_SIZE (2^14) to the limit
+ * (2^46), 33 of them, times guards of none or 2^16 to 2^46, 32 of them,
+ * number at most 33 * 32; the table has room for all of them on top of the
  * exact classes. */
-#define FS_STACK_MAX_CLASSES (FS_STACK_EXACT_CLASSES + 40u)
-/* Cached stacks per class whose memory is kept resident. */
+#define FS_STACK_MAX_CLASSES (FS_STACK_EXACT_CLASSES + 33u * 32u)
+/* Cached stacks per class whose memory is kept resident: at most this
+ * many, and at most this many bytes of them. */
 #define FS_STACK_CACHE_HOT 1024u
+#define FS_STACK_CACHE_HOT_BYTES ((size_t)64 << 20)
 
 enum guard_mode { GUARD_UNKNOWN, GUARD_MADV, GUARD_MPROTECT };
 
 /* An arena record. All fields but carved are written once, before the
  * record is published by the release store to arena_count; carved only
- * grows. fs__stack_is_guard() reads them from signal handlers. */
+ * grows. fs__stack_guard_owner() reads them from signal handlers. */
 struct arena {
     uintptr_t base;
     size_t len;
     size_t stride;     /* guard_size + stack size */
-    size_t guard_size;
+    size_t guard_size; /* 0: the class has no guards */
     size_t nslots;     /* len / stride */
     _Atomic size_t carved; /* slots handed out at least once */
 };
 
 struct size_class {
     size_t size;       /* usable bytes; 0: table slot unused */
+    size_t guard;      /* guard bytes below each stack; 0: none */
     char *free_head;   /* lo of the most recently freed stack, or NULL */
     size_t nfree;
     int arena;         /* index of the arena being carved, or -1 */
@@ -194,21 +228,22 @@ static size_t round_pages(size_t size)
     return (size + page_size - 1) & ~(page_size - 1);
 }
 
-static struct size_class *class_find(size_t size)
+static struct size_class *class_find(size_t size, size_t guard)
 {
     for (unsigned i = 0; i < class_count; i++) {
-        if (classes[i].size == size)
+        if (classes[i].size == size && classes[i].guard == guard)
             return &classes[i];
     }
     return NULL;
 }
 
-static struct size_class *class_new(size_t size)
+static struct size_class *class_new(size_t size, size_t guard)
 {
     if (class_count == FS_STACK_MAX_CLASSES)
         return NULL;
     struct size_class *c = &classes[class_count++];
     c->size = size;
+    c->guard = guard;
     c->free_head = NULL;
     c->nfree = 0;
     c->arena = -1;
@@ -216,21 +251,29 @@ static struct size_class *class_new(size_t size)
     return c;
 }
 
-/* The class for a page-rounded size: the exact one if it exists or may be
- * created, else the power-of-two class at or above it. Under stack_mutex. */
-static struct size_class *class_get(size_t size)
+static size_t pow2_at_least(size_t from, size_t n)
 {
-    struct size_class *c = class_find(size);
+    while (from < n)
+        from <<= 1;
+    return from;
+}
+
+/* The class for a page-rounded size and guard: the exact one if it exists
+ * or may be created, else the power-of-two class at or above both (a
+ * guard of 0 stays 0). Under stack_mutex. */
+static struct size_class *class_get(size_t size, size_t guard)
+{
+    struct size_class *c = class_find(size, guard);
     if (c)
         return c;
     if (class_count < FS_STACK_EXACT_CLASSES)
-        return class_new(size);
+        return class_new(size, guard);
 
-    size_t pow2 = FS_MIN_STACK_SIZE;
-    while (pow2 < size)
-        pow2 <<= 1;
-    c = class_find(pow2);
-    return c ? c : class_new(pow2);
+    size = pow2_at_least(FS_MIN_STACK_SIZE, size);
+    if (guard)
+        guard = pow2_at_least(FS_STACK_GUARD_MIN, guard);
+    c = class_find(size, guard);
+    return c ? c : class_new(size, guard);
 }
 
 /* Reserves a new arena for class c and makes it c's carving arena.
@@ -241,7 +284,7 @@ static int arena_new(struct size_class *c)
     if (n == FS_STACK_MAX_ARENAS)
         return -EAGAIN;
 
-    size_t stride = page_size + c->size;
+    size_t stride = c->guard + c->size;
     size_t nslots = c->next_len / stride;
     if (nslots == 0)
         nslots = 1;
@@ -268,7 +311,7 @@ static int arena_new(struct size_class *c)
     a->base = (uintptr_t)base;
     a->len = nslots * stride;
     a->stride = stride;
-    a->guard_size = page_size;
+    a->guard_size = c->guard;
     a->nslots = nslots;
     atomic_store_explicit(&a->carved, 0, memory_order_relaxed);
     atomic_store_explicit(&arena_count, n + 1, memory_order_release);
@@ -303,21 +346,24 @@ static int class_carve(struct size_class *c, char **lo)
     return 0;
 }
 
-int fs__stack_alloc(size_t size, struct fs_stack *out)
+int fs__stack_alloc_guard(size_t size, size_t guard, struct fs_stack *out)
 {
     int saved_errno = errno;
     int rc = 0;
     char *lo = NULL;
     bool fresh = false;
 
-    if (size > FS_STACK_SIZE_LIMIT)
+    /* As glibc's mmap of size + guard would fail: no address space. */
+    if (size > FS_STACK_SIZE_LIMIT || guard > FS_STACK_SIZE_LIMIT)
         return -EAGAIN;
     if (size < FS_MIN_STACK_SIZE)
         size = FS_MIN_STACK_SIZE;
+    if (guard && guard < FS_STACK_GUARD_MIN)
+        guard = FS_STACK_GUARD_MIN;
 
     stack_lock();
     stack_init_locked();
-    struct size_class *c = class_get(round_pages(size));
+    struct size_class *c = class_get(round_pages(size), round_pages(guard));
     if (!c) {
         rc = -EAGAIN;
     } else if (c->free_head) {
@@ -329,22 +375,28 @@ int fs__stack_alloc(size_t size, struct fs_stack *out)
         fresh = true;
     }
     size_t csize = c ? c->size : 0;
+    size_t cguard = c ? c->guard : 0;
     stack_unlock();
 
-    if (rc == 0 && fresh) {
+    if (rc == 0 && fresh && cguard) {
         /* On failure the slot stays carved and unused: it costs address
          * space only, and failure here means the system is out of memory
          * or mappings anyway. */
-        rc = guard_install(lo - page_size, page_size);
+        rc = guard_install(lo - cguard, cguard);
     }
     if (rc == 0) {
         out->lo = lo;
         out->size = csize;
-        out->guard = lo - page_size;
-        out->guard_size = page_size;
+        out->guard = cguard ? lo - cguard : NULL;
+        out->guard_size = cguard;
     }
     errno = saved_errno;
     return rc;
+}
+
+int fs__stack_alloc(size_t size, struct fs_stack *out)
+{
+    return fs__stack_alloc_guard(size, 1, out); /* rounds up to the minimum */
 }
 
 void fs__stack_free(struct fs_stack *st)
@@ -353,8 +405,9 @@ void fs__stack_free(struct fs_stack *st)
     char *lo = st->lo;
 
     stack_lock();
-    struct size_class *c = class_find(st->size);
-    if (c && c->nfree >= FS_STACK_CACHE_HOT) {
+    struct size_class *c = class_find(st->size, st->guard_size);
+    if (c && (c->nfree >= FS_STACK_CACHE_HOT ||
+              (c->nfree + 1) * c->size > FS_STACK_CACHE_HOT_BYTES)) {
         /* Enough resident stacks cached: give this one's memory back. Done
          * before the push, since once on the list another thread may take
          * it; and outside the lock, since zapping can take a while. The top
@@ -373,7 +426,7 @@ void fs__stack_free(struct fs_stack *st)
     errno = saved_errno;
 }
 
-bool fs__stack_is_guard(const void *addr)
+void *fs__stack_guard_owner(const void *addr)
 {
     uintptr_t p = (uintptr_t)addr;
     unsigned n = atomic_load_explicit(&arena_count, memory_order_acquire);
@@ -386,9 +439,16 @@ bool fs__stack_is_guard(const void *addr)
         size_t carved = atomic_load_explicit(&a->carved, memory_order_acquire);
         if (off >= carved * a->stride)
             continue; /* beyond the carved slots, or another mapping */
-        return off % a->stride < a->guard_size;
+        if (off % a->stride >= a->guard_size)
+            return NULL; /* inside a stack */
+        return (void *)(a->base + off - off % a->stride + a->guard_size);
     }
-    return false;
+    return NULL;
+}
+
+bool fs__stack_is_guard(const void *addr)
+{
+    return fs__stack_guard_owner(addr) != NULL;
 }
 
 const char *fs__stack_guard_kind(void)

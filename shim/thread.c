@@ -193,6 +193,13 @@ int shim__pthread_create(pthread_t *thread, const pthread_attr_t *attr,
         }
         if (pthread_attr_getstacksize(attr, &sz) == 0 && sz != defsz)
             sa.stack_size = sz;
+        /* An attr's guard is always its own: pthread_attr_init gives one
+         * page whatever the default attributes say, as glibc uses it. */
+        size_t guard;
+        if (pthread_attr_getguardsize(attr, &guard) == 0) {
+            sa.guard_size = guard;
+            sa.no_guard = guard == 0;
+        }
         void *lo;
         /* glibc stores the top of a caller-provided stack and returns
          * top - size; with none set, top is NULL and lo + size wraps to 0. */
@@ -448,7 +455,7 @@ int shim__pthread_getattr_np(pthread_t t, pthread_attr_t *attr)
     size_t size;
     fs_fiber_stack(st->fiber, &lo, &size);
     pthread_attr_setstack(attr, lo, size);
-    pthread_attr_setguardsize(attr, (size_t)sysconf(_SC_PAGESIZE));
+    pthread_attr_setguardsize(attr, fs_fiber_stack_guard(st->fiber));
     pthread_attr_setdetachstate(attr, atomic_load(&st->detached) ? PTHREAD_CREATE_DETACHED
                                                                  : PTHREAD_CREATE_JOINABLE);
     return 0;

@@ -30,10 +30,10 @@ extern "C" {
 
 #define FS_NO_DEADLINE INT64_MAX
 
-/* Default fiber stack size when neither the spawner nor FIBERSHIM_STACK_SIZE
- * says otherwise. Stacks are reserved, not committed: only touched pages
- * cost memory. */
-#define FS_DEFAULT_STACK_SIZE (256u * 1024u)
+/* A fiber's stack is, like a thread's, reserved and not committed: only
+ * touched pages cost memory. Its default size is glibc's for a new thread
+ * (see fs_default_stack_size) unless the configuration names one, within
+ * [FS_MIN_STACK_SIZE, FS_MAX_STACK_SIZE]. */
 #define FS_MIN_STACK_SIZE (16u * 1024u)
 #define FS_MAX_STACK_SIZE (1024u * 1024u * 1024u)
 #define FS_MAX_CARRIERS 1024u
@@ -44,7 +44,7 @@ typedef struct fs_fiber fs_fiber;
 
 struct fs_config {
     unsigned carriers;  /* carrier threads; 0 = from affinity and cgroup quota */
-    size_t stack_size;  /* default stack size; 0 = FS_DEFAULT_STACK_SIZE */
+    size_t stack_size;  /* default stack size; 0 = fs_default_stack_size() at each spawn */
     bool migrate;       /* let started fibers move between carriers (see README) */
     /* Handoff: while carriers are stuck (a CPU-bound fiber, a call the
      * runtime cannot see) and work waits that no other carrier takes, the
@@ -64,6 +64,12 @@ FS_API int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen);
 /* The carrier count used when the configuration says 0: the CPUs in the
  * affinity mask, capped by the cgroup v2 cpu.max quota (rounded up). */
 FS_API unsigned fs_default_carriers(void);
+
+/* The stack size used when neither the spawner nor the configuration
+ * names one: glibc's for a new thread with default attributes, that is
+ * RLIMIT_STACK when the process started (2 MiB if unlimited), or what
+ * pthread_setattr_default_np set since. Any thread. */
+FS_API size_t fs_default_stack_size(void);
 
 /* Starts the runtime with *cfg (NULL: defaults). Returns -EALREADY if it is
  * already running. Other calls start it on demand with fs_config_from_env()
@@ -90,13 +96,21 @@ FS_API void fs_atfork_child(void);
 struct fs_spawn_attr {
     size_t stack_size;   /* 0: the configured default */
     void *stack_addr;    /* lowest address of a caller-owned stack, or NULL */
+    /* Inaccessible bytes directly below the stack, as with
+     * pthread_attr_setguardsize: rounded up to pages, and the runtime may
+     * keep more (at least 64 KiB). 0: glibc's default for a new thread
+     * (one page unless pthread_setattr_default_np changed it). Ignored for
+     * a caller-owned stack. */
+    size_t guard_size;
+    bool no_guard;       /* no guard at all (pthread_attr_setguardsize(0)) */
     bool detached;       /* no join; resources freed at exit */
 };
 
 /* Creates a fiber running fn(arg). It starts on the spawner's carrier
  * (runnext) and may be stolen by an idle carrier until it first runs.
- * Returns -EAGAIN when no stack or fiber memory can be had, -EINVAL for a
- * bad attribute. Any thread. */
+ * Returns -EAGAIN when no stack or fiber memory can be had (as for a
+ * stack size too large to map), -EINVAL for a caller-owned stack under 4
+ * KiB. Any thread. */
 FS_API int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg,
                     const struct fs_spawn_attr *attr);
 
@@ -118,8 +132,17 @@ FS_API fs_fiber *fs_self(void);
 /* A stable, unique id (never reused within a process). */
 FS_API uint64_t fs_fiber_id(const fs_fiber *f);
 
-/* The fiber's usable stack: [*lo, *lo + *size). */
+/* The fiber's usable stack: [*lo, *lo + *size), every byte of it
+ * writable (the fiber's own record and first frames live at its top, as a
+ * thread's descriptor and TLS do in glibc's). A runtime-allocated stack
+ * has its guard directly below lo. */
 FS_API void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size);
+
+/* The guard size the fiber's spawner asked for, rounded up to pages, as
+ * pthread_getattr_np reports it: 0 for none and for a caller-owned stack.
+ * The inaccessible range below the stack may be larger (see
+ * fs_spawn_attr.guard_size). */
+FS_API size_t fs_fiber_stack_guard(const fs_fiber *f);
 
 /* Per-fiber name for dumps (copied, truncated to 15 bytes). */
 FS_API void fs_fiber_set_name(fs_fiber *f, const char *name);

@@ -1,6 +1,8 @@
 /*
  * test_stack.c - fiber stack allocator: sizes, reuse, guards, threads,
- * mapping count, memory return, and large reservations.
+ * mapping count, memory return, and large reservations; and the stacks
+ * fs_spawn gives fibers: glibc's default size, the guard asked for,
+ * bounds reported exactly, page tables shared with guards.
  *
  * Criterion runs each test in a fresh process, so every test starts with
  * an empty allocator; tests rely on that for exact LIFO and size-class
@@ -23,6 +25,9 @@
 
 #include "fibershim.h"
 #include "stack.h"
+
+/* A size most tests use: what FIBERSHIM_STACK_SIZE=256K asks for. */
+#define SZ (256u << 10)
 
 static size_t page(void)
 {
@@ -68,7 +73,8 @@ static void check_stack(const struct fs_stack *st, size_t requested)
     cr_assert_eq(st->size % page(), 0, "size %zu not whole pages", st->size);
     cr_assert_geq(st->size, round_up_pages(want));
     cr_assert_geq(st->size, (size_t)FS_MIN_STACK_SIZE);
-    cr_assert_geq(st->guard_size, page());
+    cr_assert_geq(st->guard_size, FS_STACK_GUARD_MIN);
+    cr_assert_eq(st->guard_size % page(), 0);
     cr_assert_eq((char *)st->guard + st->guard_size, (char *)st->lo,
                  "guard must sit directly below the stack");
 }
@@ -98,11 +104,11 @@ Test(stack, alloc_free_reuse_lifo)
 {
     struct fs_stack a, b, c, x, y;
 
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &a), 0);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &b), 0);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &c), 0);
-    check_stack(&a, FS_DEFAULT_STACK_SIZE);
-    cr_assert_eq(a.size, (size_t)FS_DEFAULT_STACK_SIZE);
+    cr_assert_eq(fs__stack_alloc(SZ, &a), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &b), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &c), 0);
+    check_stack(&a, SZ);
+    cr_assert_eq(a.size, (size_t)SZ);
     cr_assert_neq(a.lo, b.lo);
     cr_assert_neq(b.lo, c.lo);
     cr_assert_neq(a.lo, c.lo);
@@ -110,11 +116,11 @@ Test(stack, alloc_free_reuse_lifo)
     fs__stack_free(&a);
     fs__stack_free(&b);
     /* Last freed comes back first. */
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &x), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &x), 0);
     cr_assert_eq(x.lo, b.lo);
     cr_assert_eq(x.size, b.size);
     cr_assert_eq(x.guard, b.guard);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &y), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &y), 0);
     cr_assert_eq(y.lo, a.lo);
 
     /* Another size never gets these back. */
@@ -132,8 +138,7 @@ Test(stack, sizes_rounded_to_pages)
 {
     static const size_t req[] = {
         0, 1, 4095, FS_MIN_STACK_SIZE - 1, FS_MIN_STACK_SIZE, FS_MIN_STACK_SIZE + 1,
-        100000, FS_DEFAULT_STACK_SIZE - 1, FS_DEFAULT_STACK_SIZE,
-        FS_DEFAULT_STACK_SIZE + 1, 3u << 20,
+        100000, SZ - 1, SZ, SZ + 1, 3u << 20,
     };
     for (size_t i = 0; i < sizeof(req) / sizeof(req[0]); i++) {
         struct fs_stack st;
@@ -157,7 +162,7 @@ Test(stack, errno_untouched)
 {
     struct fs_stack st;
     errno = 1234;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
     fs__stack_free(&st);
     (void)fs__stack_guard_kind();
     cr_assert_eq(errno, 1234);
@@ -165,7 +170,7 @@ Test(stack, errno_untouched)
 
 Test(stack, whole_stack_writable)
 {
-    static const size_t sizes[] = { FS_MIN_STACK_SIZE, FS_DEFAULT_STACK_SIZE, 1u << 20 };
+    static const size_t sizes[] = { FS_MIN_STACK_SIZE, SZ, 1u << 20 };
     struct fs_stack st[3][3];
 
     /* Several per size: neighbours must not overlap. */
@@ -192,7 +197,7 @@ Test(stack, whole_stack_writable)
 Test(stack, write_below_stack_faults, .signal = SIGSEGV)
 {
     struct fs_stack st;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
     ((char *)st.lo)[st.size - 1] = 1; /* top is fine */
     ((char *)st.lo)[0] = 1;           /* bottom is fine */
     ((volatile char *)st.lo)[-1] = 1; /* one below: the guard */
@@ -201,8 +206,8 @@ Test(stack, write_below_stack_faults, .signal = SIGSEGV)
 Test(stack, read_guard_bottom_faults, .signal = SIGSEGV)
 {
     struct fs_stack st, next;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st), 0);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &next), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &next), 0);
     /* The lowest byte of a guard that is not the first in its arena. */
     (void)*(volatile char *)next.guard;
 }
@@ -210,9 +215,9 @@ Test(stack, read_guard_bottom_faults, .signal = SIGSEGV)
 Test(stack, reused_stack_keeps_guard, .signal = SIGSEGV)
 {
     struct fs_stack st, again;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
     fs__stack_free(&st);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &again), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &again), 0);
     cr_assert_eq(again.lo, st.lo);
     ((volatile char *)again.lo)[-1] = 1;
 }
@@ -224,8 +229,8 @@ Test(stack, is_guard_addresses)
     void *heap = malloc(64);
 
     cr_assert_not(fs__stack_is_guard(&local), "before any allocation");
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &a), 0);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &b), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &a), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &b), 0);
     cr_assert_eq(fs__stack_alloc(64u << 10, &other), 0);
 
     const struct fs_stack *all[] = { &a, &b, &other };
@@ -282,7 +287,7 @@ static void install_segv_handler(void)
 Test(stack, sigsegv_handler_sees_guard, .exit_code = 42)
 {
     struct fs_stack st;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
     install_segv_handler();
     ((volatile char *)st.lo)[-100] = 1;
 }
@@ -290,11 +295,121 @@ Test(stack, sigsegv_handler_sees_guard, .exit_code = 42)
 Test(stack, sigsegv_handler_other_fault, .exit_code = 43)
 {
     struct fs_stack st;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
     char *none = mmap(NULL, page(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     cr_assert_neq(none, MAP_FAILED);
     install_segv_handler();
     *(volatile char *)none = 1;
+}
+
+/* ---- guard sizes -------------------------------------------------------- */
+
+Test(stack, default_guard_is_the_minimum)
+{
+    struct fs_stack st;
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
+    cr_assert_eq(st.guard_size, FS_STACK_GUARD_MIN);
+    cr_assert_eq(st.guard, (char *)st.lo - FS_STACK_GUARD_MIN);
+    cr_assert(fs__stack_is_guard((char *)st.lo - FS_STACK_GUARD_MIN));
+    fs__stack_free(&st);
+}
+
+Test(stack, guard_sizes_rounded_up)
+{
+    const size_t m = FS_STACK_GUARD_MIN, mib = 1u << 20;
+    const struct {
+        size_t ask, want;
+    } g[] = {{1, m}, {4096, m}, {m - 1, m}, {m, m}, {m + 1, m + page()},
+             {mib, mib}, {mib + 5, mib + page()}};
+    for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
+        struct fs_stack st;
+        cr_assert_eq(fs__stack_alloc_guard(SZ, g[i].ask, &st), 0, "guard %zu", g[i].ask);
+        check_stack(&st, SZ);
+        cr_assert_eq(st.guard_size, g[i].want, "guard %zu -> %zu", g[i].ask, st.guard_size);
+        cr_assert(fs__stack_is_guard(st.guard));
+        cr_assert(fs__stack_is_guard((char *)st.lo - 1));
+        cr_assert_not(fs__stack_is_guard(st.lo));
+        fs__stack_free(&st);
+    }
+}
+
+/* guardsize 0 asks for none: such stacks lie back to back. */
+Test(stack, no_guard_stacks_are_adjacent)
+{
+    struct fs_stack a, b;
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 0, &a), 0);
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 0, &b), 0);
+    cr_assert_null(a.guard);
+    cr_assert_eq(a.guard_size, 0);
+    cr_assert_eq((char *)b.lo, (char *)a.lo + a.size, "carved upwards, no gap");
+    cr_assert_not(fs__stack_is_guard((char *)b.lo - 1));
+    memset(a.lo, 1, a.size);
+    memset(b.lo, 2, b.size);
+    cr_assert_eq(((unsigned char *)a.lo)[a.size - 1], 1);
+    fs__stack_free(&a);
+    fs__stack_free(&b);
+}
+
+/* A stack freed with one guard never comes back for another. */
+Test(stack, guards_are_separate_classes)
+{
+    struct fs_stack none, big, dflt, again;
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 0, &none), 0);
+    fs__stack_free(&none);
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 1u << 20, &big), 0);
+    cr_assert_neq(big.lo, none.lo);
+    cr_assert_eq(fs__stack_alloc(SZ, &dflt), 0);
+    cr_assert_neq(dflt.lo, none.lo);
+    cr_assert_neq(dflt.lo, big.lo);
+    fs__stack_free(&big);
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 1u << 20, &again), 0);
+    cr_assert_eq(again.lo, big.lo);
+    cr_assert_eq(again.guard_size, (size_t)1 << 20);
+    fs__stack_free(&again);
+    fs__stack_free(&dflt);
+}
+
+/* The lowest byte of the minimum guard of a stack with another right
+ * below it: a frame of FS_STACK_GUARD_MIN bytes still faults. */
+Test(stack, min_guard_lowest_byte_faults, .signal = SIGSEGV)
+{
+    struct fs_stack below, st;
+    cr_assert_eq(fs__stack_alloc(SZ, &below), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
+    cr_assert_eq((char *)below.lo + below.size, (char *)st.guard);
+    ((volatile char *)st.lo)[-(ptrdiff_t)FS_STACK_GUARD_MIN] = 1;
+}
+
+/* A guard larger than a page is inaccessible all through. */
+Test(stack, large_guard_middle_faults, .signal = SIGSEGV)
+{
+    struct fs_stack st;
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 1u << 20, &st), 0);
+    ((volatile char *)st.lo)[-(ptrdiff_t)(512u << 10)] = 1;
+}
+
+Test(stack, large_guard_lowest_byte_faults, .signal = SIGSEGV)
+{
+    struct fs_stack st;
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 1u << 20, &st), 0);
+    ((volatile char *)st.lo)[-(ptrdiff_t)(1u << 20)] = 1;
+}
+
+Test(stack, guard_owner_names_the_stack)
+{
+    struct fs_stack st[4];
+    cr_assert_eq(fs__stack_alloc(SZ, &st[0]), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st[1]), 0);
+    cr_assert_eq(fs__stack_alloc_guard(SZ, 1u << 20, &st[2]), 0);
+    cr_assert_eq(fs__stack_alloc(FS_MIN_STACK_SIZE, &st[3]), 0);
+    for (int i = 0; i < 4; i++) {
+        const char *lo = st[i].lo;
+        cr_assert_eq(fs__stack_guard_owner(st[i].guard), st[i].lo);
+        cr_assert_eq(fs__stack_guard_owner(lo - 1), st[i].lo);
+        cr_assert_eq(fs__stack_guard_owner(lo - st[i].guard_size / 2), st[i].lo);
+        cr_assert_null(fs__stack_guard_owner(lo));
+        cr_assert_null(fs__stack_guard_owner(lo + st[i].size - 1));
+    }
 }
 
 /* ---- threads ---------------------------------------------------------- */
@@ -343,8 +458,8 @@ static void *churn(void *arg)
     unsigned serials[HOLD];
     int n = 0;
     uint64_t rng = 0x1234567u * (uint64_t)me + 1;
-    static const size_t sizes[] = { FS_DEFAULT_STACK_SIZE, FS_DEFAULT_STACK_SIZE,
-                                    FS_DEFAULT_STACK_SIZE, 32u << 10 };
+    static const size_t sizes[] = { SZ, SZ,
+                                    SZ, 32u << 10 };
 
     for (unsigned it = 0; it < ITERS; it++) {
         rng ^= rng << 13;
@@ -424,7 +539,7 @@ Test(stack, many_stacks_few_mappings, .timeout = 60)
     struct fs_stack *st = malloc(N * sizeof(*st));
     cr_assert_not_null(st);
     for (int i = 0; i < N; i++)
-        cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st[i]), 0, "stack %d", i);
+        cr_assert_eq(fs__stack_alloc(SZ, &st[i]), 0, "stack %d", i);
     /* Touch a few so the test also covers committed pages in the arenas. */
     for (int i = 0; i < N; i += 997)
         ((char *)st[i].lo)[st[i].size - 1] = 1;
@@ -471,6 +586,79 @@ Test(stack, cache_overflow_returns_memory)
         cr_assert_eq(p[0], want, "stack %d body", i);
         cr_assert_eq(p[again.size - page() - 1], want, "stack %d body top", i);
         cr_assert_eq(p[again.size - page()], 0xa5, "stack %d top page kept", i);
+    }
+}
+
+static long status_kib(const char *key)
+{
+    char line[256];
+    long kib = -1;
+    size_t n = strlen(key);
+    FILE *f = fopen("/proc/self/status", "r");
+    cr_assert_not_null(f);
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, n) == 0 && line[n] == ':') {
+            kib = atol(line + n + 1);
+            break;
+        }
+    }
+    fclose(f);
+    return kib;
+}
+
+/* glibc's usual default, 8 MiB: a stack whose top page is touched costs
+ * that page and a page-table page of its own (tops 8 MiB apart cannot
+ * share one), and its guard no more, since it lies in the page-table page
+ * of the top below it (stack.c, "Page tables"). */
+Test(stack, default_size_page_tables, .timeout = 60)
+{
+#ifdef __SANITIZE_ADDRESS__
+    cr_skip_test("AddressSanitizer's shadow memory has page tables of its own");
+#endif
+    enum { N = 4096 };
+    const size_t size = 8u << 20;
+    static struct fs_stack st[N];
+    long pte0 = status_kib("VmPTE"), rss0 = status_kib("VmRSS");
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(fs__stack_alloc(size, &st[i]), 0);
+        ((volatile char *)st[i].lo)[size - 1] = 1;
+    }
+    double pte = (double)(status_kib("VmPTE") - pte0) / N;
+    double rss = (double)(status_kib("VmRSS") - rss0) / N;
+    fprintf(stderr, "default_size_page_tables: per 8 MiB stack: page tables %.3f KiB, "
+                    "RSS %.3f KiB\n", pte, rss);
+    cr_assert_geq(pte, 3.9, "page tables %.3f KiB per stack", pte);
+    cr_assert_leq(pte, 4.5, "page tables %.3f KiB per stack: guards do not share", pte);
+    for (int i = 0; i < N; i++)
+        fs__stack_free(&st[i]);
+}
+
+/* 8 MiB stacks: the cache keeps FS_STACK_CACHE_HOT_BYTES (64 MiB) of them
+ * resident, 8 stacks, and gives back the memory of the rest. */
+Test(stack, hot_cache_bounded_in_bytes)
+{
+    enum { N = 20, HOT = 8, TOUCH = 1 << 20 };
+    const size_t size = 8u << 20;
+    static struct fs_stack st[N];
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(fs__stack_alloc(size, &st[i]), 0);
+        memset((char *)st[i].lo + size - TOUCH, 0x5a, TOUCH);
+    }
+    long full = rss_pages();
+    for (int i = 0; i < N; i++)
+        fs__stack_free(&st[i]);
+    long drop = full - rss_pages();
+    long expect = (long)(N - HOT) * (long)((TOUCH - page()) / page());
+    fprintf(stderr, "hot_cache_bounded_in_bytes: %ld pages dropped, expected %ld\n", drop,
+            expect);
+    cr_assert_geq(drop, expect * 9 / 10);
+    cr_assert_leq(drop, expect + expect / 10);
+    for (int i = N - 1; i >= 0; i--) {
+        struct fs_stack again;
+        cr_assert_eq(fs__stack_alloc(size, &again), 0);
+        cr_assert_eq(again.lo, st[i].lo, "LIFO order broken at %d", i);
+        unsigned char want = i < HOT ? 0x5a : 0;
+        cr_assert_eq(((unsigned char *)again.lo)[size - TOUCH], want, "stack %d", i);
     }
 }
 
@@ -573,6 +761,146 @@ Test(stack, noreserve_reservations_beyond_ram, .timeout = 60)
         fs__stack_free(&st[i]);
 }
 
+/* ---- the stacks of fibers (fs_spawn) ---------------------------------- */
+
+struct seen {
+    void *lo;
+    size_t size, guard;
+    bool inside;
+};
+
+static void *record_stack(void *arg)
+{
+    struct seen *s = arg;
+    int local = 0;
+    fs_fiber_stack(fs_self(), &s->lo, &s->size);
+    s->guard = fs_fiber_stack_guard(fs_self());
+    s->inside = (char *)&local >= (char *)s->lo && (char *)&local < (char *)s->lo + s->size;
+    *(volatile char *)s->lo = 1; /* the lowest byte is usable */
+    return NULL;
+}
+
+static struct seen spawn_seen(const struct fs_spawn_attr *attr)
+{
+    struct seen s;
+    fs_fiber *f;
+    cr_assert_eq(fs_spawn(&f, record_stack, &s, attr), 0);
+    cr_assert_eq(fs_join(f, NULL, FS_NO_DEADLINE), 0);
+    return s;
+}
+
+static size_t glibc_default_size(void)
+{
+    pthread_attr_t a;
+    size_t size;
+    cr_assert_eq(pthread_getattr_default_np(&a), 0);
+    cr_assert_eq(pthread_attr_getstacksize(&a, &size), 0);
+    pthread_attr_destroy(&a);
+    return size;
+}
+
+static void set_glibc_default(size_t size, size_t guard)
+{
+    pthread_attr_t a;
+    cr_assert_eq(pthread_attr_init(&a), 0);
+    cr_assert_eq(pthread_attr_setstacksize(&a, size), 0);
+    cr_assert_eq(pthread_attr_setguardsize(&a, guard), 0);
+    cr_assert_eq(pthread_setattr_default_np(&a), 0);
+    pthread_attr_destroy(&a);
+}
+
+/* The reported stack is exactly the mapping above the guard. */
+static void check_bounds(const struct seen *s)
+{
+    cr_assert(s->inside, "the fiber's locals lie outside [lo, lo + size)");
+    cr_assert_eq((uintptr_t)s->lo % page(), 0);
+    cr_assert_eq(fs__stack_guard_owner((char *)s->lo - 1), s->lo, "lo - 1 is not its guard");
+    cr_assert_null(fs__stack_guard_owner(s->lo));
+}
+
+Test(fiber_stack, default_is_glibcs)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1}), 0);
+    size_t want = glibc_default_size();
+    cr_assert_eq(fs_default_stack_size(), want);
+    struct seen s = spawn_seen(NULL);
+    cr_assert_eq(s.size, want, "default stack %zu, glibc's %zu", s.size, want);
+    cr_assert_eq(s.guard, page(), "guard as glibc reports it: one page");
+    check_bounds(&s);
+    cr_assert(fs__stack_is_guard((char *)s.lo - FS_STACK_GUARD_MIN));
+}
+
+Test(fiber_stack, setattr_default_np_takes_effect)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1}), 0);
+    (void)spawn_seen(NULL); /* the runtime runs before the change */
+    set_glibc_default(1u << 20, 3 * page());
+    cr_assert_eq(fs_default_stack_size(), (size_t)1 << 20);
+    struct seen s = spawn_seen(NULL);
+    cr_assert_eq(s.size, (size_t)1 << 20);
+    cr_assert_eq(s.guard, 3 * page());
+    check_bounds(&s);
+    set_glibc_default(1u << 20, 0);
+    s = spawn_seen(NULL);
+    cr_assert_eq(s.guard, 0);
+    cr_assert_null(fs__stack_guard_owner((char *)s.lo - 1), "guard 0 must be none");
+}
+
+Test(fiber_stack, configured_size_overrides_the_default)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1, .stack_size = 64u << 10}), 0);
+    cr_assert_eq(spawn_seen(NULL).size, (size_t)64 << 10);
+    set_glibc_default(2u << 20, page());
+    cr_assert_eq(spawn_seen(NULL).size, (size_t)64 << 10);
+    struct seen s = spawn_seen(&(struct fs_spawn_attr){.stack_size = 1u << 20});
+    cr_assert_eq(s.size, (size_t)1 << 20, "an explicit size beats the configured one");
+    check_bounds(&s);
+}
+
+Test(fiber_stack, guard_asked_for)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1}), 0);
+    struct seen s = spawn_seen(&(struct fs_spawn_attr){.stack_size = SZ, .guard_size = 10000});
+    cr_assert_eq(s.guard, round_up_pages(10000), "reported in whole pages, as glibc does");
+    check_bounds(&s);
+    cr_assert(fs__stack_is_guard((char *)s.lo - FS_STACK_GUARD_MIN), "the minimum still holds");
+    s = spawn_seen(&(struct fs_spawn_attr){.stack_size = SZ, .guard_size = 1u << 20});
+    cr_assert_eq(s.guard, (size_t)1 << 20);
+    cr_assert(fs__stack_is_guard((char *)s.lo - (1u << 20)));
+    s = spawn_seen(&(struct fs_spawn_attr){.stack_size = SZ, .no_guard = true});
+    cr_assert_eq(s.guard, 0);
+    cr_assert_null(fs__stack_guard_owner((char *)s.lo - 1));
+}
+
+Test(fiber_stack, size_in_whole_pages)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1}), 0);
+    struct seen s = spawn_seen(&(struct fs_spawn_attr){.stack_size = 100000});
+    cr_assert_eq(s.size, round_up_pages(100000));
+    check_bounds(&s);
+    s = spawn_seen(&(struct fs_spawn_attr){.stack_size = FS_MIN_STACK_SIZE});
+    cr_assert_eq(s.size, (size_t)FS_MIN_STACK_SIZE);
+    check_bounds(&s);
+}
+
+static void *write_below_lo(void *arg)
+{
+    (void)arg;
+    void *lo;
+    size_t size;
+    fs_fiber_stack(fs_self(), &lo, &size);
+    ((volatile char *)lo)[-1] = 1;
+    return NULL;
+}
+
+Test(fiber_stack, write_below_lo_faults, .signal = SIGSEGV)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1}), 0);
+    fs_fiber *f;
+    cr_assert_eq(fs_spawn(&f, write_below_lo, NULL, NULL), 0);
+    fs_join(f, NULL, FS_NO_DEADLINE);
+}
+
 /* ---- the mprotect fallback -------------------------------------------- */
 
 static void force_mprotect(void)
@@ -588,16 +916,16 @@ Test(stack_mprotect, kind, .init = force_mprotect)
 Test(stack_mprotect, alloc_free_reuse, .init = force_mprotect)
 {
     struct fs_stack a, b, x;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &a), 0);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &b), 0);
-    check_stack(&a, FS_DEFAULT_STACK_SIZE);
+    cr_assert_eq(fs__stack_alloc(SZ, &a), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &b), 0);
+    check_stack(&a, SZ);
     memset(a.lo, 1, a.size);
     memset(b.lo, 2, b.size);
     cr_assert(fs__stack_is_guard(a.guard));
     cr_assert(fs__stack_is_guard(b.guard));
     cr_assert_not(fs__stack_is_guard(a.lo));
     fs__stack_free(&a);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &x), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &x), 0);
     cr_assert_eq(x.lo, a.lo);
     fs__stack_free(&x);
     fs__stack_free(&b);
@@ -606,15 +934,15 @@ Test(stack_mprotect, alloc_free_reuse, .init = force_mprotect)
 Test(stack_mprotect, guard_faults, .init = force_mprotect, .signal = SIGSEGV)
 {
     struct fs_stack st;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &st), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &st), 0);
     ((volatile char *)st.lo)[-1] = 1;
 }
 
 Test(stack_mprotect, sigsegv_handler_sees_guard, .init = force_mprotect, .exit_code = 42)
 {
     struct fs_stack a, b;
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &a), 0);
-    cr_assert_eq(fs__stack_alloc(FS_DEFAULT_STACK_SIZE, &b), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &a), 0);
+    cr_assert_eq(fs__stack_alloc(SZ, &b), 0);
     install_segv_handler();
     (void)*(volatile char *)b.guard;
 }
