@@ -113,11 +113,19 @@ static void fs__report_guard_fault(const void *addr, const void *owner)
     fs__sys3(SYS_write, 2, buf, n);
 }
 
+/* The address last reported: a program handler that returns without
+ * curing the fault gets the same fault again at once, as without the
+ * runtime, and one line about it is enough. A race between carriers only
+ * costs a repeated line. */
+static const void *volatile fs__last_reported;
+
 static void fs__segv(int sig, siginfo_t *si, void *uc)
 {
     void *owner = fs__stack_guard_owner(si->si_addr);
-    if (owner)
+    if (owner && si->si_addr != fs__last_reported) {
+        fs__last_reported = si->si_addr;
         fs__report_guard_fault(si->si_addr, owner);
+    }
     if (fs__prev_segv.sa_flags & SA_SIGINFO && fs__prev_segv.sa_sigaction) {
         fs__prev_segv.sa_sigaction(sig, si, uc);
         return;
