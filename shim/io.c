@@ -18,7 +18,10 @@
  *    as write does), ECONNRESET come back unchanged from the kernel.
  *  - A read that returned less than asked on a stream proves the socket
  *    drained; the next read then parks without a failing syscall, unless an
- *    edge arrived meanwhile (fs_fd_drained / fs_fd_edges).
+ *    edge arrived meanwhile (fs_fd_drained / fs_fd_edges). A peek or an
+ *    out-of-band read latches nothing; a short read of a datagram, or one
+ *    that may have stopped at ancillary data or at the urgent mark, does
+ *    not prove the socket drained.
  * Regular files (SHIM_FD_FILE) are not the netpoller's: a fiber's
  * read/write/readv/writev on one goes to file.c (page cache first, then a
  * spare thread). Calls from threads that are not fibers go straight to
@@ -61,10 +64,20 @@ static unsigned shim__may_succeed(unsigned dir)
                : FS_FD_WRITABLE | FS_FD_HUP | FS_FD_ERR;
 }
 
+/* The `want` of an attempt whose outcome says nothing about what a plain
+ * read would find: MSG_PEEK leaves the queue as it was (a short peek
+ * proves nothing, and with SO_PEEK_OFF even EAGAIN comes with data still
+ * queued), MSG_OOB reads apart from it. Such an attempt leaves the
+ * netpoller's latched state alone. */
+#define SHIM_WANT_NO_LATCH SIZE_MAX
+
 /*
  * Runs try until it does not fail with EAGAIN, parking in between.
- * want: bytes asked for (a read returning fewer on a stream marks it
- * drained). Returns like the syscall; errno set on -1.
+ * want: bytes asked for. A read that returns fewer on a stream marks it
+ * drained, so pass 0 where a short result proves nothing (a batch of
+ * messages, a read whose ancillary data can end it early), and
+ * SHIM_WANT_NO_LATCH where not even EAGAIN does. Returns like the
+ * syscall; errno set on -1.
  */
 static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park_reason why,
                            shim_try_fn try, void *ctx, size_t want)
@@ -110,9 +123,13 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             ssize_t n = try(fd, ctx, mode);
             if (n >= 0) {
                 /* Short on a stream: the receive queue is empty, or the
-                 * send buffer full, as of this call. */
-                if (n > 0 && (size_t)n < want &&
-                    (kind == SHIM_FD_STREAM || (dir == FS_POLL_WRITE && kind == SHIM_FD_PIPE)))
+                 * send buffer full, as of this call. Not a datagram or
+                 * seqpacket read (one message, whatever is queued behind
+                 * it), and not once urgent data has come: a TCP read
+                 * stops at the urgent mark with data queued past it. */
+                if (n > 0 && (size_t)n < want && want != SHIM_WANT_NO_LATCH &&
+                    (kind == SHIM_FD_STREAM || (dir == FS_POLL_WRITE && kind == SHIM_FD_PIPE)) &&
+                    !(dir == FS_POLL_READ && (st & FS_FD_PRI)))
                     fs_fd_drained(fd, dir, snap);
                 return n;
             }
@@ -122,7 +139,8 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             }
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 return -1;
-            fs_fd_drained(fd, dir, snap);
+            if (want != SHIM_WANT_NO_LATCH)
+                fs_fd_drained(fd, dir, snap);
             if (user_nb)
                 return -1;
         }
@@ -232,6 +250,12 @@ static inline int shim__sockflag(int mode)
     return mode == SHIM_TRY_BLOCKING ? 0 : MSG_DONTWAIT;
 }
 
+/* shim__do_io's `want` for a receive of len bytes with these flags. */
+static inline size_t shim__recv_want(int flags, size_t len)
+{
+    return flags & (MSG_PEEK | MSG_OOB) ? SHIM_WANT_NO_LATCH : len;
+}
+
 static ssize_t shim__try_recvfrom(int fd, void *ctx, int mode)
 {
     struct shim_buf *b = ctx;
@@ -252,7 +276,7 @@ static ssize_t shim__recv_common(int fd, void *buf, size_t len, int flags, struc
     do {
         struct shim_buf b = {(char *)buf + got, len - got, flags & ~MSG_WAITALL, addr, alen};
         ssize_t n = shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvfrom, &b,
-                                len - got);
+                                shim__recv_want(flags, len - got));
         if (n < 0)
             return got ? (ssize_t)got : -1;
         if (n == 0)
@@ -344,8 +368,12 @@ ssize_t shim__recvmsg(int fd, struct msghdr *msg, int flags)
     if (!e || (flags & MSG_DONTWAIT))
         return REAL(recvmsg)(fd, msg, flags);
     struct shim_msg m = {msg, flags, NULL, 0};
+    /* Room for ancillary data: a stream read stops after a message that
+     * carries file descriptors (or other credentials than the next), so
+     * a short one does not prove the socket drained. */
+    size_t want = msg->msg_controllen > 0 ? 0 : shim__iov_len(msg->msg_iov, (int)msg->msg_iovlen);
     return shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmsg, &m,
-                       shim__iov_len(msg->msg_iov, (int)msg->msg_iovlen));
+                       shim__recv_want(flags, want));
 }
 SHIM_ALIAS(recvmsg)
 
@@ -370,7 +398,8 @@ int shim__recvmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags, struct
     if (!e || (flags & MSG_DONTWAIT) || tmo)
         return REAL(recvmmsg)(fd, vec, vlen, flags, tmo);
     struct shim_mmsg m = {vec, vlen, flags};
-    return (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmmsg, &m, 0);
+    return (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmmsg, &m,
+                            shim__recv_want(flags, 0));
 }
 SHIM_ALIAS(recvmmsg)
 

@@ -112,12 +112,18 @@ static int shim__fiber_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
                 ret = r;
                 break;
             }
-            /* Stale bits: the kernel says none of them is ready now. */
+            /* Stale bits: the kernel says none of them is ready now, in
+             * the directions it was asked about, and only those. A poll
+             * for POLLIN says nothing of POLLOUT: forgetting that the fd
+             * is writable would make the next poll for POLLOUT, or a
+             * write, wait for an edge that already came. */
             for (nfds_t i = 0; i < n; i++) {
                 if (fds[i].fd < 0)
                     continue;
-                fs_fd_drained(fds[i].fd, FS_POLL_READ, snaps[2 * i]);
-                fs_fd_drained(fds[i].fd, FS_POLL_WRITE, snaps[2 * i + 1]);
+                if (fds[i].events & (POLLIN | POLLRDNORM))
+                    fs_fd_drained(fds[i].fd, FS_POLL_READ, snaps[2 * i]);
+                if (fds[i].events & (POLLOUT | POLLWRNORM))
+                    fs_fd_drained(fds[i].fd, FS_POLL_WRITE, snaps[2 * i + 1]);
             }
             continue;
         }
