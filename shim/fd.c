@@ -133,6 +133,8 @@ void shim__fd_reset(int fd)
         atomic_store(&e->real_nb, 0);
         atomic_store(&e->user_nb, 0);
         atomic_store(&e->no_rwf_nowait, 0);
+        atomic_store(&e->file_read, SHIM_FILE_NOWAIT);
+        atomic_store(&e->file_write, SHIM_FILE_NOWAIT);
         atomic_store(&e->rcvtimeo, 0);
         atomic_store(&e->sndtimeo, 0);
     }
@@ -169,6 +171,8 @@ void shim__fd_copy(int from, int to)
     atomic_store(&b->user_nb, atomic_load(&a->user_nb));
     atomic_store(&b->real_nb, atomic_load(&a->real_nb));
     atomic_store(&b->no_rwf_nowait, atomic_load(&a->no_rwf_nowait));
+    atomic_store(&b->file_read, atomic_load(&a->file_read));
+    atomic_store(&b->file_write, atomic_load(&a->file_write));
     atomic_store(&b->rcvtimeo, atomic_load(&a->rcvtimeo));
     atomic_store(&b->sndtimeo, atomic_load(&a->sndtimeo));
     atomic_store_explicit(&b->kind, atomic_load(&a->kind), memory_order_release);

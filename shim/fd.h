@@ -23,11 +23,22 @@ enum shim_fd_kind {
     SHIM_FD_FILE,        /* regular file, directory, or anything epoll refuses */
 };
 
+/* How file.c makes a fiber's reads, or writes, of an fd it sends there.
+ * Decided once per fd and direction, at the first EOPNOTSUPP from
+ * RWF_NOWAIT (shim__file_rw). */
+enum shim_file_way {
+    SHIM_FILE_NOWAIT = 0, /* RWF_NOWAIT first, a spare thread if it would block */
+    SHIM_FILE_INPLACE,    /* the plain call on the carrier: it never waits for long */
+    SHIM_FILE_OFFLOAD,    /* the file cannot tell: always on a spare thread */
+};
+
 struct shim_fd {
     _Atomic uint8_t kind;     /* enum shim_fd_kind */
     _Atomic uint8_t user_nb;  /* O_NONBLOCK as the user set it */
     _Atomic uint8_t real_nb;  /* we set O_NONBLOCK on the open file description */
     _Atomic uint8_t no_rwf_nowait; /* preadv2/pwritev2(RWF_NOWAIT) unsupported here */
+    _Atomic uint8_t file_read;  /* enum shim_file_way of reads */
+    _Atomic uint8_t file_write; /* enum shim_file_way of writes */
     _Atomic int64_t rcvtimeo; /* SO_RCVTIMEO in ns, 0 = none */
     _Atomic int64_t sndtimeo; /* SO_SNDTIMEO in ns, 0 = none */
 };

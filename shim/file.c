@@ -16,6 +16,13 @@
  *  - a partly cached read goes on without blocking first: a blocking read
  *    of a regular file returns everything up to EOF, and programs count on
  *    that; so only the part that is not cached goes to a spare.
+ *  - a file that refuses RWF_NOWAIT for reads (EOPNOTSUPP: procfs, sysfs,
+ *    tmpfs, cgroup files...) is classified once, by fstat and fstatfs,
+ *    and the answer kept in its fd entry: one that never waits for long
+ *    is read on the carrier with the plain call, as a page-cache hit is
+ *    (a handoff would cost several times the read of a sysctl); any other
+ *    (FUSE, debugfs, /proc/kmsg) cannot tell whether it would block, so
+ *    each read goes to a spare. A write's refusal is kept the same way.
  *  - read/write/readv/writev pass offset -1: the file position is used and
  *    advanced exactly as by the plain calls, on whichever thread.
  *  - flock and F_SETLKW/F_OFD_SETLKW try LOCK_NB / F_SETLK first.
@@ -29,11 +36,15 @@
 #include "fd.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 /* The fortify and internal variants, as glibc exports them. */
@@ -65,8 +76,145 @@ static long shim__file_write_blocking(void *p)
     return pwritev2(io->fd, io->iov, io->iovcnt, io->off, 0);
 }
 
+/* ---- files that never block ------------------------------------------------------ */
+
+/* In-place calls, counted per CPU: carriers on different CPUs then add to
+ * different cache lines, so the count costs the read no line traffic.
+ * sched_getcpu reads the rseq area; a thread moved between it and the add
+ * only shares a stripe, which the atomic add makes safe. */
+#define SHIM_INPLACE_STRIPES 64u
+static struct {
+    _Alignas(64) _Atomic uint64_t n;
+} shim__inplace[SHIM_INPLACE_STRIPES];
+
+static void shim__file_count_inplace(void)
+{
+    unsigned cpu = (unsigned)sched_getcpu(); /* -1 on failure: any stripe will do */
+    atomic_fetch_add_explicit(&shim__inplace[cpu % SHIM_INPLACE_STRIPES].n, 1,
+                              memory_order_relaxed);
+}
+
+uint64_t shim__file_inplace_count(void)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < SHIM_INPLACE_STRIPES; i++)
+        n += atomic_load_explicit(&shim__inplace[i].n, memory_order_relaxed);
+    return n;
+}
+
+/* The inode number of /proc/kmsg, 0 if there is none: the one procfs file
+ * whose read waits, for the next kernel message, as long as it takes. Its
+ * number is fixed at boot and the same in every procfs mount. Looked up
+ * once; two fibers racing both store the same answer. */
+static ino_t shim__proc_kmsg_ino(void)
+{
+    static _Atomic uint64_t ino; /* 0: not looked up; UINT64_MAX: none */
+    uint64_t v = atomic_load_explicit(&ino, memory_order_relaxed);
+    if (SHIM_UNLIKELY(v == 0)) {
+        int saved = errno;
+        struct stat st;
+        v = stat("/proc/kmsg", &st) == 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_ino
+                                                                  : UINT64_MAX;
+        errno = saved;
+        atomic_store_explicit(&ino, v, memory_order_relaxed);
+    }
+    return v == UINT64_MAX ? 0 : (ino_t)v;
+}
+
+bool shim__file_never_blocks(const struct stat *st, long f_type)
+{
+    /* Memory devices: null, zero, full and urandom answer at once. Not
+     * /dev/random: before Linux 5.6 its reads wait for entropy, and current
+     * kernels take RWF_NOWAIT for it themselves. */
+    if (S_ISCHR(st->st_mode)) {
+        unsigned mi = minor(st->st_rdev);
+        return major(st->st_rdev) == 1 && (mi == 3 || mi == 5 || mi == 7 || mi == 9);
+    }
+    /* Anything but a regular file (a FIFO or device node on tmpfs) waits
+     * for whatever it is, wherever it lives. */
+    if (!S_ISREG(st->st_mode))
+        return false;
+    switch (f_type) {
+    case PROC_SUPER_MAGIC: {
+        ino_t kmsg = shim__proc_kmsg_ino();
+        return !kmsg || st->st_ino != kmsg;
+    }
+    case SYSFS_MAGIC:
+    case CGROUP_SUPER_MAGIC:
+    case CGROUP2_SUPER_MAGIC:
+    case SECURITYFS_MAGIC:
+        /* Made by the kernel on demand. A driver's attribute may still
+         * talk to its hardware (a 1-wire sensor, ~750 ms): the monitor
+         * treats a carrier held that long as any stuck carrier. */
+        return true;
+    case TMPFS_MAGIC:
+    case RAMFS_MAGIC:
+    case HUGETLBFS_MAGIC:
+        /* In memory (tmpfs: unless swapped out, which is rare and short). */
+        return true;
+    default:
+        /* FUSE, network file systems, debugfs and tracefs (trace_pipe
+         * waits for events): they cannot say whether a read would wait. */
+        return false;
+    }
+}
+
+/* How fd's reads (write: writes) are made from now on, now that it refused
+ * RWF_NOWAIT; remembered in its entry, so the refusal and the fstat and
+ * fstatfs here happen once per fd. A write is made on the carrier whatever
+ * the file, as before: buffered writes (ext4) refuse RWF_NOWAIT yet only
+ * copy into the page cache. The answer holds for the open file: only
+ * fcntl(F_SETFL, O_DIRECT) could change it, and then the fd keeps the way
+ * of a buffered write. Keeps errno. */
+static uint8_t shim__file_learn(int fd, bool write)
+{
+    int saved = errno;
+    uint8_t way = SHIM_FILE_INPLACE;
+    if (!write) {
+        struct stat st;
+        struct statfs sf;
+        bool never = fstat(fd, &st) == 0 && fstatfs(fd, &sf) == 0 &&
+                     shim__file_never_blocks(&st, (long)sf.f_type);
+        way = never ? SHIM_FILE_INPLACE : SHIM_FILE_OFFLOAD;
+    }
+    /* pread and pwrite come here on fds nobody classified yet: peek does
+     * not classify, and its entry is reset when the fd is closed. */
+    struct shim_fd *e = shim__fd_peek(fd);
+    if (!e)
+        e = shim__fd_get(fd);
+    if (e)
+        atomic_store_explicit(write ? &e->file_write : &e->file_read, way,
+                              memory_order_relaxed);
+    errno = saved;
+    return way;
+}
+
+/* One plain call of fd's I/O, made the way `way` says: on the carrier, or
+ * on a spare while the fiber parks. Returns like the syscall. */
+static ssize_t shim__file_rw_plain(int fd, const struct iovec *v, int iovcnt, off_t at,
+                                   bool write, uint8_t way)
+{
+    if (way == SHIM_FILE_INPLACE) {
+        fs_count_syscall();
+        shim__file_count_inplace();
+        return write ? pwritev2(fd, v, iovcnt, at, 0) : preadv2(fd, v, iovcnt, at, 0);
+    }
+    struct shim_file_io io = {fd, v, iovcnt, at};
+    return shim__offload_blocking(write ? shim__file_write_blocking : shim__file_read_blocking,
+                                  &io, write ? FS_PARK_WRITE : FS_PARK_READ);
+}
+
 ssize_t shim__file_rw(int fd, const struct iovec *iov, int iovcnt, off_t off, bool write)
 {
+    /* A file that refused RWF_NOWAIT before: no second refusal. */
+    struct shim_fd *e = shim__fd_peek(fd);
+    uint8_t way = e ? atomic_load_explicit(write ? &e->file_write : &e->file_read,
+                                           memory_order_relaxed)
+                    : SHIM_FILE_NOWAIT;
+    if (way != SHIM_FILE_NOWAIT)
+        return shim__file_rw_plain(fd, iov, iovcnt, off, write, way);
+
+    int saved = errno;
     size_t total = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
@@ -78,20 +226,13 @@ ssize_t shim__file_rw(int fd, const struct iovec *iov, int iovcnt, off_t off, bo
         fs_count_syscall();
         ssize_t n = write ? pwritev2(fd, v, iovcnt, at, RWF_NOWAIT)
                           : preadv2(fd, v, iovcnt, at, RWF_NOWAIT);
-        if (n < 0 && write && errno == EOPNOTSUPP) {
-            fs_count_syscall();
-            n = pwritev2(fd, v, iovcnt, at, 0);
-            if (n < 0 && !done)
-                done = -1;
-            else if (n > 0)
-                done += n;
-            break;
-        }
         if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP)) {
-            struct shim_file_io io = {fd, v, iovcnt, at};
-            n = shim__offload_blocking(write ? shim__file_write_blocking
-                                             : shim__file_read_blocking,
-                                       &io, write ? FS_PARK_WRITE : FS_PARK_READ);
+            /* It would wait (this once: the rest goes to a spare), or it
+             * cannot say (for good: learn how to treat the file). The
+             * call starts from the caller's errno, as the plain one does. */
+            way = errno == EAGAIN ? SHIM_FILE_OFFLOAD : shim__file_learn(fd, write);
+            errno = saved;
+            n = shim__file_rw_plain(fd, v, iovcnt, at, write, way);
             if (n >= 0)
                 done += n;
             else if (!done)

@@ -14,6 +14,7 @@
  */
 #include "shim.h"
 #include "observe.h"
+#include "offload.h"
 
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -67,6 +68,8 @@ static void shim__stats_write(int fd)
     P("monitor_harvests", st.monitor_harvests);
     P("handoff_carriers", st.extra_carriers);
     P("handoffs", st.handoffs);
+    P("offloads", shim__offload_count());
+    P("file_inplace", shim__file_inplace_count());
     /* Balance: how many fibers each carrier started, and its busy time.
      * Handoff carriers follow the configured ones. */
     for (unsigned i = 0; i < st.carriers + st.extra_carriers && n < sizeof buf - 128; i++) {

@@ -66,6 +66,7 @@ static struct {
     struct shim__waitq idle;    /* waiters of idle spares; newest first */
     unsigned spares;            /* live spares, counting ones being started */
     unsigned max;               /* FIBERSHIM_MAX_SPARES */
+    uint64_t offloads;          /* calls handed off so far (FIBERSHIM_STATS) */
 } shim__pool = {.max = SHIM_SPARES_DEFAULT};
 
 int shim__offload_init(char *err, size_t errlen)
@@ -80,6 +81,14 @@ int shim__offload_init(char *err, size_t errlen)
     }
     shim__pool.max = (unsigned)n;
     return 0;
+}
+
+uint64_t shim__offload_count(void)
+{
+    fs__spin_lock(&shim__pool.lock);
+    uint64_t n = shim__pool.offloads;
+    fs__spin_unlock(&shim__pool.lock);
+    return n;
 }
 
 /* fork child: no spare survived, and the requests queued belonged to
@@ -182,6 +191,7 @@ long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reaso
     fs_waiter_prepare(&r.w);
     bool start = false;
     fs__spin_lock(&shim__pool.lock);
+    shim__pool.offloads++; /* under the lock we take anyway: a free count */
     shim__waitq_push_tail_locked(&shim__pool.pending, &r.w);
     struct fs_waiter *idle = shim__waitq_pop_locked(&shim__pool.idle);
     if (idle) {

@@ -12,6 +12,8 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -34,16 +36,32 @@ int shim__offload_init(char *err, size_t errlen);
  */
 long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why);
 
+/* Calls handed to spare threads so far (FIBERSHIM_STATS "offloads"). Any
+ * thread. */
+uint64_t shim__offload_count(void);
+
 /* ---- file.c ---------------------------------------------------------------- */
 
 /*
  * I/O of a fiber on a regular file (shim_fd kind SHIM_FD_FILE): first
  * without blocking (preadv2/pwritev2 RWF_NOWAIT: a page-cache hit costs no
- * switch), the rest on a spare thread. off < 0 uses and advances the file
- * position, as read/write/readv/writev do. Returns like the syscall.
- * Fiber only (io.c calls it after its fiber check).
+ * switch), the rest on a spare thread. A file that refuses RWF_NOWAIT is
+ * read on the carrier if it never blocks (procfs, sysfs, tmpfs...), on a
+ * spare if it cannot tell; decided once per fd. off < 0 uses and advances
+ * the file position, as read/write/readv/writev do. Returns like the
+ * syscall. Fiber only (io.c calls it after its fiber check).
  */
 ssize_t shim__file_rw(int fd, const struct iovec *iov, int iovcnt, off_t off, bool write);
+
+/* Whether reading a file with this fstat and fstatfs f_type never waits
+ * for long, so a fiber may read it on its carrier: regular files of the
+ * file systems whose data lives in memory or is made by the kernel on
+ * demand, and the memory devices that answer at once. Any thread. */
+bool shim__file_never_blocks(const struct stat *st, long f_type);
+
+/* Fiber file calls made on the carrier because the file refused
+ * RWF_NOWAIT (FIBERSHIM_STATS "file_inplace"). Any thread. */
+uint64_t shim__file_inplace_count(void);
 
 /* The same for one buffer (read, write, pread, pwrite). The kernel clamps
  * a huge count where an iovec longer than SSIZE_MAX is EINVAL: clamping

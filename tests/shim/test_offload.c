@@ -15,16 +15,20 @@
  * machine, and fails only when the carrier was really blocked.
  */
 #include "offload_util.h"
+#include "fd.h"
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/magic.h>
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,6 +53,8 @@ SHIM_DECL(waitid)
 SHIM_DECL(system)
 SHIM_DECL(pclose)
 SHIM_DECL(syscall)
+SHIM_DECL(close)
+SHIM_DECL(dup)
 
 #define MS 1000000LL
 #define RELEASE_TICKS 150
@@ -524,6 +530,211 @@ Test(offload, regular_file_io_keeps_positions_and_data)
 {
     start_runtime(1);
     join(spawn(file_io, NULL));
+}
+
+/* ---- files that never block ------------------------------------------------------ */
+
+/* Whether the kernel refuses RWF_NOWAIT reads of path: then the shim must
+ * decide between the carrier and a spare itself. */
+static bool refuses_nowait(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    FCHECK(fd >= 0, "%s", path);
+    char c;
+    struct iovec v = {&c, 1};
+    bool refused = preadv2(fd, &v, 1, 0, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP;
+    close(fd);
+    return refused;
+}
+
+static uint8_t read_way(int fd)
+{
+    struct shim_fd *e = shim__fd_peek(fd);
+    FCHECK(e);
+    return atomic_load(&e->file_read);
+}
+
+/* Opens path, reads it whole with read, then with pread, closes it;
+ * `times` times. Returns the in-place calls this should make: two per
+ * round where the kernel refuses RWF_NOWAIT, none where it takes it. */
+static uint64_t read_small(const char *path, int times)
+{
+    char buf[4096];
+    for (int i = 0; i < times; i++) {
+        int fd = shim__open(path, O_RDONLY);
+        FCHECK(fd >= 0, "%s", path);
+        ssize_t n = shim__read(fd, buf, sizeof buf);
+        FCHECK(n > 0, "%s: %zd", path, n);
+        FCHECK_EQ(shim__pread(fd, buf, sizeof buf, 0), n);
+        FCHECK_EQ(shim__close(fd), 0);
+    }
+    return refuses_nowait(path) ? 2 * (uint64_t)times : 0;
+}
+
+static void *never_blocking_reads(void *unused)
+{
+    (void)unused;
+    uint64_t off0 = shim__offload_count(), in0 = shim__file_inplace_count();
+    uint64_t inplace = read_small("/proc/sys/kernel/pid_max", 100);
+    inplace += read_small("/proc/self/stat", 100);
+    inplace += read_small("/sys/devices/system/cpu/possible", 100);
+    char shm[] = "/dev/shm/fibershim-inplace-XXXXXX";
+    int fd = mkstemp(shm);
+    FCHECK(fd >= 0);
+    FCHECK_EQ(write(fd, "hello\n", 6), 6);
+    close(fd);
+    inplace += read_small(shm, 100);
+    unlink(shm);
+    /* /dev/full refuses RWF_NOWAIT and answers at once. */
+    fd = shim__open("/dev/full", O_RDONLY);
+    FCHECK(fd >= 0);
+    char buf[64];
+    for (int i = 0; i < 100; i++)
+        FCHECK_EQ(shim__pread(fd, buf, sizeof buf, 0), sizeof buf);
+    inplace += refuses_nowait("/dev/full") ? 100 : 0;
+    FCHECK_EQ(shim__close(fd), 0);
+    FCHECK_EQ(shim__offload_count() - off0, 0);
+    FCHECK_EQ(shim__file_inplace_count() - in0, inplace);
+    FCHECK(inplace > 0, "the kernel takes RWF_NOWAIT everywhere: nothing was tested");
+
+    /* The answer is kept per fd, and a dup shares it. */
+    fd = shim__open("/proc/sys/kernel/pid_max", O_RDONLY);
+    FCHECK(fd >= 0);
+    FCHECK_EQ(read_way(fd), SHIM_FILE_NOWAIT);
+    FCHECK(shim__read(fd, buf, sizeof buf) > 0);
+    FCHECK_EQ(read_way(fd), SHIM_FILE_INPLACE);
+    int fd2 = shim__dup(fd);
+    FCHECK(fd2 >= 0);
+    FCHECK_EQ(read_way(fd2), SHIM_FILE_INPLACE);
+    FCHECK(shim__pread(fd2, buf, sizeof buf, 0) > 0);
+    FCHECK_EQ(shim__close(fd2), 0);
+    FCHECK_EQ(shim__close(fd), 0);
+    FCHECK_EQ(shim__offload_count() - off0, 0);
+    return NULL;
+}
+
+Test(offload, files_that_never_block_are_read_on_the_carrier)
+{
+    start_runtime(1);
+    join(spawn(never_blocking_reads, NULL));
+}
+
+static void *cannot_tell_reads(void *unused)
+{
+    (void)unused;
+    char buf[64];
+    /* A directory refuses RWF_NOWAIT and is none of the known kinds: each
+     * read goes to a spare, without asking the kernel again. */
+    int fd = shim__open("/tmp", O_RDONLY | O_DIRECTORY);
+    FCHECK(fd >= 0);
+    uint64_t off0 = shim__offload_count();
+    for (int i = 0; i < 3; i++) {
+        errno = 0;
+        FCHECK_EQ(shim__read(fd, buf, sizeof buf), -1);
+        FCHECK_EQ(errno, EISDIR);
+        FCHECK_EQ(read_way(fd), SHIM_FILE_OFFLOAD);
+    }
+    FCHECK_EQ(shim__offload_count() - off0, 3);
+    /* Closing forgets it; a procfs file opened next (on the same number,
+     * as a rule) reads in place. */
+    FCHECK_EQ(shim__close(fd), 0);
+    FCHECK_EQ(read_way(fd), SHIM_FILE_NOWAIT);
+    int fd2 = shim__open("/proc/sys/kernel/pid_max", O_RDONLY);
+    FCHECK(fd2 >= 0);
+    FCHECK_EQ(read_way(fd2), SHIM_FILE_NOWAIT);
+    FCHECK(shim__read(fd2, buf, sizeof buf) > 0);
+    FCHECK_EQ(read_way(fd2), SHIM_FILE_INPLACE);
+    FCHECK_EQ(shim__offload_count() - off0, 3);
+    FCHECK_EQ(shim__close(fd2), 0);
+    return NULL;
+}
+
+Test(offload, files_that_cannot_tell_still_go_to_a_spare)
+{
+    start_runtime(1);
+    join(spawn(cannot_tell_reads, NULL));
+}
+
+#define DISK_LEN (1 << 20)
+
+static void *disk_reads(void *path)
+{
+    int fd = shim__open(path, O_RDWR);
+    FCHECK(fd >= 0);
+    unsigned char *data = malloc(DISK_LEN), *back = malloc(DISK_LEN);
+    FCHECK(data && back);
+    for (size_t i = 0; i < DISK_LEN; i++)
+        data[i] = pattern(i);
+    FCHECK_EQ(shim__write(fd, data, DISK_LEN), DISK_LEN);
+    FCHECK_EQ(shim__fdatasync(fd), 0);
+    /* A page-cache miss still goes to a spare, call by call. */
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    uint64_t off0 = shim__offload_count(), in0 = shim__file_inplace_count();
+    FCHECK_EQ(shim__pread(fd, back, DISK_LEN, 0), DISK_LEN);
+    FCHECK(memcmp(back, data, DISK_LEN) == 0);
+    FCHECK_EQ(shim__offload_count() - off0, 1);
+    FCHECK_EQ(read_way(fd), SHIM_FILE_NOWAIT);
+    /* Cached now: read without a switch. */
+    FCHECK_EQ(shim__pread(fd, back, DISK_LEN, 0), DISK_LEN);
+    FCHECK_EQ(shim__offload_count() - off0, 1);
+    FCHECK_EQ(shim__file_inplace_count() - in0, 0);
+    FCHECK_EQ(shim__close(fd), 0);
+    free(data);
+    free(back);
+    return NULL;
+}
+
+Test(offload, disk_file_reads_are_handled_as_before)
+{
+    /* In the build tree: a disk file system, where /tmp may be tmpfs. */
+    char path[] = "fibershim-disk-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    struct statfs sf;
+    cr_assert_eq(fstatfs(fd, &sf), 0);
+    close(fd);
+    if (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC) {
+        unlink(path);
+        cr_skip_test("the build tree is on tmpfs: no page-cache miss to observe");
+    }
+    start_runtime(1);
+    join(spawn(disk_reads, path));
+    unlink(path);
+}
+
+Test(offload, which_files_never_block)
+{
+    struct stat reg = {.st_mode = S_IFREG | 0644, .st_ino = 12345};
+    long memory_fs[] = {PROC_SUPER_MAGIC,   SYSFS_MAGIC,         TMPFS_MAGIC,
+                        RAMFS_MAGIC,        CGROUP_SUPER_MAGIC,  CGROUP2_SUPER_MAGIC,
+                        SECURITYFS_MAGIC,   HUGETLBFS_MAGIC};
+    for (size_t i = 0; i < sizeof memory_fs / sizeof memory_fs[0]; i++)
+        cr_assert(shim__file_never_blocks(&reg, memory_fs[i]), "f_type %#lx", memory_fs[i]);
+    long other_fs[] = {EXT4_SUPER_MAGIC, FUSE_SUPER_MAGIC, NFS_SUPER_MAGIC, DEBUGFS_MAGIC,
+                       TRACEFS_MAGIC,    BTRFS_SUPER_MAGIC};
+    for (size_t i = 0; i < sizeof other_fs / sizeof other_fs[0]; i++)
+        cr_assert(!shim__file_never_blocks(&reg, other_fs[i]), "f_type %#lx", other_fs[i]);
+    /* Only regular files: a FIFO or a directory on tmpfs or procfs is not. */
+    struct stat fifo = {.st_mode = S_IFIFO | 0600}, dir = {.st_mode = S_IFDIR | 0755};
+    cr_assert(!shim__file_never_blocks(&fifo, TMPFS_MAGIC));
+    cr_assert(!shim__file_never_blocks(&dir, PROC_SUPER_MAGIC));
+    /* Memory devices, wherever their node lives; not /dev/random, /dev/kmsg,
+     * a tty. */
+    unsigned yes[] = {3, 5, 7, 9}, no[] = {8, 11};
+    for (size_t i = 0; i < 4; i++) {
+        struct stat c = {.st_mode = S_IFCHR | 0666, .st_rdev = makedev(1, yes[i])};
+        cr_assert(shim__file_never_blocks(&c, TMPFS_MAGIC), "1:%u", yes[i]);
+    }
+    for (size_t i = 0; i < 2; i++) {
+        struct stat c = {.st_mode = S_IFCHR | 0666, .st_rdev = makedev(1, no[i])};
+        cr_assert(!shim__file_never_blocks(&c, TMPFS_MAGIC), "1:%u", no[i]);
+    }
+    struct stat tty = {.st_mode = S_IFCHR | 0620, .st_rdev = makedev(4, 1)};
+    cr_assert(!shim__file_never_blocks(&tty, TMPFS_MAGIC));
+    /* /proc/kmsg waits for the next kernel message. */
+    struct stat kmsg;
+    if (stat("/proc/kmsg", &kmsg) == 0 && S_ISREG(kmsg.st_mode))
+        cr_assert(!shim__file_never_blocks(&kmsg, PROC_SUPER_MAGIC));
 }
 
 /* ---- FIFOs and locks ------------------------------------------------------------ */

@@ -39,6 +39,10 @@ val() { awk -v k="$1" '$1 == k { print $2 }' "$tmp/stats"; }
 [ "$(val parks_join)" -ge 1 ] || fail "parks_join $(val parks_join) < 1"
 [ "$(val switches)" -ge 100 ] || fail "switches $(val switches) < 100"
 [ "$(val timers_fired)" -ge 50 ] || fail "timers_fired $(val timers_fired) < 50"
+# The shim's own counters: calls handed to spare threads, file calls made on
+# the carrier (none of either here).
+[ "$(val offloads)" = 0 ] || fail "offloads '$(val offloads)', expected 0"
+[ "$(val file_inplace)" = 0 ] || fail "file_inplace '$(val file_inplace)', expected 0"
 # To stderr with FIBERSHIM_STATS=1.
 env FIBERSHIM_STATS=1 LD_PRELOAD="$lib" "$prog" sleepers 2 2>"$tmp/err" >/dev/null
 grep -q '^epoll_ctl_calls ' "$tmp/err" || fail "FIBERSHIM_STATS=1 printed no counters"
