@@ -8,6 +8,81 @@
  * same answer from the kernel, and the last store wins harmlessly. A close
  * racing a waiter is handled by the runtime (fs_fd_close wakes it with
  * EBADF) before the real close, so the waiter never sees a reused number.
+ *
+ * O_NONBLOCK and file descriptions shared between processes.
+ *
+ * Reads and writes never need O_NONBLOCK (io.c: MSG_DONTWAIT, RWF_NOWAIT),
+ * but Linux has no per-call non-blocking accept or connect, so the shim
+ * sets O_NONBLOCK on a listening socket, and on a connecting one while the
+ * connect lasts. The flag lives in the open file description, which fork()
+ * and exec() share with other processes. A sibling that reads it there,
+ * with the shim (classifying the fd afresh) or without, took it for the
+ * program's choice, and its blocking accept returned EAGAIN: Apache's
+ * worker MPM, two children on one listener, spun at 13,000 accepts a
+ * second and ignored shutdown.
+ *
+ * The design: the shim marks what it sets, in the description itself. It
+ * writes O_NONBLOCK|O_APPEND (SHIM_FD_MARK). On a socket, F_SETFL accepts
+ * O_APPEND, F_GETFL reports it, and nothing else looks at it, except that
+ * sendfile() and splice() into the socket fail with EINVAL (measured on
+ * 6.18), which rules the mark out for a connected socket: only listeners
+ * and connecting sockets carry it, and sendfile holds plain O_NONBLOCK for
+ * the length of one call (shim__fd_hold_call). O_DIRECT, O_NOATIME and
+ * O_ASYNC are no alternative: refused on sockets, owner-only, or acting.
+ * Every shim process that shares the description - the parent, a forked
+ * child, an image exec'd with the shim - reads the mark as "O_NONBLOCK set
+ * by a fibershim, the program wants blocking mode": classification and
+ * shim__fd_accept_mode decode it, F_GETFL answers without both bits, and
+ * the program's F_SETFL and FIONBIO keep it while the program asks for
+ * blocking mode and drop it when the program asks for O_NONBLOCK, which
+ * every sibling then sees, as without the shim. Limit: a program that
+ * sets O_NONBLOCK|O_APPEND on a socket itself is read as blocking by other
+ * shim processes (and one that sets O_APPEND alone keeps its listener
+ * unmarked: accepts there take the released path below).
+ *
+ * Alternatives we rejected. A per-process shadow table alone, tracking
+ * the program's intent from socket() on, is inherited by forked children,
+ * but not by an exec'd image nor by a sibling forked before the parent's
+ * first accept, and no table sees another process change the flag.
+ * Clearing the flag after each accept, as connect does after it
+ * completes: a listener's accept waits most of its life, with the flag
+ * set. io_uring's IORING_ACCEPT_DONTWAIT is per call, but new (6.10),
+ * often disabled by seccomp, and a ring per carrier for one call.
+ *
+ * A process without the shim cannot decode the mark. Before exec() of an
+ * image that will not load the shim (its LD_PRELOAD does not name this
+ * library), and before posix_spawn() of one, process.c hands every
+ * inherited (not FD_CLOEXEC) marked socket over in the mode the program
+ * chose: both bits cleared (shim__fd_exec_handover; a failed exec marks
+ * them again). A shim process that still shares such a listener can no
+ * longer count on O_NONBLOCK there: its accept4 could block a carrier,
+ * and every fiber on it, until the next connection. So:
+ *  - Before each accept attempt on a socket that another process may
+ *    share, shim__fd_accept_mode re-reads F_GETFL (one syscall). A socket
+ *    this process made since its last fork or spawn (own_gen) is its alone
+ *    and skips it: a server that never forks pays nothing.
+ *  - A listener that was held and is now blocking without the mark is
+ *    "released": someone outside the shim wants it blocking. This process
+ *    never marks it again, and a fiber's accept there waits for readiness
+ *    in the netpoller, checks it with poll(0), and makes the blocking
+ *    accept4 on a spare thread, one fiber per listener at a time (io.c).
+ *  - Residual races: another process may take the connection between that
+ *    poll and accept4; the spare, not a carrier, then waits for the next
+ *    connection, and the fiber parked on it is not interrupted by signals
+ *    meanwhile. And a process that clears the flag between a shim
+ *    process's F_GETFL and its accept4 makes that one accept4 block its
+ *    carrier until a connection arrives.
+ *  - A shim process that finds an unmarked blocking listener it never held
+ *    marks it: a process without the shim that accepts on the same
+ *    listener then sees O_NONBLOCK (a supervisor with shim and non-shim
+ *    children on one listener). Only the exec handover is safe against it.
+ * Plain threads (before the first pthread_create, or foreign threads) call
+ * accept4 directly; when it fails with EAGAIN on a marked listener, io.c
+ * waits in poll() and tries again, so they block as the program asked.
+ * Not covered: a description passed with SCM_RIGHTS or pidfd_getfd to a
+ * process without the shim, children made by clone() or _Fork() (no
+ * atfork handlers run), and images that ignore LD_PRELOAD (static,
+ * set-user-ID) although it names the shim: they see the flag as set.
  */
 #include "shim.h"
 #include "fd.h"
@@ -18,10 +93,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include "sys.h"
+#include "waitq.h"
 
 #define SHIM_FD_CHUNK 4096u
 #define SHIM_FD_CHUNKS 4096u
@@ -102,8 +181,14 @@ static void shim__fd_classify(int fd, struct shim_fd *e)
     }
     if (!atomic_load(&e->real_nb)) {
         int fl = REAL(fcntl)(fd, F_GETFL);
-        if (fl >= 0)
+        if (fl >= 0 && kind != SHIM_FD_PIPE && kind != SHIM_FD_FILE &&
+            (fl & SHIM_FD_MARK) == SHIM_FD_MARK) {
+            /* Marked by a shim, perhaps in another process: blocking. */
+            atomic_store(&e->user_nb, 0);
+            atomic_store(&e->real_nb, SHIM_HOLD_MARKED);
+        } else if (fl >= 0) {
             atomic_store(&e->user_nb, (fl & O_NONBLOCK) != 0);
+        }
     }
     atomic_store_explicit(&e->kind, kind, memory_order_release);
 }
@@ -132,6 +217,9 @@ void shim__fd_reset(int fd)
         atomic_store(&e->kind, SHIM_FD_UNKNOWN);
         atomic_store(&e->real_nb, 0);
         atomic_store(&e->user_nb, 0);
+        atomic_store(&e->released, 0);
+        atomic_store(&e->connected, 0);
+        atomic_store(&e->own_gen, 0);
         atomic_store(&e->no_rwf_nowait, 0);
         atomic_store(&e->file_read, SHIM_FILE_NOWAIT);
         atomic_store(&e->file_write, SHIM_FILE_NOWAIT);
@@ -147,11 +235,22 @@ void shim__fd_created(int fd)
     shim__fd_reset(fd);
 }
 
-void shim__fd_accepted(int fd, const struct shim_fd *l, int flags)
+/* Records that this process made fd after reading generation gen. */
+static void shim__fd_made(int fd, uint32_t gen, bool connected)
 {
-    shim__fd_reset(fd);
     struct shim_fd *e = shim__fd_slot(fd);
     if (!e)
+        return;
+    atomic_store(&e->own_gen, gen);
+    atomic_store(&e->connected, connected);
+}
+
+void shim__fd_accepted(int fd, const struct shim_fd *l, int flags, uint32_t gen)
+{
+    shim__fd_reset(fd);
+    shim__fd_made(fd, gen, true);
+    struct shim_fd *e = shim__fd_slot(fd);
+    if (!e || !l)
         return;
     atomic_store(&e->user_nb, (flags & SOCK_NONBLOCK) != 0);
     atomic_store(&e->rcvtimeo, atomic_load(&l->rcvtimeo));
@@ -170,6 +269,9 @@ void shim__fd_copy(int from, int to)
         return;
     atomic_store(&b->user_nb, atomic_load(&a->user_nb));
     atomic_store(&b->real_nb, atomic_load(&a->real_nb));
+    atomic_store(&b->released, atomic_load(&a->released));
+    atomic_store(&b->connected, atomic_load(&a->connected));
+    atomic_store(&b->own_gen, atomic_load(&a->own_gen));
     atomic_store(&b->no_rwf_nowait, atomic_load(&a->no_rwf_nowait));
     atomic_store(&b->file_read, atomic_load(&a->file_read));
     atomic_store(&b->file_write, atomic_load(&a->file_write));
@@ -178,43 +280,256 @@ void shim__fd_copy(int from, int to)
     atomic_store_explicit(&b->kind, atomic_load(&a->kind), memory_order_release);
 }
 
-bool shim__fd_make_nonblocking(int fd, struct shim_fd *e)
+/* ---- shared file descriptions (see the opening comment) ------------------ */
+
+/* The fork generation: bumped whenever another process may come to share
+ * this one's descriptions. Starts at 1, so that own_gen 0 never matches. */
+static _Atomic uint32_t shim__fd_gen = 1;
+
+uint32_t shim__fd_gen_now(void)
 {
-    if (atomic_load(&e->real_nb))
-        return true;
+    return atomic_load(&shim__fd_gen);
+}
+
+void shim__fd_forked(void)
+{
+    atomic_fetch_add(&shim__fd_gen, 1);
+}
+
+/* Whether no other process can hold e's description. The maker read the
+ * generation before the syscall that made the fd, so an fd made just
+ * before a fork carries the old generation even if its entry is written
+ * after the fork, and counts as shared. */
+static bool shim__fd_exclusive(const struct shim_fd *e)
+{
+    uint32_t g = atomic_load(&e->own_gen);
+    return g != 0 && g == atomic_load(&shim__fd_gen);
+}
+
+static bool shim__fd_is_socket(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+bool shim__fd_marked(int fd)
+{
+    struct shim_fd *e = shim__fd_peek(fd);
+    if (e && shim__fd_exclusive(e) && atomic_load(&e->real_nb) != SHIM_HOLD_MARKED)
+        return false; /* ours alone, and our wrappers did not mark it: no syscall */
+    int fl = REAL(fcntl)(fd, F_GETFL);
+    return fl >= 0 && (fl & SHIM_FD_MARK) == SHIM_FD_MARK && shim__fd_is_socket(fd);
+}
+
+enum shim_accept_mode shim__fd_accept_mode(int fd, struct shim_fd *e)
+{
+    uint8_t hold = atomic_load(&e->real_nb);
+    bool mine = shim__fd_exclusive(e);
+    if (mine) {
+        /* Only this process's wrappers change its flags: the entry is exact. */
+        if (atomic_load(&e->user_nb))
+            return SHIM_ACCEPT_USER_NB;
+        if (hold == SHIM_HOLD_MARKED)
+            return SHIM_ACCEPT_HELD;
+    }
+    int fl = REAL(fcntl)(fd, F_GETFL);
+    if (fl < 0)
+        return SHIM_ACCEPT_USER_NB; /* accept4 will say why */
+    if ((fl & SHIM_FD_MARK) == SHIM_FD_MARK) {
+        atomic_store(&e->user_nb, 0);
+        atomic_store(&e->real_nb, SHIM_HOLD_MARKED);
+        return SHIM_ACCEPT_HELD;
+    }
+    if (fl & O_NONBLOCK) {
+        /* The program chose it, here or in a process sharing the listener. */
+        atomic_store(&e->user_nb, 1);
+        return SHIM_ACCEPT_USER_NB;
+    }
+    atomic_store(&e->user_nb, 0);
+    if (hold == SHIM_HOLD_MARKED && !mine) {
+        /* We held it and our wrappers keep the mark: a process outside
+         * the shim cleared it, and wants it blocking. */
+        atomic_store(&e->real_nb, SHIM_HOLD_NONE);
+        atomic_store(&e->released, 1);
+    }
+    if (atomic_load(&e->released) || (fl & O_APPEND))
+        return SHIM_ACCEPT_BLOCKING;
+    if (REAL(fcntl)(fd, F_SETFL, fl | SHIM_FD_MARK) != 0)
+        return SHIM_ACCEPT_BLOCKING;
+    atomic_store(&e->real_nb, SHIM_HOLD_MARKED);
+    return SHIM_ACCEPT_HELD;
+}
+
+/* The lock of e's blocking accepts, made at the first. Any thread. */
+static pthread_mutex_t *shim__fd_accept_mutex(struct shim_fd *e)
+{
+    pthread_mutex_t *m = atomic_load_explicit(&e->accept_lock, memory_order_acquire);
+    if (m)
+        return m;
+    pthread_mutex_t *n = malloc(sizeof *n);
+    if (!n)
+        return NULL;
+    *n = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    if (!atomic_compare_exchange_strong_explicit(&e->accept_lock, &m, n, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        free(n); /* another thread made it first: m is theirs */
+        return m;
+    }
+    return n;
+}
+
+bool shim__fd_accept_lock(struct shim_fd *e)
+{
+    pthread_mutex_t *m = shim__fd_accept_mutex(e);
+    return m && shim__pthread_mutex_lock(m) == 0;
+}
+
+void shim__fd_accept_unlock(struct shim_fd *e)
+{
+    shim__pthread_mutex_unlock(atomic_load_explicit(&e->accept_lock, memory_order_acquire));
+}
+
+int shim__fd_hold_call(int fd, struct shim_fd *e, bool mark, int *saved)
+{
     uint8_t kind = atomic_load(&e->kind);
     /* Only sockets: a pipe or tty may be shared with other processes,
      * whose reads would start failing with EAGAIN (and io.c never needs it
      * for them: RWF_NOWAIT does the job per call). */
     if (kind != SHIM_FD_STREAM && kind != SHIM_FD_DGRAM)
-        return false;
+        return -1;
     int fl = REAL(fcntl)(fd, F_GETFL);
     if (fl < 0)
-        return false;
-    if (!(fl & O_NONBLOCK) && REAL(fcntl)(fd, F_SETFL, fl | O_NONBLOCK) != 0)
-        return false;
-    atomic_store(&e->user_nb, (fl & O_NONBLOCK) != 0);
-    atomic_store(&e->real_nb, 1);
-    return true;
+        return -1;
+    if ((fl & SHIM_FD_MARK) == SHIM_FD_MARK) {
+        atomic_store(&e->user_nb, 0);
+        return 2;
+    }
+    if (fl & O_NONBLOCK) {
+        if (atomic_load(&e->real_nb) == SHIM_HOLD_PLAIN && !atomic_load(&e->user_nb))
+            return 2; /* another fiber's sendfile holds it */
+        atomic_store(&e->user_nb, 1);
+        return 0;
+    }
+    atomic_store(&e->user_nb, 0);
+    /* Published before the flag is set, so that F_GETFL from another fiber
+     * never shows our O_NONBLOCK as the program's. */
+    atomic_store(&e->real_nb, mark ? SHIM_HOLD_MARKED : SHIM_HOLD_PLAIN);
+    if (REAL(fcntl)(fd, F_SETFL, fl | (mark ? SHIM_FD_MARK : O_NONBLOCK)) != 0) {
+        atomic_store(&e->real_nb, SHIM_HOLD_NONE);
+        return -1;
+    }
+    *saved = fl;
+    return 1;
+}
+
+void shim__fd_release_call(int fd, struct shim_fd *e, int saved)
+{
+    int err = errno;
+    if (REAL(fcntl)(fd, F_SETFL, saved) == 0)
+        atomic_store(&e->real_nb, SHIM_HOLD_NONE);
+    errno = err;
+}
+
+/* Hands fd over if it is inherited and held by a shim; records it in h.
+ * Raw syscalls only (see shim__fd_exec_handover). */
+static void shim__fd_handover_one(int fd, struct shim_fd_handover *h)
+{
+    if (fs_fd_is_internal(fd))
+        return;
+    struct shim_fd *e = shim__fd_peek(fd);
+    if (e && atomic_load(&e->connected) && atomic_load(&e->real_nb) != SHIM_HOLD_PLAIN)
+        return; /* a connection never carries the mark: no syscall for it */
+    long fl = fs__sys2(SYS_fcntl, fd, F_GETFL);
+    if (fl < 0)
+        return;
+    int clear;
+    if ((fl & SHIM_FD_MARK) == SHIM_FD_MARK)
+        clear = SHIM_FD_MARK;
+    else if ((fl & O_NONBLOCK) && e && atomic_load(&e->real_nb) == SHIM_HOLD_PLAIN &&
+             !atomic_load(&e->user_nb))
+        clear = O_NONBLOCK;
+    else
+        return;
+    long fdfl = fs__sys2(SYS_fcntl, fd, F_GETFD);
+    struct stat st;
+    if (fdfl < 0 || (fdfl & FD_CLOEXEC) || fs__sys2(SYS_fstat, fd, &st) != 0 ||
+        !S_ISSOCK(st.st_mode))
+        return;
+    if (fs__sys3(SYS_fcntl, fd, F_SETFL, fl & ~clear) != 0)
+        return;
+    if (h->n < SHIM_HANDOVER_MAX) {
+        h->v[h->n].fd = fd;
+        h->v[h->n].flags = (int)fl;
+        h->n++;
+    }
+}
+
+void shim__fd_exec_handover(struct shim_fd_handover *h)
+{
+    /* First: from now on a fiber of ours re-reads the flags before each
+     * accept, and never takes a listener for its own while they change. */
+    shim__fd_forked();
+    h->n = 0;
+    long dir =
+        fs__sys4(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (dir < 0) {
+        /* No /proc: every number below the soft limit, within reason. */
+        struct rlimit rl;
+        long top = fs__sys2(SYS_getrlimit, RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : 1024;
+        for (long fd = 0; fd < top && fd < 65536; fd++)
+            shim__fd_handover_one((int)fd, h);
+        return;
+    }
+    char buf[4096] __attribute__((aligned(8)));
+    long n;
+    while ((n = fs__sys3(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+        for (long off = 0; off < n;) {
+            /* struct linux_dirent64: ino, off, reclen, type, name */
+            unsigned short reclen;
+            memcpy(&reclen, buf + off + 16, sizeof reclen);
+            const char *name = buf + off + 19;
+            off += reclen;
+            if (name[0] < '0' || name[0] > '9')
+                continue;
+            long fd = 0;
+            for (const char *c = name; *c >= '0' && *c <= '9'; c++)
+                fd = fd * 10 + (*c - '0');
+            if (fd != dir)
+                shim__fd_handover_one((int)fd, h);
+        }
+    }
+    fs__sys1(SYS_close, dir);
+}
+
+void shim__fd_exec_undo(const struct shim_fd_handover *h)
+{
+    for (int i = 0; i < h->n; i++)
+        fs__sys3(SYS_fcntl, h->v[i].fd, F_SETFL, h->v[i].flags);
 }
 
 /* ---- creation ------------------------------------------------------------- */
 
 int shim__socket(int domain, int type, int protocol)
 {
+    uint32_t gen = shim__fd_gen_now(); /* before the fd exists: see shim__fd_exclusive */
     int fd = REAL(socket)(domain, type, protocol);
-    if (fd >= 0)
+    if (fd >= 0) {
         shim__fd_created(fd);
+        shim__fd_made(fd, gen, false);
+    }
     return fd;
 }
 SHIM_ALIAS(socket)
 
 int shim__socketpair(int domain, int type, int protocol, int sv[2])
 {
+    uint32_t gen = shim__fd_gen_now();
     int rc = REAL(socketpair)(domain, type, protocol, sv);
     if (rc == 0) {
         shim__fd_created(sv[0]);
         shim__fd_created(sv[1]);
+        shim__fd_made(sv[0], gen, true);
+        shim__fd_made(sv[1], gen, true);
     }
     return rc;
 }
@@ -291,28 +606,64 @@ SHIM_ALIAS(dup3)
 
 /* ---- the shadow O_NONBLOCK --------------------------------------------------- */
 
+/* Whether a shim holds fd's description: this process (for a listener, or
+ * for one call), or another one sharing it (the mark). Only then does the
+ * program's blocking mode need the shim's O_NONBLOCK kept underneath.
+ * Costs a syscall only for a socket this process may share and does not
+ * hold; connections and fds of other kinds never carry the mark. */
+static uint8_t shim__fd_held(int fd, struct shim_fd *e)
+{
+    if (e) {
+        uint8_t h = atomic_load(&e->real_nb);
+        uint8_t kind = atomic_load(&e->kind);
+        if (h != SHIM_HOLD_NONE || atomic_load(&e->connected) || kind == SHIM_FD_PIPE ||
+            kind == SHIM_FD_FILE || shim__fd_exclusive(e))
+            return h;
+    }
+    return shim__fd_marked(fd) ? SHIM_HOLD_MARKED : SHIM_HOLD_NONE;
+}
+
 static int shim__fcntl_impl(int (*real)(int, int, ...), int fd, int cmd, void *arg)
 {
     switch (cmd) {
     case F_GETFL: {
         int fl = real(fd, cmd);
+        if (fl < 0)
+            return fl;
+        if ((fl & SHIM_FD_MARK) == SHIM_FD_MARK) {
+            /* A shim's mark, set here or by any process sharing the
+             * description: the program's mode is blocking, and O_APPEND
+             * is ours. On a file, both bits are the program's. */
+            return shim__fd_is_socket(fd) ? fl & ~SHIM_FD_MARK : fl;
+        }
         struct shim_fd *e = shim__fd_peek(fd);
-        if (fl >= 0 && e && atomic_load(&e->real_nb))
-            fl = (fl & ~O_NONBLOCK) | (atomic_load(&e->user_nb) ? O_NONBLOCK : 0);
+        if ((fl & O_NONBLOCK) && e && atomic_load(&e->real_nb) == SHIM_HOLD_PLAIN &&
+            !atomic_load(&e->user_nb))
+            fl &= ~O_NONBLOCK; /* a sendfile of ours holds it for one call */
         return fl;
     }
     case F_SETFL: {
         int want = (int)(intptr_t)arg;
         struct shim_fd *e = shim__fd_peek(fd);
-        if (e && atomic_load(&e->real_nb)) {
-            int rc = real(fd, cmd, want | O_NONBLOCK);
-            if (rc == 0)
-                atomic_store(&e->user_nb, (want & O_NONBLOCK) != 0);
+        uint8_t h = want & (O_NONBLOCK | O_APPEND) ? SHIM_HOLD_NONE : shim__fd_held(fd, e);
+        if (h != SHIM_HOLD_NONE) {
+            /* Blocking mode, on a socket a shim holds: keep it held (and
+             * marked), so that every process sharing it still reads the
+             * program's blocking mode, and no accept here can block. */
+            int rc = real(fd, cmd, want | (h == SHIM_HOLD_MARKED ? SHIM_FD_MARK : O_NONBLOCK));
+            if (rc == 0 && e)
+                atomic_store(&e->user_nb, 0);
             return rc;
         }
         int rc = real(fd, cmd, want);
-        if (rc == 0 && e && atomic_load(&e->kind) != SHIM_FD_UNKNOWN)
-            atomic_store(&e->user_nb, (want & O_NONBLOCK) != 0);
+        if (rc == 0 && e) {
+            if (atomic_load(&e->kind) != SHIM_FD_UNKNOWN)
+                atomic_store(&e->user_nb, (want & O_NONBLOCK) != 0);
+            /* O_APPEND without O_NONBLOCK leaves no room for the mark: the
+             * program's own choice, not a release by another process. */
+            if (!(want & O_NONBLOCK) && atomic_load(&e->real_nb) == SHIM_HOLD_MARKED)
+                atomic_store(&e->real_nb, SHIM_HOLD_NONE);
+        }
         return rc;
     }
     case F_DUPFD:
@@ -357,17 +708,25 @@ int shim__ioctl(int fd, unsigned long req, ...)
     void *arg = va_arg(ap, void *);
     va_end(ap);
     if (req == FIONBIO && arg) {
+        bool on = *(int *)arg != 0;
         struct shim_fd *e = shim__fd_peek(fd);
-        if (e && atomic_load(&e->real_nb)) {
-            int on = 1;
-            int rc = REAL(ioctl)(fd, req, &on); /* stays non-blocking underneath */
-            if (rc == 0)
-                atomic_store(&e->user_nb, *(int *)arg != 0);
+        uint8_t h = shim__fd_held(fd, e);
+        if (h != SHIM_HOLD_NONE) {
+            /* As F_SETFL: it stays non-blocking underneath; the mark goes
+             * when the program asks for O_NONBLOCK (its choice, which
+             * every sharing process must see), and stays otherwise. */
+            int fl = REAL(fcntl)(fd, F_GETFL);
+            int set = fl | O_NONBLOCK;
+            if (h == SHIM_HOLD_MARKED)
+                set = on ? set & ~O_APPEND : set | O_APPEND;
+            int rc = fl < 0 ? fl : REAL(fcntl)(fd, F_SETFL, set);
+            if (rc == 0 && e)
+                atomic_store(&e->user_nb, on);
             return rc;
         }
         int rc = REAL(ioctl)(fd, req, arg);
         if (rc == 0 && e && atomic_load(&e->kind) != SHIM_FD_UNKNOWN)
-            atomic_store(&e->user_nb, *(int *)arg != 0);
+            atomic_store(&e->user_nb, on);
         return rc;
     }
     return REAL(ioctl)(fd, req, arg);

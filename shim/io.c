@@ -32,6 +32,8 @@
 #include "offload.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
@@ -612,24 +614,39 @@ static ssize_t shim__try_sendfile(int fd, void *ctx, int mode)
     return REAL(sendfile)(fd, s->in, s->off, s->count);
 }
 
+/* sendfile has no per-call non-blocking flag either: the socket is held
+ * non-blocking for the length of the call only (without the mark, which
+ * sendfile refuses; fd.c), so a connection never keeps an O_NONBLOCK that
+ * a child it is handed to could see. Three fcntl calls per blocking
+ * sendfile are the price. */
 ssize_t shim__sendfile(int out, int in, off_t *off, size_t count)
 {
     struct shim_fd *e = shim__io_entry(out);
-    if (!e || !shim__fd_make_nonblocking(out, e))
+    int saved = 0;
+    int held = e ? shim__fd_hold_call(out, e, false, &saved) : -1;
+    if (held < 0)
         return REAL(sendfile)(out, in, off, count);
     bool all = !atomic_load(&e->user_nb);
     size_t done = 0;
-    do {
+    ssize_t ret;
+    for (;;) {
         struct shim_sendfile s = {in, off, count - done};
-        ssize_t n = shim__do_io(out, e, FS_POLL_WRITE, FS_PARK_WRITE, shim__try_sendfile, &s,
-                                count - done);
-        if (n < 0)
-            return done ? (ssize_t)done : -1;
-        if (n == 0)
-            break; /* end of the input file */
+        ssize_t n =
+            shim__do_io(out, e, FS_POLL_WRITE, FS_PARK_WRITE, shim__try_sendfile, &s, count - done);
+        if (n <= 0) {
+            /* An error (the partial count if some went), or the input's end. */
+            ret = n < 0 && !done ? -1 : (ssize_t)done;
+            break;
+        }
         done += (size_t)n;
-    } while (all && done < count);
-    return (ssize_t)done;
+        if (!all || done >= count) {
+            ret = (ssize_t)done;
+            break;
+        }
+    }
+    if (held == 1)
+        shim__fd_release_call(out, e, saved);
+    return ret;
 }
 SHIM_ALIAS(sendfile)
 
@@ -641,34 +658,207 @@ SHIM_ALIAS(sendfile64)
 
 /* ---- accept and connect ------------------------------------------------------- */
 
+/*
+ * accept needs O_NONBLOCK underneath; fd.c decides per attempt how a
+ * fiber's accept waits on a listener that other processes may share
+ * (shim__fd_accept_mode), and its opening comment explains why.
+ */
+
 struct shim_accept {
+    int fd;
     struct sockaddr *addr;
     socklen_t *alen;
     int flags;
 };
 
-static ssize_t shim__try_accept(int fd, void *ctx, int mode)
+static int shim__accept_call(const struct shim_accept *a)
 {
-    struct shim_accept *a = ctx;
-    return REAL(accept4)(fd, a->addr, a->alen, a->flags);
+    return REAL(accept4)(a->fd, a->addr, a->alen, a->flags);
+}
+
+/* The blocking accept4 of a released listener, made on a spare thread. */
+static long shim__accept_blocking(void *ctx)
+{
+    return shim__accept_call(ctx);
+}
+
+/* Whether a plain thread's blocking call that a signal interrupted should
+ * be restarted. The kernel restarts it if the handler that ran has
+ * SA_RESTART; which one ran is not known here, so: if every caught signal
+ * has SA_RESTART. A program that mixes both kinds gets EINTR from a call
+ * that would have restarted (the README lists it). */
+static bool shim__plain_should_restart(void)
+{
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sigaction(sig, NULL, &sa) != 0)
+            continue;
+        bool caught =
+            (sa.sa_flags & SA_SIGINFO) || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN);
+        if (caught && !(sa.sa_flags & SA_RESTART))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * accept4 from a thread that is not a fiber: the C library's call. Its
+ * EAGAIN on a listener that a shim marked (in this process or another
+ * sharing it) is not the program's answer: wait in ppoll() and try again,
+ * as the kernel's blocking accept would, up to the listener's SO_RCVTIMEO.
+ * The fast path (a connection is queued, or the listener is blocking
+ * underneath) is the one syscall.
+ */
+static int shim__accept_plain(const struct shim_accept *a)
+{
+    int nfd = shim__accept_call(a);
+    if (nfd >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+        return nfd;
+    if (!shim__fd_marked(a->fd)) {
+        errno = EAGAIN; /* the program's own O_NONBLOCK */
+        return -1;
+    }
+    struct timeval tv;
+    socklen_t len = sizeof tv;
+    int64_t timeo = getsockopt(a->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0
+                        ? shim__timeval_ns(&tv, len, false)
+                        : 0;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t end = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec + timeo;
+    for (;;) {
+        struct timespec left, *lp = NULL;
+        if (timeo > 0) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            int64_t ns = end - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+            if (ns <= 0) {
+                errno = EAGAIN; /* SO_RCVTIMEO, as the kernel reports it */
+                return -1;
+            }
+            left = (struct timespec){(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+            lp = &left;
+        }
+        struct pollfd p = {a->fd, POLLIN, 0};
+        int r = REAL(ppoll)(&p, 1, lp, NULL);
+        if (r < 0 && errno == EINTR && shim__plain_should_restart())
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            continue; /* the deadline: reported at the top */
+        nfd = shim__accept_call(a);
+        if (nfd >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            return nfd;
+        /* Someone else took the connection; or the program chose
+         * O_NONBLOCK meanwhile, and EAGAIN is its answer. */
+        if (!shim__fd_marked(a->fd)) {
+            errno = EAGAIN;
+            return -1;
+        }
+    }
+}
+
+/*
+ * A fiber's accept on a released listener (SHIM_ACCEPT_BLOCKING): blocking
+ * underneath, and it must stay so. If poll() says a connection is queued,
+ * the blocking accept4 runs on a spare thread, one fiber of this process
+ * at a time: a connection taken by another process between the poll and
+ * the accept4 then makes a spare wait for the next one, never the carrier
+ * (and never more than one spare per listener). Returns the new fd, -1
+ * with errno, or -2 when nothing is queued (the caller parks).
+ */
+static int shim__accept_released(struct shim_fd *e, struct shim_accept *a)
+{
+    if (!shim__fd_accept_lock(e)) {
+        errno = ENOMEM;
+        return -1;
+    }
+    struct pollfd p = {a->fd, POLLIN, 0};
+    int r = REAL(poll)(&p, 1, 0);
+    int nfd = r < 0 ? -1 : -2;
+    if (r > 0) {
+        nfd = (int)shim__offload_blocking(shim__accept_blocking, a, FS_PARK_ACCEPT);
+        /* Marked again meanwhile by another shim process: try again. */
+        if (nfd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            nfd = -2;
+    }
+    int err = errno;
+    shim__fd_accept_unlock(e);
+    errno = err;
+    return nfd;
+}
+
+/* A fiber's accept4 on a socket: try, park on EAGAIN, try again. */
+static int shim__accept_fiber(struct shim_fd *e, struct shim_accept *a)
+{
+    int fd = a->fd;
+    int64_t deadline = 0; /* computed at the first wait: no clock read on the fast path */
+    bool last = false;    /* SO_RCVTIMEO ran out: one more attempt, then EAGAIN */
+    for (;;) {
+        uint32_t snap = fs_fd_edges(fd, FS_POLL_READ);
+        unsigned st = fs_fd_state(fd);
+        if (!last && (st & FS_FD_REGISTERED) && !(st & shim__may_succeed(FS_POLL_READ)) &&
+            atomic_load_explicit(&e->real_nb, memory_order_relaxed) == SHIM_HOLD_MARKED &&
+            !atomic_load_explicit(&e->user_nb, memory_order_relaxed)) {
+            /* Held, and the netpoller knows nothing is queued: park
+             * without a syscall. (A change of mode made meanwhile by
+             * another process is seen at the next attempt.) */
+            fs_count_avoided();
+        } else {
+            enum shim_accept_mode m = shim__fd_accept_mode(fd, e);
+            fs_count_syscall();
+            int nfd =
+                m == SHIM_ACCEPT_BLOCKING ? shim__accept_released(e, a) : shim__accept_call(a);
+            if (nfd == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                nfd = -2;
+            if (nfd != -2)
+                return nfd;
+            fs_fd_drained(fd, FS_POLL_READ, snap);
+            if (m == SHIM_ACCEPT_USER_NB || last) {
+                errno = EAGAIN;
+                return -1;
+            }
+        }
+        if (!deadline) {
+            int64_t t = atomic_load_explicit(&e->rcvtimeo, memory_order_relaxed);
+            deadline = t > 0 ? shim__deadline_after(t) : FS_NO_DEADLINE;
+        }
+        int rc = fs_wait_fd(fd, FS_POLL_READ, snap, deadline, FS_PARK_ACCEPT);
+        if (rc == 0)
+            continue;
+        if (rc == -EINTR) {
+            /* As do_io: restart under SA_RESTART, else fail as the kernel would. */
+            if (shim__sig_should_restart())
+                continue;
+            errno = EINTR;
+            return -1;
+        }
+        if (rc == -ETIMEDOUT) {
+            last = true;
+            continue;
+        }
+        errno = -rc;
+        return -1;
+    }
 }
 
 int shim__accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags)
 {
-    struct shim_fd *e = shim__io_entry(fd);
+    uint32_t gen = shim__fd_gen_now(); /* before the fd exists: see fd.c */
+    struct shim_accept a = {fd, addr, alen, flags};
+    struct shim_fd *e = shim__io_entry(fd); /* NULL off a fiber */
+    uint8_t kind = e ? atomic_load(&e->kind) : SHIM_FD_UNKNOWN;
+    if (kind != SHIM_FD_STREAM && kind != SHIM_FD_DGRAM)
+        e = NULL; /* not a socket: accept4 says so itself */
     int nfd;
-    if (!e || !shim__fd_make_nonblocking(fd, e)) {
-        nfd = REAL(accept4)(fd, addr, alen, flags);
-    } else {
-        struct shim_accept a = {addr, alen, flags};
-        nfd = (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_ACCEPT, shim__try_accept, &a, 0);
-    }
-    if (nfd >= 0) {
-        if (e)
-            shim__fd_accepted(nfd, e, flags);
-        else
-            shim__fd_created(nfd);
-    }
+    if (!fs_self())
+        nfd = shim__accept_plain(&a);
+    else if (!e)
+        nfd = shim__accept_call(&a);
+    else
+        nfd = shim__accept_fiber(e, &a);
+    if (nfd >= 0)
+        shim__fd_accepted(nfd, e, flags, gen);
     return nfd;
 }
 SHIM_ALIAS(accept4)
@@ -687,18 +877,17 @@ int shim__connect(int fd, const struct sockaddr *addr, socklen_t alen)
     struct shim_fd *e = shim__io_entry(fd);
     if (!e || atomic_load(&e->user_nb))
         return REAL(connect)(fd, addr, alen);
-    bool was_nb = atomic_load(&e->real_nb);
-    if (!shim__fd_make_nonblocking(fd, e))
+    /* Marked (fd.c) while the connect lasts, for a process that shares
+     * the socket meanwhile. */
+    int saved = 0;
+    int held = shim__fd_hold_call(fd, e, true, &saved);
+    if (held <= 0)
         return REAL(connect)(fd, addr, alen);
     int rc = shim__connect_nb(fd, e, addr, alen);
-    if (!was_nb) {
+    if (held == 1) {
         /* Give the connected socket back its blocking mode, so that a
          * child it is handed to sees what the program chose. */
-        int saved = errno;
-        int fl = REAL(fcntl)(fd, F_GETFL);
-        if (fl >= 0 && REAL(fcntl)(fd, F_SETFL, fl & ~O_NONBLOCK) == 0)
-            atomic_store(&e->real_nb, 0);
-        errno = saved;
+        shim__fd_release_call(fd, e, saved);
     }
     return rc;
 }

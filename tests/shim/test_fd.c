@@ -115,13 +115,20 @@ Test(fd, socket_timeouts_are_read_and_tracked)
 
 /* ---- the shadow O_NONBLOCK --------------------------------------------------- */
 
+/* Holds fd non-blocking underneath, with the mark, as a connect does. */
+static bool hold_marked(int fd, struct shim_fd *e)
+{
+    int saved;
+    return shim__fd_hold_call(fd, e, true, &saved) == 1;
+}
+
 Test(fd, shadow_flag_hides_the_real_one)
 {
     int sv[2];
     cr_assert_eq(shim__socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     struct shim_fd *e = shim__fd_get(sv[0]);
     int before = shim__fcntl(sv[0], F_GETFL);
-    cr_assert(shim__fd_make_nonblocking(sv[0], e));
+    cr_assert(hold_marked(sv[0], e));
     cr_assert(fcntl(sv[0], F_GETFL) & O_NONBLOCK, "non-blocking underneath");
     cr_assert_eq(shim__fcntl(sv[0], F_GETFL), before, "the user sees what they chose");
 
@@ -140,7 +147,7 @@ Test(fd, fionbio_updates_the_shadow)
     int sv[2];
     cr_assert_eq(shim__socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     struct shim_fd *e = shim__fd_get(sv[0]);
-    cr_assert(shim__fd_make_nonblocking(sv[0], e));
+    cr_assert(hold_marked(sv[0], e));
     int on = 1, off = 0;
     cr_assert_eq(shim__ioctl(sv[0], FIONBIO, &on), 0);
     cr_assert_eq(e->user_nb, 1);
@@ -153,7 +160,7 @@ Test(fd, pipes_are_never_made_nonblocking_underneath)
 {
     int p[2];
     cr_assert_eq(shim__pipe2(p, 0), 0);
-    cr_assert_not(shim__fd_make_nonblocking(p[0], shim__fd_get(p[0])),
+    cr_assert_not(hold_marked(p[0], shim__fd_get(p[0])),
                   "a pipe may be shared with other processes");
     cr_assert_not(fcntl(p[0], F_GETFL) & O_NONBLOCK);
 }
@@ -163,7 +170,7 @@ Test(fd, dup_copies_the_state)
     int sv[2];
     cr_assert_eq(shim__socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     struct shim_fd *e = shim__fd_get(sv[0]);
-    cr_assert(shim__fd_make_nonblocking(sv[0], e));
+    cr_assert(hold_marked(sv[0], e));
     int d = shim__dup(sv[0]);
     cr_assert_geq(d, 0);
     struct shim_fd *de = shim__fd_peek(d);
@@ -384,4 +391,258 @@ Test(fd, plain_thread_calls_pass_through)
     cr_assert_eq(write(g_sv[1], "z", 1), 1);
     cr_assert_eq((intptr_t)plain_thread_read(NULL), 1);
     cr_assert_eq(shim__fd_peek(g_sv[0]) ? shim__fd_peek(g_sv[0])->real_nb : 0, 0);
+}
+
+/* ---- file descriptions shared with other processes (fd.c) ------------------------ */
+
+int shim__socket(int domain, int type, int protocol);
+int shim__connect(int fd, const struct sockaddr *addr, socklen_t alen);
+ssize_t shim__sendfile(int out, int in, off_t *off, size_t count);
+
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdatomic.h>
+
+/* A TCP listener on 127.0.0.1 made through the wrapper; *addr gets its
+ * address. */
+static int listener(struct sockaddr_in *addr)
+{
+    int l = shim__socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(l, 0);
+    *addr = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof *addr;
+    cr_assert_eq(bind(l, (struct sockaddr *)addr, len), 0);
+    cr_assert_eq(listen(l, 16), 0);
+    cr_assert_eq(getsockname(l, (struct sockaddr *)addr, &len), 0);
+    return l;
+}
+
+static int connect_to(const struct sockaddr_in *addr)
+{
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(c, (const struct sockaddr *)addr, sizeof *addr), 0);
+    return c;
+}
+
+Test(fd, the_mark_reads_as_blocking_in_every_shim_process)
+{
+    struct sockaddr_in a;
+    int l = listener(&a);
+    int plain = fcntl(l, F_GETFL);
+    /* Marked as another process's shim would mark it; this process knows
+     * nothing of it yet (an exec'd image, a sibling forked earlier). */
+    cr_assert_eq(fcntl(l, F_SETFL, plain | SHIM_FD_MARK), 0);
+    shim__fd_reset(l);
+    struct shim_fd *e = shim__fd_get(l);
+    cr_assert_eq(e->user_nb, 0, "the mark means blocking");
+    cr_assert_eq(e->real_nb, SHIM_HOLD_MARKED);
+    cr_assert_eq(shim__fcntl(l, F_GETFL), plain, "F_GETFL hides both bits");
+    /* On a file, O_APPEND|O_NONBLOCK is the program's own. */
+    char path[] = "/tmp/fibershim-fd-XXXXXX";
+    int f = mkstemp(path);
+    unlink(path);
+    cr_assert_eq(fcntl(f, F_SETFL, O_APPEND | O_NONBLOCK), 0);
+    cr_assert_eq(shim__fcntl(f, F_GETFL) & SHIM_FD_MARK, SHIM_FD_MARK);
+}
+
+Test(fd, the_programs_mode_changes_keep_or_drop_the_mark)
+{
+    struct sockaddr_in a;
+    int l = listener(&a);
+    struct shim_fd *e = shim__fd_get(l);
+    int plain = fcntl(l, F_GETFL);
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_HELD);
+    cr_assert_eq(fcntl(l, F_GETFL), plain | SHIM_FD_MARK, "marked at the first accept");
+    /* O_NONBLOCK asked by the program: its choice, visible to all. */
+    cr_assert_eq(shim__fcntl(l, F_SETFL, plain | O_NONBLOCK), 0);
+    cr_assert_eq(fcntl(l, F_GETFL), plain | O_NONBLOCK);
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_USER_NB);
+    /* Blocking again: held again, with the mark. */
+    cr_assert_eq(shim__fcntl(l, F_SETFL, plain), 0);
+    cr_assert_eq(fcntl(l, F_GETFL), plain | SHIM_FD_MARK);
+    cr_assert_eq(shim__fcntl(l, F_GETFL), plain);
+    int on = 1, off = 0;
+    cr_assert_eq(shim__ioctl(l, FIONBIO, &on), 0);
+    cr_assert_eq(fcntl(l, F_GETFL), plain | O_NONBLOCK, "FIONBIO 1 drops the mark");
+    cr_assert_eq(shim__ioctl(l, FIONBIO, &off), 0);
+    cr_assert_eq(fcntl(l, F_GETFL), plain | SHIM_FD_MARK, "FIONBIO 0 keeps it held");
+    /* O_APPEND asked by the program leaves no room for the mark. */
+    cr_assert_eq(shim__fcntl(l, F_SETFL, plain | O_APPEND), 0);
+    cr_assert_eq(fcntl(l, F_GETFL), plain | O_APPEND);
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_BLOCKING);
+    cr_assert_eq(shim__fcntl(l, F_SETFL, plain), 0);
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_HELD, "not released: our own choice");
+}
+
+Test(fd, a_listener_cleared_outside_the_shim_is_released)
+{
+    struct sockaddr_in a;
+    int l = listener(&a);
+    struct shim_fd *e = shim__fd_get(l);
+    int plain = fcntl(l, F_GETFL);
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_HELD);
+    /* Until a fork the listener is ours alone: the entry is trusted. */
+    shim__fd_forked();
+    /* Another process sets O_NONBLOCK itself, then clears it. */
+    cr_assert_eq(fcntl(l, F_SETFL, plain | O_NONBLOCK), 0);
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_USER_NB);
+    cr_assert_eq(shim__fcntl(l, F_GETFL), plain | O_NONBLOCK);
+    cr_assert_eq(fcntl(l, F_SETFL, plain), 0);
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_BLOCKING);
+    cr_assert_eq(e->released, 1);
+    cr_assert_eq(fcntl(l, F_GETFL), plain, "never marked again here");
+    cr_assert_eq(shim__fcntl(l, F_SETFL, plain), 0);
+    cr_assert_eq(fcntl(l, F_GETFL), plain, "nor by the program's F_SETFL");
+    cr_assert_eq(shim__fd_accept_mode(l, e), SHIM_ACCEPT_BLOCKING);
+}
+
+static void setup1(void)
+{
+    fs_init(&(struct fs_config){.carriers = 1});
+}
+
+static int g_l;
+static struct sockaddr_in g_addr;
+static atomic_int g_ran;
+
+static void *accept_fiber(void *arg)
+{
+    return (void *)(intptr_t)shim__accept4(g_l, NULL, NULL, 0);
+}
+
+static void *connect_after_20ms(void *arg)
+{
+    fs_sleep_until(fs_now() + 20 * 1000000);
+    atomic_store(&g_ran, 1);
+    return (void *)(intptr_t)connect_to(&g_addr);
+}
+
+Test(fd, accept_on_a_released_listener_keeps_the_carrier, .init = setup1)
+{
+    g_l = listener(&g_addr);
+    struct shim_fd *e = shim__fd_get(g_l);
+    cr_assert_eq(shim__fd_accept_mode(g_l, e), SHIM_ACCEPT_HELD);
+    shim__fd_forked();
+    cr_assert_eq(fcntl(g_l, F_SETFL, fcntl(g_l, F_GETFL) & ~SHIM_FD_MARK), 0);
+    /* One carrier: if the accept blocked it, the connecting fiber would
+     * never run, and the accept would never return. */
+    fs_fiber *a, *c;
+    cr_assert_eq(fs_spawn(&a, accept_fiber, NULL, NULL), 0);
+    cr_assert_eq(fs_spawn(&c, connect_after_20ms, NULL, NULL), 0);
+    void *nfd, *cfd;
+    cr_assert_eq(fs_join(a, &nfd, FS_NO_DEADLINE), 0);
+    cr_assert_eq(fs_join(c, &cfd, FS_NO_DEADLINE), 0);
+    cr_assert_geq((intptr_t)nfd, 0);
+    cr_assert_eq(atomic_load(&g_ran), 1);
+    cr_assert_eq(e->released, 1);
+    cr_assert_not(fcntl(g_l, F_GETFL) & O_NONBLOCK, "left blocking for the other process");
+}
+
+static void *connect_later_thread(void *arg)
+{
+    struct timespec t = {0, 50 * 1000000};
+    nanosleep(&t, NULL);
+    return (void *)(intptr_t)connect_to(&g_addr);
+}
+
+Test(fd, plain_thread_accept_blocks_on_a_marked_listener)
+{
+    g_l = listener(&g_addr);
+    int plain = fcntl(g_l, F_GETFL);
+    /* Marked by another process that shares it since a fork. */
+    shim__fd_forked();
+    cr_assert_eq(fcntl(g_l, F_SETFL, plain | SHIM_FD_MARK), 0);
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, connect_later_thread, NULL), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int c = shim__accept4(g_l, NULL, NULL, 0); /* the Criterion thread: not a fiber */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    pthread_join(t, NULL);
+    cr_assert_geq(c, 0, "blocked until the connection, no EAGAIN");
+    int64_t ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    cr_assert_geq(ms, 40, "it waited (50 ms, 10 ms tolerance)");
+    /* The program's own O_NONBLOCK: EAGAIN at once. */
+    cr_assert_eq(fcntl(g_l, F_SETFL, plain | O_NONBLOCK), 0);
+    errno = 0;
+    cr_assert_eq(shim__accept4(g_l, NULL, NULL, 0), -1);
+    cr_assert_eq(errno, EAGAIN);
+}
+
+Test(fd, exec_handover_clears_inherited_marks_only)
+{
+    struct sockaddr_in a;
+    int inherited = listener(&a);
+    int closed_on_exec = listener(&a);
+    int user_nb = listener(&a);
+    int plain = fcntl(inherited, F_GETFL);
+    cr_assert_eq(fcntl(inherited, F_SETFL, plain | SHIM_FD_MARK), 0);
+    cr_assert_eq(fcntl(closed_on_exec, F_SETFL, plain | SHIM_FD_MARK), 0);
+    cr_assert_eq(fcntl(closed_on_exec, F_SETFD, FD_CLOEXEC), 0);
+    cr_assert_eq(fcntl(user_nb, F_SETFL, plain | O_NONBLOCK), 0);
+    struct shim_fd_handover h;
+    shim__fd_exec_handover(&h);
+    cr_assert_eq(h.n, 1);
+    cr_assert_eq(fcntl(inherited, F_GETFL), plain, "the program's blocking mode");
+    cr_assert_eq(fcntl(closed_on_exec, F_GETFL), plain | SHIM_FD_MARK, "not inherited");
+    cr_assert_eq(fcntl(user_nb, F_GETFL), plain | O_NONBLOCK, "the program's own choice");
+    shim__fd_exec_undo(&h);
+    cr_assert_eq(fcntl(inherited, F_GETFL), plain | SHIM_FD_MARK, "the exec failed: marked again");
+}
+
+static void *connect_fiber(void *arg)
+{
+    return (void *)(intptr_t)shim__connect(g_sv[0], (struct sockaddr *)&g_addr, sizeof g_addr);
+}
+
+Test(fd, connect_marks_only_while_it_lasts)
+{
+    g_l = listener(&g_addr);
+    g_sv[0] = shim__socket(AF_INET, SOCK_STREAM, 0);
+    int plain = fcntl(g_sv[0], F_GETFL);
+    cr_assert_eq((intptr_t)run_in_fiber(connect_fiber, NULL), 0);
+    cr_assert_eq(fcntl(g_sv[0], F_GETFL), plain, "no O_NONBLOCK, no mark, once connected");
+    cr_assert_eq(shim__fd_peek(g_sv[0])->real_nb, SHIM_HOLD_NONE);
+}
+
+static int g_file;
+#define SENDFILE_BYTES (4 << 20)
+
+static void *sendfile_fiber(void *arg)
+{
+    off_t off = 0;
+    return (void *)(intptr_t)shim__sendfile(g_sv[0], g_file, &off, SENDFILE_BYTES);
+}
+
+static void *drain_later(void *arg)
+{
+    fs_sleep_until(fs_now() + 20 * 1000000);
+    static char buf[65536];
+    size_t got = 0;
+    while (got < SENDFILE_BYTES) {
+        ssize_t n = shim__read(g_sv[1], buf, sizeof buf);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    return (void *)(intptr_t)got;
+}
+
+Test(fd, sendfile_holds_the_flag_for_the_call_only)
+{
+    cr_assert_eq(shim__socketpair(AF_UNIX, SOCK_STREAM, 0, g_sv), 0);
+    char path[] = "/tmp/fibershim-fd-XXXXXX";
+    g_file = mkstemp(path);
+    unlink(path);
+    cr_assert_eq(ftruncate(g_file, SENDFILE_BYTES), 0);
+    int plain = fcntl(g_sv[0], F_GETFL);
+    fs_fiber *s, *d;
+    cr_assert_eq(fs_spawn(&s, sendfile_fiber, NULL, NULL), 0);
+    cr_assert_eq(fs_spawn(&d, drain_later, NULL, NULL), 0);
+    void *sent, *got;
+    cr_assert_eq(fs_join(s, &sent, FS_NO_DEADLINE), 0);
+    cr_assert_eq(fs_join(d, &got, FS_NO_DEADLINE), 0);
+    cr_assert_eq((intptr_t)sent, SENDFILE_BYTES, "all of it, parking while the buffer is full");
+    cr_assert_eq((intptr_t)got, SENDFILE_BYTES);
+    cr_assert_eq(fcntl(g_sv[0], F_GETFL), plain, "the program's blocking mode after the call");
 }
