@@ -64,8 +64,8 @@ struct shim_fd {
     _Atomic uint8_t real_nb;  /* enum shim_fd_hold: what we hold on the open file description */
     _Atomic uint8_t released; /* held once, then found blocking and unmarked: a process outside
                                  the shim wants it blocking; never marked again here */
-    _Atomic uint8_t connected; /* accepted, or from socketpair: never listens or connects, so
-                                  never carries the mark */
+    _Atomic uint8_t no_mark;   /* accepted, or from socketpair or pipe: never listens or
+                                  connects, so never carries the mark */
     _Atomic uint32_t own_gen;  /* shim__fd_gen when this process made the fd (0: inherited,
                                   or not made by a wrapper); equal: no other process has it */
     pthread_mutex_t *_Atomic accept_lock; /* SHIM_ACCEPT_BLOCKING accepts, one at a time; made
