@@ -247,7 +247,11 @@ static int fs__pd_event(struct fs_pollfd *pd, uint32_t gen, uint32_t ev)
         atomic_fetch_add_explicit(&pd->redges, 1, memory_order_release);
     if (bits & (FS_FD_WRITABLE | FS_FD_HUP | FS_FD_ERR))
         atomic_fetch_add_explicit(&pd->wedges, 1, memory_order_release);
-    /* Hang-up and error are sticky until close; readiness until drained. */
+    /* Readiness holds until drained; hang-up, error and urgent data until
+     * the kernel says they are gone (fs_fd_not_ready). That urgent data
+     * came at all is kept until close: a stream read stops at its mark. */
+    if (bits & FS_FD_PRI)
+        bits |= FS_FD_PRI_SEEN;
     atomic_fetch_or_explicit(&pd->bits, bits, memory_order_release);
     int n = pd->waiters ? fs__pd_wake_locked(pd, bits, 0) : 0;
     fs__spin_unlock(&pd->lock);
@@ -365,6 +369,31 @@ void fs_fd_drained(int fd, unsigned dir, uint32_t since)
     fs__spin_unlock(&pd->lock);
 }
 
+void fs_fd_not_ready(int fd, unsigned bits, uint32_t rsince, uint32_t wsince)
+{
+    struct fs_pollfd *pd = fs__pd_lookup(fd);
+    if (!pd)
+        return;
+    bits &= FS_FD_READABLE | FS_FD_WRITABLE | FS_FD_RDHUP | FS_FD_HUP | FS_FD_ERR | FS_FD_PRI;
+    if (!(atomic_load_explicit(&pd->bits, memory_order_relaxed) & bits))
+        return;
+    fs__spin_lock(&pd->lock);
+    /* Under the lock, edges cannot move. An edge counted after the
+     * snapshot may have set any bit of its direction after the kernel
+     * answered; hang-up and error count in both directions. */
+    bool r = atomic_load_explicit(&pd->redges, memory_order_relaxed) == rsince;
+    bool w = atomic_load_explicit(&pd->wedges, memory_order_relaxed) == wsince;
+    unsigned clear = 0;
+    if (r)
+        clear |= bits & (FS_FD_READABLE | FS_FD_RDHUP | FS_FD_PRI);
+    if (w)
+        clear |= bits & FS_FD_WRITABLE;
+    if (r && w)
+        clear |= bits & (FS_FD_HUP | FS_FD_ERR);
+    atomic_fetch_and_explicit(&pd->bits, ~clear, memory_order_relaxed);
+    fs__spin_unlock(&pd->lock);
+}
+
 static bool fs__commit_unlock(void *arg)
 {
     fs__spin_unlock(&((struct fs_pollfd *)arg)->lock);
@@ -379,12 +408,19 @@ int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline, enum fs_p
     struct fs_pollfd *pd = fs__pd_get(fd);
     if (!pd)
         return fd < 0 ? -EBADF : -ENOMEM;
+    bool tried = dir & FS_POLL_TRIED;
+    dir &= ~FS_POLL_TRIED;
     _Atomic uint32_t *ctr = dir == FS_POLL_READ ? &pd->redges : &pd->wedges;
     unsigned sticky = dir == FS_POLL_READ ? (FS_FD_RDHUP | FS_FD_HUP | FS_FD_ERR)
                                           : (FS_FD_HUP | FS_FD_ERR);
     fs__spin_lock(&pd->lock);
     unsigned bits = atomic_load_explicit(&pd->bits, memory_order_relaxed);
-    if (atomic_load_explicit(ctr, memory_order_relaxed) != since || (bits & sticky)) {
+    /* A hang-up or error bit ends the wait at once, since no edge may
+     * follow it; not for a caller whose attempt after the snapshot got
+     * EAGAIN: the kernel would have reported the condition instead, so the
+     * bit is stale (fibershim.h, FS_POLL_TRIED), and an edge newer than
+     * the snapshot carries any new one. */
+    if (atomic_load_explicit(ctr, memory_order_relaxed) != since || (!tried && (bits & sticky))) {
         fs__spin_unlock(&pd->lock);
         return 0; /* an edge came after the snapshot: retry the I/O */
     }

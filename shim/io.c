@@ -131,7 +131,7 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
                  * stops at the urgent mark with data queued past it. */
                 if (n > 0 && (size_t)n < want && want != SHIM_WANT_NO_LATCH &&
                     (kind == SHIM_FD_STREAM || (dir == FS_POLL_WRITE && kind == SHIM_FD_PIPE)) &&
-                    !(dir == FS_POLL_READ && (st & FS_FD_PRI)))
+                    !(dir == FS_POLL_READ && (st & FS_FD_PRI_SEEN)))
                     fs_fd_drained(fd, dir, snap);
                 return n;
             }
@@ -151,7 +151,10 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
                                              memory_order_relaxed);
             deadline = t > 0 ? shim__deadline_after(t) : FS_NO_DEADLINE;
         }
-        int rc = fs_wait_fd(fd, dir, snap, deadline, why);
+        /* Tried after the snapshot and got EAGAIN, or parked because the
+         * state read after it had no hang-up or error bit: either way a
+         * latched one is stale, and waiting on it would spin. */
+        int rc = fs_wait_fd(fd, dir | FS_POLL_TRIED, snap, deadline, why);
         if (rc == 0)
             continue;
         if (rc == -EINTR) {

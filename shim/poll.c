@@ -5,8 +5,9 @@
  * poll and select are answered from the netpoller's latched state
  * (fs_fd_state), so steady state makes no poll() syscall: every fd is
  * registered once (fs_fd_probe), and readiness bits are set by edges and
- * cleared when an I/O wrapper proves the fd drained. Fds epoll refuses
- * (regular files, /dev/null) are always ready, as poll(2) reports them.
+ * cleared when an I/O wrapper proves the fd drained, or when a real poll
+ * denies them. Fds epoll refuses (regular files, /dev/null) are always
+ * ready, as poll(2) reports them.
  *
  * A fiber's own epoll instance is itself pollable: epoll_wait tries the
  * real call without waiting, then parks on the netpoller until the
@@ -56,6 +57,21 @@ static bool shim__poll_candidate(int fd, short events, unsigned *mask_out)
         m |= FS_FD_RDHUP;
     *mask_out = m;
     return (st & m) != 0;
+}
+
+/* The state bits a poll for `events` that returned nothing proves clear. */
+static unsigned shim__poll_answered(short events)
+{
+    unsigned b = FS_FD_HUP | FS_FD_ERR;
+    if (events & (POLLIN | POLLRDNORM))
+        b |= FS_FD_READABLE | FS_FD_RDHUP; /* a shut-down peer is readable */
+    if (events & POLLRDHUP)
+        b |= FS_FD_RDHUP;
+    if (events & POLLPRI)
+        b |= FS_FD_PRI;
+    if (events & (POLLOUT | POLLWRNORM))
+        b |= FS_FD_WRITABLE;
+    return b;
 }
 
 /*
@@ -116,14 +132,15 @@ static int shim__fiber_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
              * the directions it was asked about, and only those. A poll
              * for POLLIN says nothing of POLLOUT: forgetting that the fd
              * is writable would make the next poll for POLLOUT, or a
-             * write, wait for an edge that already came. */
+             * write, wait for an edge that already came. Hang-up and
+             * error it reports whatever was asked: a latched one it
+             * denies is gone (an error a recv reported and cleared), and
+             * left latched it would make this loop spin. */
             for (nfds_t i = 0; i < n; i++) {
                 if (fds[i].fd < 0)
                     continue;
-                if (fds[i].events & (POLLIN | POLLRDNORM))
-                    fs_fd_drained(fds[i].fd, FS_POLL_READ, snaps[2 * i]);
-                if (fds[i].events & (POLLOUT | POLLWRNORM))
-                    fs_fd_drained(fds[i].fd, FS_POLL_WRITE, snaps[2 * i + 1]);
+                fs_fd_not_ready(fds[i].fd, shim__poll_answered(fds[i].events), snaps[2 * i],
+                                snaps[2 * i + 1]);
             }
             continue;
         }

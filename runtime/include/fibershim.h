@@ -266,7 +266,19 @@ FS_API bool fs_waiter_woken(const struct fs_waiter *w);
 #define FS_POLL_READ 1u
 #define FS_POLL_WRITE 2u
 
-/* State bits of an fd, as far as the netpoller knows (no syscall). */
+/* Or'ed into fs_wait_fd's dir by a caller whose own attempt, made after
+ * the snapshot, failed with EAGAIN (or who found no HUP, ERR or RDHUP bit
+ * latched after taking the snapshot). The kernel reports a hang-up or a
+ * pending error to a read or write rather than EAGAIN, so such a bit,
+ * latched before, is old news for this wait (an error reported and
+ * cleared since, a socket error queue that reads do not empty): only a
+ * newer edge ends it. Without the flag, a latched bit ends the wait at
+ * once, and a caller that retried into EAGAIN again would spin. */
+#define FS_POLL_TRIED 0x100u
+
+/* State bits of an fd, as far as the netpoller knows (no syscall). HUP,
+ * ERR, RDHUP and PRI are set by edges and cleared only by what proves
+ * them gone (fs_fd_not_ready) or by close. */
 #define FS_FD_READABLE 0x01u   /* a read edge came after the last drain */
 #define FS_FD_WRITABLE 0x02u   /* a write edge came after the last drain */
 #define FS_FD_RDHUP 0x04u      /* peer shut down its sending side */
@@ -274,17 +286,19 @@ FS_API bool fs_waiter_woken(const struct fs_waiter *w);
 #define FS_FD_ERR 0x10u        /* error pending */
 #define FS_FD_PRI 0x20u        /* urgent data */
 #define FS_FD_REGISTERED 0x40u /* in an epoll set: the bits above are live */
+#define FS_FD_PRI_SEEN 0x80u   /* urgent data came at least once: kept until close */
 
 /* The edge counter of fd in direction dir. Any thread; no syscall. */
 FS_API uint32_t fs_fd_edges(int fd, unsigned dir);
 
 /* Waits until an edge newer than `since` (a value of fs_fd_edges taken
  * before the failed I/O) arrives in direction dir, or the fd hangs up or
- * errs. Returns 0 when the I/O should be retried, -ETIMEDOUT at the
- * deadline, -EBADF if fs_fd_close() ran while waiting, -EPERM if epoll
- * refuses the fd (regular files), or another negative errno from
- * epoll_ctl. why names the wait in stats and dumps (FS_PARK_READ, _WRITE,
- * _ACCEPT, _CONNECT). Fiber only. */
+ * errs (unless dir has FS_POLL_TRIED: then only the edge). Returns 0 when
+ * the I/O should be retried, -ETIMEDOUT at the deadline, -EBADF if
+ * fs_fd_close() ran while waiting, -EPERM if epoll refuses the fd
+ * (regular files), or another negative errno from epoll_ctl. why names
+ * the wait in stats and dumps (FS_PARK_READ, _WRITE, _ACCEPT, _CONNECT).
+ * Fiber only. */
 FS_API int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline,
                       enum fs_park_reason why);
 
@@ -292,6 +306,14 @@ FS_API int fs_wait_fd(int fd, unsigned dir, uint32_t since, int64_t deadline,
  * ready in direction dir (EAGAIN, or a short read on a stream). Clears the
  * READABLE/WRITABLE bit unless a newer edge came meanwhile. */
 FS_API void fs_fd_drained(int fd, unsigned dir, uint32_t since);
+
+/* Records that the kernel, asked after snapshots rsince and wsince (values
+ * of fs_fd_edges for FS_POLL_READ and FS_POLL_WRITE), reported none of
+ * `bits` (FS_FD_READABLE, _WRITABLE, _RDHUP, _HUP, _ERR, _PRI) for fd: a
+ * poll() that returned 0 proves it for the events it was asked, and for
+ * hang-up and error always. Clears them, except those an edge that came
+ * since could have set. Any thread. */
+FS_API void fs_fd_not_ready(int fd, unsigned bits, uint32_t rsince, uint32_t wsince);
 
 /* The fd's state bits (FS_FD_*), without a syscall; 0 if never seen. */
 FS_API unsigned fs_fd_state(int fd);

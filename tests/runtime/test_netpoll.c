@@ -2,7 +2,8 @@
  * test_netpoll.c - the edge-triggered netpoller (netpoll.c): edges latched
  * between a snapshot and the wait, wakes by readiness, hang-up and close,
  * stale events of a closed and reused fd number, files epoll refuses, one
- * epoll_ctl per fd, deadlines, waiting on several fds, and draining.
+ * epoll_ctl per fd, deadlines, waiting on several fds, draining, bits a
+ * real poll denies, and waits that tried the I/O first.
  *
  * The I/O pattern under test is the one the shim's wrappers use: snapshot
  * the edge counter, try the call, and after EAGAIN mark the fd drained and
@@ -616,4 +617,75 @@ Test(netpoll, drained_with_stale_snapshot_keeps_newer_edge)
 {
     start(1);
     run_in_fiber(drain_stale, NULL);
+}
+
+/* ---- (j) what a real poll denies, and waits that tried first ------------- */
+
+/* fs_fd_not_ready clears only the bits it is given, and keeps those an
+ * edge newer than its snapshots may have set. */
+static void *not_ready(void *arg)
+{
+    (void)arg;
+    int sv[2];
+    pair(sv);
+    FCHECK(fs_fd_probe(sv[0]) >= 0);
+    char c;
+    for (int i = 0; i < 100; i++) {
+        put(sv[1]);
+        fs_netpoll_now();
+        FCHECK(read(sv[0], &c, 1) == 1); /* READABLE stays latched: no drain */
+        uint32_t r = fs_fd_edges(sv[0], FS_POLL_READ), w = fs_fd_edges(sv[0], FS_POLL_WRITE);
+        unsigned st = fs_fd_state(sv[0]);
+        FCHECK((st & FS_FD_READABLE) && (st & FS_FD_WRITABLE), "iteration %d: state %#x", i, st);
+        /* A newer read edge keeps READABLE... */
+        put(sv[1]);
+        fs_netpoll_now();
+        fs_fd_not_ready(sv[0], FS_FD_READABLE | FS_FD_HUP | FS_FD_ERR, r, w);
+        FCHECK(fs_fd_state(sv[0]) & FS_FD_READABLE, "iteration %d: newer edge lost", i);
+        FCHECK(read(sv[0], &c, 1) == 1);
+        /* ...and without one, only the bits given go. */
+        r = fs_fd_edges(sv[0], FS_POLL_READ);
+        w = fs_fd_edges(sv[0], FS_POLL_WRITE);
+        fs_fd_not_ready(sv[0], FS_FD_READABLE | FS_FD_HUP | FS_FD_ERR, r, w);
+        st = fs_fd_state(sv[0]);
+        FCHECK(!(st & FS_FD_READABLE) && (st & FS_FD_WRITABLE), "iteration %d: state %#x", i, st);
+    }
+    fs_fd_close(sv[0]);
+    close(sv[0]);
+    close(sv[1]);
+    return NULL;
+}
+
+Test(netpoll, not_ready_clears_what_it_is_given_unless_a_newer_edge_came)
+{
+    start(1);
+    run_in_fiber(not_ready, NULL);
+}
+
+/* A latched hang-up ends a plain wait at once, but not one that tried the
+ * I/O after its snapshot (FS_POLL_TRIED): that one waits for a new edge. */
+static void *tried_wait(void *arg)
+{
+    (void)arg;
+    int sv[2];
+    pair(sv);
+    FCHECK(fs_fd_probe(sv[0]) >= 0);
+    shutdown(sv[1], SHUT_WR);
+    fs_netpoll_now();
+    FCHECK(fs_fd_state(sv[0]) & FS_FD_RDHUP, "state %#x", fs_fd_state(sv[0]));
+    uint32_t snap = fs_fd_edges(sv[0], FS_POLL_READ);
+    FCHECK(fs_wait_fd(sv[0], FS_POLL_READ, snap, fs_now() + 5000 * MS, FS_PARK_READ) == 0);
+    int64_t t0 = fs_now();
+    int rc = fs_wait_fd(sv[0], FS_POLL_READ | FS_POLL_TRIED, snap, t0 + 50 * MS, FS_PARK_READ);
+    FCHECK(rc == -ETIMEDOUT && fs_now() >= t0 + 50 * MS, "tried wait returned %d", rc);
+    fs_fd_close(sv[0]);
+    close(sv[0]);
+    close(sv[1]);
+    return NULL;
+}
+
+Test(netpoll, tried_wait_ignores_a_latched_hangup)
+{
+    start(1);
+    run_in_fiber(tried_wait, NULL);
 }
