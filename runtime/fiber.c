@@ -108,6 +108,7 @@ struct fs_fiber *fs__fiber_alloc_adopted(void)
      * (tsan.h). */
     FS_TSAN_SET_FIBER(f, fs__tsan_current());
     atomic_store(&f->state, FS_F_RUNNING);
+    fs__cpu_start(f, fs__cputicks()); /* it runs from now on, as the fiber */
     return f;
 }
 

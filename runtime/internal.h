@@ -87,6 +87,11 @@ struct fs_fiber {
     _Atomic uint8_t why;
     bool is_adopted;             /* runs on a kernel thread's own stack */
     bool own_stack;              /* stack came from fs__stack_alloc */
+    /* CPU time (cputime.c): written only by the carrier running the fiber,
+     * at its switches; read by any thread under cpu_seq. */
+    _Atomic uint32_t cpu_seq;    /* odd while a switch-out updates the two below */
+    _Atomic uint64_t cpu_ticks;  /* TSC ticks it ran, up to its last switch-out */
+    _Atomic uint64_t cpu_since;  /* TSC at its last switch-in; 0 while switched out */
     const void *wait_obj;        /* what it waits on, for dumps */
     int64_t park_since;          /* fs_now() when it parked, for dumps */
     struct fs_timer timer;       /* deadline of the current park */
@@ -284,6 +289,50 @@ void fs__timers_reserve_reset(void);
 int64_t fs__now_coarse(void);
 bool fs__unpark_as(struct fs_fiber *f, fs_park_token tok, int how);
 void fs__timers_run(struct fs_sched *s, int64_t now);
+
+/* ---- CPU time of fibers (cputime.c) -------------------------------------
+ *
+ * A fiber's CPU time is the time it was the running fiber of a carrier,
+ * read with the TSC at the switches the scheduler makes anyway: one rdtsc
+ * per switch, charged to the fiber going out and started for the one
+ * coming in. rdtsc, not clock_gettime: the switch costs about 20 ns and a
+ * vDSO clock read would add as much; an invariant TSC (every x86-64 CPU
+ * Linux runs a TSC clocksource on) ticks at a constant rate on every CPU.
+ * Owner (the carrier switching) only. */
+
+static inline uint64_t fs__cputicks(void)
+{
+    return __builtin_ia32_rdtsc();
+}
+
+/* f was switched in at now. */
+static inline void fs__cpu_start(struct fs_fiber *f, uint64_t now)
+{
+    atomic_store_explicit(&f->cpu_since, now, memory_order_relaxed);
+}
+
+/* f stops running at now: add the run to its total. The sequence count
+ * lets a reader on another thread see ticks and since from the same side
+ * of the update (fs_fiber_cpu_ns); a TSC read before `since` on another
+ * CPU (not synchronised, should never happen) adds nothing. */
+static inline void fs__cpu_stop(struct fs_fiber *f, uint64_t now)
+{
+    uint64_t since = atomic_load_explicit(&f->cpu_since, memory_order_relaxed);
+    uint64_t ran = now - since;
+    if (FS_UNLIKELY((int64_t)ran < 0))
+        ran = 0;
+    uint32_t seq = atomic_load_explicit(&f->cpu_seq, memory_order_relaxed);
+    atomic_store_explicit(&f->cpu_seq, seq + 1, memory_order_relaxed);
+    /* release fence: a reader that sees the new ticks or since sees the odd
+     * count (x86: a compiler barrier only) */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&f->cpu_ticks,
+                          atomic_load_explicit(&f->cpu_ticks, memory_order_relaxed) + ran,
+                          memory_order_relaxed);
+    atomic_store_explicit(&f->cpu_since, 0, memory_order_relaxed);
+    /* release: the even count is seen only after both stores */
+    atomic_store_explicit(&f->cpu_seq, seq + 2, memory_order_release);
+}
 
 /* fiber.c */
 void fs__fiber_entry(void *arg) __attribute__((noreturn));

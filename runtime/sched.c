@@ -395,9 +395,14 @@ void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
     int *(*volatile errloc)(void) = __errno_location;
     self->saved_errno = *errloc();
 
+    /* One TSC read charges self and starts next (the search is next's).
+     * Read before the search, its latency hides behind it. */
+    uint64_t now = fs__cputicks();
     struct fs_fiber *next = fs__find_runnable(s, may_poll);
+    fs__cpu_stop(self, now);
     if (next) {
         fs__run_prepare(s, next);
+        fs__cpu_start(next, now);
         fs__tsan_switch_to(FS_TSAN_FIBER(next));
         fs__context_switch(&self->ctx, &next->ctx);
     } else {
@@ -441,6 +446,7 @@ static void fs__idle_loop(struct fs_sched *s)
         fs__after_switch(s);
         struct fs_fiber *f = fs__find_runnable_blocking(s);
         fs__run_prepare(s, f);
+        fs__cpu_start(f, fs__cputicks());
         fs__tsan_switch_to(FS_TSAN_FIBER(f));
         fs__context_switch(&s->idle_ctx, &f->ctx);
         s = fs__cur_sched();

@@ -148,6 +148,13 @@ FS_API size_t fs_fiber_stack_guard(const fs_fiber *f);
 FS_API void fs_fiber_set_name(fs_fiber *f, const char *name);
 FS_API void fs_fiber_get_name(const fs_fiber *f, char *buf, size_t len);
 
+/* CPU time f has used, in nanoseconds: the time it was the running fiber
+ * of a carrier, measured with the TSC at every switch (so it includes any
+ * time its carrier's kernel thread was preempted, or blocked in a call the
+ * runtime does not see, while f ran). Counts on while f runs. f must not
+ * have been freed (joined, or exited detached). Any thread. */
+FS_API int64_t fs_fiber_cpu_ns(const fs_fiber *f);
+
 /* One word of per-fiber storage for the layer above (the shim keeps its
  * thread-specific data there). */
 FS_API void *fs_fiber_local(const fs_fiber *f);
