@@ -130,4 +130,15 @@ struct shim_sigstate *shim__sigstate(fs_fiber *f);
  * it with value ret. */
 __attribute__((noreturn)) void shim__thread_exit(void *ret);
 
+/* pthread_kill on a handle of an ended thread of the shim (see thread.c);
+ * -1 for any other handle. */
+int shim__kill_ended(pthread_t t, int sig);
+
+/* CPU-time clocks of fibers, for clock_gettime (time.c). Each returns 0
+ * with *ts set, a positive errno, or -1 when the clock is not a fiber's
+ * (the C library answers): the caller's own (CLOCK_THREAD_CPUTIME_ID), and
+ * one from pthread_getcpuclockid. */
+int shim__cpuclock_self(struct timespec *ts);
+int shim__cpuclock_gettime(clockid_t clock, struct timespec *ts);
+
 #endif

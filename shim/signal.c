@@ -132,6 +132,9 @@ bool shim__sig_should_restart(void)
 
 int shim__pthread_kill(pthread_t t, int sig)
 {
+    int rc = shim__kill_ended(t, sig); /* never glibc's code on a shim handle */
+    if (rc >= 0)
+        return rc;
     fs_fiber *f = shim__fiber_of(t);
     if (!f)
         return REAL(pthread_kill)(t, sig);

@@ -1,33 +1,56 @@
 /*
  * thread.c - pthreads become fibers: create, join, detach, exit, identity,
+ * scheduling attributes, affinity, names and CPU-time clocks,
  * thread-specific data and C cleanup handlers.
  *
- * A fiber's pthread_t is the address of its struct shim_thread, which
- * starts with a magic word; a glibc pthread_t points at glibc's struct
- * pthread, whose first word points to itself. Calls that take a pthread_t
- * tell the two apart that way and pass real threads to glibc. The adopted
- * main thread keeps the pthread_t glibc gave it, so a value saved before
- * the first pthread_create stays valid.
+ * Handles. A fiber's pthread_t is SHIM_HANDLE_TAG | generation << 32 |
+ * index: the index of its struct shim_thread in a pool of records that is
+ * never given back, and the generation that record had when the thread
+ * was created. A glibc pthread_t is the address of glibc's struct pthread,
+ * a user-space pointer, whose bit 63 (set only in kernel addresses) is
+ * always clear. Calls that take a pthread_t tell the two apart by that bit,
+ * without reading memory, and pass real threads to glibc. The adopted main
+ * thread keeps the pthread_t glibc gave it, so a value saved before the
+ * first pthread_create stays valid.
  *
- * Lifetime: a shim_thread has two references, the running thread's and
- * the handle's (dropped by join or detach). Whoever drops the last frees it.
+ * Lifetime. A record has two references, the running thread's and the
+ * handle's (dropped by join or detach); a call on another thread's handle
+ * holds a third while it runs (shim__thread_get). Whoever drops the last
+ * releases the fiber, unless a join already did, and puts the record at
+ * the tail of a FIFO quarantine; a record is reused only once
+ * SHIM_QUARANTINE others have died after it, with its generation bumped.
+ * So a handle of an ended thread always names a dead record (its index
+ * with an older generation, once reused), never glibc's code and never
+ * another thread: calls on it answer what glibc answers for its own ended
+ * threads (join and detach: ESRCH once joined, EINVAL once detached;
+ * pthread_kill and pthread_cancel: 0; names: ENOENT; the others: ESRCH).
+ *
+ * Attributes. Scheduling policy and priority, affinity and the name of a
+ * fiber are stored in its record and reported back, never applied to a
+ * carrier, which runs many fibers (see the README). They are inherited by
+ * the threads it creates, as the kernel has a new thread inherit them.
+ * shim__attr_lock makes each read or update of them whole.
  */
 #include "shim.h"
 #include "spinlock.h"
 
 #include <limits.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
-#define SHIM_THREAD_MAGIC 0x7468726673686d21ull /* "!mhsfrht" */
 #define SHIM_TSD_BLOCK 32
 #define SHIM_TSD_BLOCKS (PTHREAD_KEYS_MAX / SHIM_TSD_BLOCK)
 
@@ -40,20 +63,46 @@ struct shim_tsd {
     struct shim_tsd_slot *block[SHIM_TSD_BLOCKS];
 };
 
+/* Handles and records: see the header comment. */
+#define SHIM_HANDLE_TAG (1ull << 63)
+#define SHIM_GEN_MASK 0x7fffffffu
+#define SHIM_SLAB 256u               /* records per slab */
+#define SHIM_MAX_RECORDS (1u << 22)  /* what a CPU clock id can name */
+#define SHIM_QUARANTINE 256u
+
+/* Handle state, the low bits of shim_thread.word. */
+enum {
+    SHIM_H_JOINABLE, /* nobody joined or detached it yet */
+    SHIM_H_JOINING,  /* a join owns the handle while it waits */
+    SHIM_H_DETACHED, /* created detached, or pthread_detach'ed */
+    SHIM_H_JOINED,   /* joined: its fiber is freed */
+};
+#define SHIM_H_MASK 3u
+#define SHIM_LIVE 4u /* not yet released: the fields below are this thread's */
+
 struct shim_thread {
-    uint64_t magic;             /* SHIM_THREAD_MAGIC while alive */
-    fs_fiber *fiber;
+    /* Identity: kept across reuse (never zeroed), read by any thread. */
+    _Atomic uint64_t word;      /* generation << 32 | SHIM_LIVE | SHIM_H_* */
+    _Atomic int refs;           /* see the header comment; 0 while released */
+    uint32_t index;             /* place in the pool */
+    struct shim_thread *q_next; /* quarantine link, under shim__pool_lock */
+
+    fs_fiber *fiber;            /* freed by a join, or by the last reference */
     void *(*start)(void *);
     void *arg;
     pthread_t real_id;          /* glibc's id for the adopted thread, else 0 */
-    _Atomic int refs;           /* see the header comment */
-    _Atomic bool detached;      /* created detached, or pthread_detach'ed */
+    _Atomic bool ended;         /* its start routine returned or it exited */
     __pthread_unwind_buf_t *cleanup; /* innermost pthread_cleanup_push */
     struct shim_tsd tsd;
     int cancel_state, cancel_type;
     _Atomic int cancel_pending;
-    int sched_policy;
+    int64_t cpu_offset_ns;      /* added to its fiber's CPU time (adoption, fork) */
+    /* Under shim__attr_lock: */
+    bool explicit_sched;        /* created with PTHREAD_EXPLICIT_SCHED */
+    int sched_policy;           /* as set, SCHED_RESET_ON_FORK included */
     struct sched_param sched_param;
+    cpu_set_t affinity;         /* as the kernel would report it */
+    char name[16];              /* as prctl(PR_GET_NAME) would report it */
     struct shim_sigstate sig;   /* signal.c */
     struct shim_robust_set robust; /* robust mutexes it holds (robust.c) */
 };
@@ -101,29 +150,354 @@ struct shim_sigstate *shim__sigstate(fs_fiber *f)
     return st ? &st->sig : NULL;
 }
 
-static struct shim_thread *shim__from_id(pthread_t t)
+/* ---- records: a type-stable pool ------------------------------------------ */
+
+/* Slabs of records, never unmapped; shim__slabs[i] is set before
+ * shim__nrecords passes i * SHIM_SLAB, so an index below shim__nrecords
+ * always has its slab. */
+static struct shim_thread *_Atomic shim__slabs[SHIM_MAX_RECORDS / SHIM_SLAB];
+static _Atomic uint32_t shim__nrecords;
+/* The quarantine: released records, oldest first. Lock order: last (no
+ * other lock is taken under it). */
+static fs_spinlock shim__pool_lock = FS_SPINLOCK_INIT;
+static struct shim_thread *shim__q_head, *shim__q_tail;
+static uint32_t shim__q_len;
+/* Makes the stored attributes of every record read and change whole. */
+static fs_spinlock shim__attr_lock = FS_SPINLOCK_INIT;
+
+/* A record never used before, or NULL when the pool is full or out of
+ * memory. Lock-free: racing callers take consecutive indexes. */
+static struct shim_thread *shim__record_new(void)
 {
-    if (!t)
+    for (;;) {
+        uint32_t n = atomic_load(&shim__nrecords);
+        if (n >= SHIM_MAX_RECORDS)
+            return NULL;
+        struct shim_thread *slab = atomic_load_explicit(&shim__slabs[n / SHIM_SLAB],
+                                                        memory_order_acquire);
+        if (!slab) {
+            size_t len = SHIM_SLAB * sizeof *slab;
+            void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED)
+                return NULL;
+            struct shim_thread *none = NULL;
+            /* release: the zeroed slab before its address */
+            if (!atomic_compare_exchange_strong_explicit(&shim__slabs[n / SHIM_SLAB], &none, p,
+                                                         memory_order_release,
+                                                         memory_order_relaxed))
+                munmap(p, len); /* a racing caller installed it first */
+            continue;
+        }
+        if (atomic_compare_exchange_weak(&shim__nrecords, &n, n + 1)) {
+            struct shim_thread *st = &slab[n % SHIM_SLAB];
+            st->index = n;
+            return st;
+        }
+    }
+}
+
+/* A record for a new thread: the quarantine's oldest once it holds more
+ * than SHIM_QUARANTINE, else a new one. Its word is still "released";
+ * everything after the identity fields is zero. */
+static struct shim_thread *shim__record_alloc(void)
+{
+    struct shim_thread *st = NULL;
+    fs__spin_lock(&shim__pool_lock);
+    if (shim__q_len > SHIM_QUARANTINE) {
+        st = shim__q_head;
+        shim__q_head = st->q_next;
+        if (!shim__q_head)
+            shim__q_tail = NULL;
+        shim__q_len--;
+    }
+    fs__spin_unlock(&shim__pool_lock);
+    if (!st && !(st = shim__record_new()))
         return NULL;
-    if (shim__main_thread && t == shim__main_thread->real_id)
-        return shim__main_thread;
-    struct shim_thread *st = (struct shim_thread *)t;
-    return st->magic == SHIM_THREAD_MAGIC ? st : NULL;
+    memset(&st->fiber, 0, sizeof *st - offsetof(struct shim_thread, fiber));
+    return st;
+}
+
+/* Makes st name a new thread: next generation, live, refs references.
+ * The word is published before refs, so that shim__thread_get, which
+ * takes a reference only while refs is non-zero and then checks the
+ * word, never takes one on a record still being set up. */
+static void shim__record_publish(struct shim_thread *st, int refs, bool detached)
+{
+    uint64_t gen = ((atomic_load(&st->word) >> 32) + 1) & SHIM_GEN_MASK;
+    atomic_store(&st->word, gen << 32 | SHIM_LIVE | (detached ? SHIM_H_DETACHED : SHIM_H_JOINABLE));
+    atomic_store(&st->refs, refs);
+}
+
+/* Puts a released record at the tail of the quarantine. */
+static void shim__record_free(struct shim_thread *st)
+{
+    st->q_next = NULL;
+    fs__spin_lock(&shim__pool_lock);
+    if (shim__q_tail)
+        shim__q_tail->q_next = st;
+    else
+        shim__q_head = st;
+    shim__q_tail = st;
+    shim__q_len++;
+    fs__spin_unlock(&shim__pool_lock);
+}
+
+/* Splits a pthread_t. Returns false for a glibc thread (pass it on); else
+ * *st is the record it names, or NULL for a value that never named one,
+ * and *gen the generation it was made with. */
+static bool shim__decode(pthread_t t, struct shim_thread **st, uint32_t *gen)
+{
+    struct shim_thread *m = shim__main_thread;
+    if (m && t == m->real_id) {
+        *st = m; /* never reused: its generation is the one it has */
+        *gen = (uint32_t)(atomic_load(&m->word) >> 32);
+        return true;
+    }
+    if (!(t & SHIM_HANDLE_TAG))
+        return false;
+    uint32_t i = (uint32_t)t;
+    *gen = (uint32_t)(t >> 32) & SHIM_GEN_MASK;
+    *st = NULL;
+    if (i < atomic_load_explicit(&shim__nrecords, memory_order_acquire))
+        *st = &atomic_load_explicit(&shim__slabs[i / SHIM_SLAB], memory_order_acquire)[i % SHIM_SLAB];
+    return true;
 }
 
 static pthread_t shim__id_of(struct shim_thread *st)
 {
-    return st->real_id ? st->real_id : (pthread_t)st;
+    if (st->real_id)
+        return st->real_id;
+    return SHIM_HANDLE_TAG | (atomic_load(&st->word) >> 32) << 32 | st->index;
 }
 
-static void shim__thread_unref(struct shim_thread *st)
+/* Drops a reference. The last one frees the thread's fiber (unless a join
+ * did), its TSD blocks and robust set, marks the record released and puts
+ * it in the quarantine (the adopted main thread's record stays out: its
+ * glibc id keeps naming it). Any thread; by the thread itself as it exits,
+ * before fs_exit. */
+static void shim__thread_put(struct shim_thread *st)
 {
-    if (atomic_fetch_sub(&st->refs, 1) == 1) {
-        for (int i = 0; i < SHIM_TSD_BLOCKS; i++)
-            free(st->tsd.block[i]);
-        st->magic = 0;
-        free(st);
+    if (atomic_fetch_sub(&st->refs, 1) != 1)
+        return;
+    uint64_t w = atomic_load(&st->word);
+    /* Detaching a fiber that still runs (the thread's own put as it
+     * exits) makes the runtime free it when it is switched out for good. */
+    if ((w & SHIM_H_MASK) != SHIM_H_JOINED && st->fiber)
+        fs_detach(st->fiber);
+    for (int i = 0; i < SHIM_TSD_BLOCKS; i++)
+        free(st->tsd.block[i]);
+    free(st->robust.v);
+    atomic_store(&st->word, w & ~(uint64_t)SHIM_LIVE);
+    if (st != shim__main_thread)
+        shim__record_free(st);
+}
+
+/*
+ * The record of a live thread for a call on it, with a reference the
+ * caller drops with shim__thread_put. NULL with *err 0: t is a glibc
+ * thread, pass it on. NULL with *err ESRCH: t names a thread whose record
+ * was released (or never a thread). The reference keeps the fiber from
+ * being freed by its exit; a join racing with the call is the program's
+ * race, as with glibc. Any thread.
+ */
+static struct shim_thread *shim__thread_get(pthread_t t, int *err)
+{
+    struct shim_thread *st;
+    uint32_t gen;
+    *err = 0;
+    if (!shim__decode(t, &st, &gen))
+        return NULL;
+    *err = ESRCH;
+    if (!st)
+        return NULL;
+    int r = atomic_load(&st->refs);
+    do {
+        if (r == 0)
+            return NULL; /* released: it may be in the quarantine or reused */
+    } while (!atomic_compare_exchange_weak(&st->refs, &r, r + 1));
+    /* The record may have been released and reused between our load of
+     * refs and the increment: then the reference is on a new thread. */
+    uint64_t w = atomic_load(&st->word);
+    if ((uint32_t)(w >> 32) != gen || !(w & SHIM_LIVE)) {
+        shim__thread_put(st);
+        return NULL;
     }
+    *err = 0;
+    return st;
+}
+
+/* ---- what a new thread starts with ----------------------------------------- */
+
+/* Scheduling, affinity and name, as a thread has them. */
+struct shim_attrs {
+    int policy; /* SCHED_RESET_ON_FORK included */
+    struct sched_param param;
+    cpu_set_t affinity;
+    char name[16];
+};
+
+/* The calling kernel thread's own attributes, from the kernel (a plain
+ * thread's, or the main thread's as it is adopted). */
+static void shim__attrs_of_kernel_thread(struct shim_attrs *a)
+{
+    int e = errno;
+    memset(a, 0, sizeof *a);
+    a->policy = sched_getscheduler(0);
+    if (a->policy < 0 || sched_getparam(0, &a->param) != 0) {
+        a->policy = SCHED_OTHER;
+        a->param.sched_priority = 0;
+    }
+    if (sched_getaffinity(0, sizeof a->affinity, &a->affinity) != 0)
+        CPU_ZERO(&a->affinity);
+    REAL(prctl)(PR_GET_NAME, a->name, 0, 0, 0);
+    errno = e;
+}
+
+/* What a thread created by the caller inherits, as clone() copies it: a
+ * fiber's stored attributes, a plain thread's real ones. A policy marked
+ * SCHED_RESET_ON_FORK is passed on as it is, mark included: glibc reports
+ * to the new thread the creator's policy as it cached it (the kernel's
+ * reset of the new thread is never seen through pthread_getschedparam). */
+static void shim__attrs_inherited(struct shim_attrs *a)
+{
+    struct shim_thread *me = shim__cur();
+    if (me) {
+        fs__spin_lock(&shim__attr_lock);
+        a->policy = me->sched_policy;
+        a->param = me->sched_param;
+        a->affinity = me->affinity;
+        memcpy(a->name, me->name, sizeof a->name);
+        fs__spin_unlock(&shim__attr_lock);
+    } else {
+        shim__attrs_of_kernel_thread(a);
+    }
+}
+
+/* What decides whether the kernel lets the caller change a scheduling
+ * policy (sched(7)), read before shim__attr_lock is taken. */
+struct shim_sched_priv {
+    bool cap_sys_nice; /* the calling kernel thread's effective capability */
+    rlim_t rtprio;     /* RLIMIT_RTPRIO, soft */
+    rlim_t nice_lim;   /* RLIMIT_NICE, soft */
+    int nice;          /* the calling kernel thread's nice value */
+};
+
+/* glibc exports capget without declaring it (libcap's header does). */
+extern int capget(cap_user_header_t hdr, cap_user_data_t data);
+
+static void shim__sched_priv_read(struct shim_sched_priv *pv)
+{
+    int e = errno;
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3];
+    pv->cap_sys_nice = capget(&h, d) == 0 &&
+                       (d[CAP_TO_INDEX(CAP_SYS_NICE)].effective & CAP_TO_MASK(CAP_SYS_NICE));
+    struct rlimit rl;
+    pv->rtprio = getrlimit(RLIMIT_RTPRIO, &rl) == 0 ? rl.rlim_cur : 0;
+    pv->nice_lim = getrlimit(RLIMIT_NICE, &rl) == 0 ? rl.rlim_cur : 0;
+    errno = 0;
+    pv->nice = getpriority(PRIO_PROCESS, 0);
+    if (errno)
+        pv->nice = 0;
+    errno = e;
+}
+
+/*
+ * What sched_setscheduler(2) answers when a thread running (cur_policy,
+ * cur_prio) is asked to take (policy, prio) by a caller with privileges
+ * pv, without applying anything. EINVAL: a policy it does not know
+ * (SCHED_DEADLINE too: it needs sched_setattr), a priority outside
+ * sched_get_priority_min/max of the policy. EPERM: what the kernel refuses
+ * a caller without CAP_SYS_NICE, whatever its uid: a real-time policy,
+ * or a real-time priority raised, beyond RLIMIT_RTPRIO; leaving
+ * SCHED_IDLE beyond RLIMIT_NICE; dropping SCHED_RESET_ON_FORK. Not
+ * modelled: a cgroup v1 real-time bandwidth of 0, which refuses real-time
+ * policies even to root.
+ */
+static int shim__sched_check(const struct shim_sched_priv *pv, int cur_policy, int cur_prio,
+                             int policy, int prio)
+{
+    int base = policy & ~SCHED_RESET_ON_FORK, cur = cur_policy & ~SCHED_RESET_ON_FORK;
+    bool rt = base == SCHED_FIFO || base == SCHED_RR;
+    if (policy < 0 || !(rt || base == SCHED_OTHER || base == SCHED_BATCH || base == SCHED_IDLE))
+        return EINVAL;
+    if (prio < sched_get_priority_min(base) || prio > sched_get_priority_max(base))
+        return EINVAL;
+    if (pv->cap_sys_nice)
+        return 0;
+    if (rt && ((base != cur && pv->rtprio == 0) ||
+               (prio > cur_prio && (rlim_t)prio > pv->rtprio)))
+        return EPERM;
+    if (cur == SCHED_IDLE && base != SCHED_IDLE && (rlim_t)(20 - pv->nice) > pv->nice_lim)
+        return EPERM;
+    if ((cur_policy & SCHED_RESET_ON_FORK) && !(policy & SCHED_RESET_ON_FORK))
+        return EPERM;
+    return 0;
+}
+
+/*
+ * The affinity the kernel would give a thread asked to take set: the same
+ * request is made of the calling kernel thread, the result read back (the
+ * kernel keeps the CPUs its cpuset allows and that are online) and the
+ * thread's own mask restored, so that the answer, errors included, is the
+ * kernel's. The caller may run on another CPU for that moment; nothing
+ * else changes. Any thread.
+ */
+static int shim__affinity_check(size_t size, const cpu_set_t *set, cpu_set_t *out)
+{
+    int e = errno, rc = 0;
+    cpu_set_t own;
+    if (sched_getaffinity(0, sizeof own, &own) != 0 || sched_setaffinity(0, size, set) != 0) {
+        rc = errno;
+    } else {
+        if (sched_getaffinity(0, sizeof *out, out) != 0)
+            rc = errno;
+        sched_setaffinity(0, sizeof own, &own);
+    }
+    errno = e;
+    return rc;
+}
+
+/* The attributes of a thread created with attr (NULL: defaults): the
+ * inherited ones, or with PTHREAD_EXPLICIT_SCHED attr's policy and
+ * priority, and attr's affinity if it has one. Returns 0, or the error
+ * pthread_create returns for them (EINVAL, EPERM), as glibc, which applies
+ * them to the new thread with sched_setscheduler and sched_setaffinity. */
+static int shim__attrs_for_new(const pthread_attr_t *attr, struct shim_attrs *a, bool *explicit_sched)
+{
+    shim__attrs_inherited(a);
+    int inherit = PTHREAD_INHERIT_SCHED;
+    *explicit_sched = attr && pthread_attr_getinheritsched(attr, &inherit) == 0 &&
+                      inherit == PTHREAD_EXPLICIT_SCHED;
+    if (*explicit_sched) {
+        int policy;
+        struct sched_param p;
+        struct shim_sched_priv pv;
+        pthread_attr_getschedpolicy(attr, &policy);
+        pthread_attr_getschedparam(attr, &p);
+        shim__sched_priv_read(&pv);
+        /* glibc applies them to the new kernel thread, which clone() gave
+         * the creator's policy, reset and unmarked if it was marked
+         * SCHED_RESET_ON_FORK. */
+        int cur = a->policy & ~SCHED_RESET_ON_FORK, cur_prio = a->param.sched_priority;
+        if ((a->policy & SCHED_RESET_ON_FORK) && (cur == SCHED_FIFO || cur == SCHED_RR)) {
+            cur = SCHED_OTHER;
+            cur_prio = 0;
+        }
+        int rc = shim__sched_check(&pv, cur, cur_prio, policy, p.sched_priority);
+        if (rc)
+            return rc;
+        a->policy = policy;
+        a->param = p;
+    }
+    /* An attr without a CPU set reports every CPU: that, and only that,
+     * reads as "none". */
+    cpu_set_t set, all;
+    memset(&all, 0xff, sizeof all);
+    if (attr && pthread_attr_getaffinity_np(attr, sizeof set, &set) == 0 &&
+        memcmp(&set, &all, sizeof set) != 0)
+        return shim__affinity_check(sizeof set, &set, &a->affinity);
+    return 0;
 }
 
 /* ---- activation: the calling thread becomes carrier 0 ------------------- */
@@ -134,20 +508,42 @@ static void shim__thread_start_hook(struct shim_thread *st)
     fs_fiber_set_local(st->fiber, st);
 }
 
+/* fork() while another thread holds a lock of this file must not leave it
+ * held in the child (nor the quarantine half linked). */
+static void shim__locks_fork_prepare(void)
+{
+    fs__spin_lock(&shim__attr_lock);
+    fs__spin_lock(&shim__pool_lock);
+}
+
+static void shim__locks_fork_done(void)
+{
+    fs__spin_unlock(&shim__pool_lock);
+    fs__spin_unlock(&shim__attr_lock);
+}
+
 int shim__adopt_current(void)
 {
-    struct shim_thread *st = calloc(1, sizeof *st);
+    struct shim_thread *st = shim__record_alloc();
     if (!st)
         return ENOMEM;
     fs_fiber *f;
     int rc = fs_adopt_thread(&f);
     if (rc) {
-        free(st);
+        shim__record_free(st); /* never published: still the released record it was */
         return rc == -EBUSY || rc == -EALREADY ? 0 : -rc;
     }
-    st->magic = SHIM_THREAD_MAGIC;
+    struct shim_attrs a;
+    shim__attrs_of_kernel_thread(&a);
+    st->sched_policy = a.policy;
+    st->sched_param = a.param;
+    st->affinity = a.affinity;
+    memcpy(st->name, a.name, sizeof st->name);
+    /* Its CPU time as a thread so far; the fiber counts the rest. */
+    struct timespec ts;
+    if (REAL(clock_gettime)(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        st->cpu_offset_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     st->real_id = REAL(pthread_self)();
-    st->refs = 2;
     shim__sigstate_init(&st->sig, true);
     st->fiber = f;
     fs_fiber_set_local(f, st);
@@ -156,8 +552,16 @@ int shim__adopt_current(void)
         st->tsd = *shim__tls_tsd;
         memset(shim__tls_tsd, 0, sizeof *shim__tls_tsd);
     }
+    shim__record_publish(st, 2, false);
     shim__main_thread = st;
     atomic_fetch_add(&shim__threads_alive, 1);
+    /* Once per process; a forked child keeps the registration (and
+     * adopts again only if a plain thread forked it). */
+    static bool registered;
+    if (!registered) {
+        registered = true;
+        pthread_atfork(shim__locks_fork_prepare, shim__locks_fork_done, shim__locks_fork_done);
+    }
     return 0;
 }
 
@@ -208,24 +612,39 @@ int shim__pthread_create(pthread_t *thread, const pthread_attr_t *attr,
             sa.stack_size = sz;
         }
     }
-    struct shim_thread *st = calloc(1, sizeof *st);
+    bool detached = sa.detached;
+    sa.detached = false; /* the last reference detaches the fiber (shim__thread_put) */
+    struct shim_attrs a;
+    bool explicit_sched;
+    int rc = shim__attrs_for_new(attr, &a, &explicit_sched);
+    if (rc)
+        return rc;
+    struct shim_thread *st = shim__record_alloc();
     if (!st)
         return EAGAIN;
-    st->magic = SHIM_THREAD_MAGIC;
     st->start = start;
     st->arg = arg;
-    st->refs = sa.detached ? 1 : 2;
-    st->detached = sa.detached;
+    st->explicit_sched = explicit_sched;
+    st->sched_policy = a.policy;
+    st->sched_param = a.param;
+    st->affinity = a.affinity;
+    memcpy(st->name, a.name, sizeof st->name);
     shim__sigstate_init(&st->sig, true); /* a new thread inherits the creator's mask */
+    shim__record_publish(st, detached ? 1 : 2, detached);
     /* The id is visible before the thread can run, as with glibc. */
-    *thread = (pthread_t)st;
+    *thread = shim__id_of(st);
     atomic_fetch_add(&shim__threads_alive, 1);
     /* fs_spawn stores the fiber before it can run anywhere. */
-    int rc = fs_spawn(&st->fiber, shim__thread_start, st, &sa);
+    rc = fs_spawn(&st->fiber, shim__thread_start, st, &sa);
     if (rc) {
         atomic_fetch_sub(&shim__threads_alive, 1);
-        st->magic = 0;
-        free(st);
+        /* A handle that names no thread: join says ESRCH. A call racing
+         * on it may hold a reference; the last one releases the record. */
+        uint64_t w = atomic_load(&st->word);
+        atomic_store(&st->word, (w & ~(uint64_t)SHIM_H_MASK) | SHIM_H_JOINED);
+        if (!detached)
+            atomic_fetch_sub(&st->refs, 1);
+        shim__thread_put(st);
         return rc == -ENOMEM ? EAGAIN : -rc;
     }
     return 0;
@@ -277,9 +696,10 @@ __attribute__((noreturn)) void shim__thread_exit(void *ret)
     shim__tsd_run_dtors(&st->tsd);
     /* What the kernel does for a thread that exits holding robust mutexes. */
     shim__robust_owner_died(&st->robust);
+    atomic_store(&st->ended, true);
     if (atomic_fetch_sub(&shim__threads_alive, 1) == 1)
         exit(0); /* the last thread is gone: the process ends, as with glibc */
-    shim__thread_unref(st);
+    shim__thread_put(st);
     fs_exit(ret);
 }
 
@@ -344,24 +764,69 @@ static int64_t shim__abs_to_deadline(clockid_t clock, const struct timespec *abs
     return d <= 0 ? 0 : shim__deadline_after(d);
 }
 
+/*
+ * Claims the handle t for a join (to SHIM_H_JOINING) or a detach (to
+ * SHIM_H_DETACHED), with one compare-and-swap on the record's word, so
+ * that two claims never both win and a claim never lands on a record
+ * reused for another thread. Returns 0 with *out set, else the error glibc
+ * gives for its own threads: ESRCH for a thread already joined (EBUSY
+ * from pthread_tryjoin_np, which looks at the kernel tid first), EINVAL
+ * for one detached (running or ended) or being joined, ESRCH for a handle
+ * reused since or that never named a thread. -1: t is a glibc thread.
+ */
+static int shim__claim(pthread_t t, unsigned to, bool try, struct shim_thread **out)
+{
+    struct shim_thread *st;
+    uint32_t gen;
+    if (!shim__decode(t, &st, &gen))
+        return -1;
+    if (!st)
+        return ESRCH;
+    uint64_t w = atomic_load(&st->word);
+    for (;;) {
+        if ((uint32_t)(w >> 32) != gen)
+            return ESRCH;
+        switch (w & SHIM_H_MASK) {
+        case SHIM_H_JOINED:
+            return try ? EBUSY : ESRCH;
+        case SHIM_H_JOINING:
+        case SHIM_H_DETACHED:
+            return EINVAL;
+        }
+        if (!(w & SHIM_LIVE))
+            return ESRCH;
+        if (to == SHIM_H_JOINING && st == shim__cur())
+            return EDEADLK;
+        if (atomic_compare_exchange_weak(&st->word, &w, (w & ~(uint64_t)SHIM_H_MASK) | to))
+            break;
+    }
+    *out = st;
+    return 0;
+}
+
 static int shim__join(pthread_t t, void **ret, clockid_t clock, const struct timespec *abs,
                       bool try)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st) {
+    struct shim_thread *st;
+    int rc = shim__claim(t, SHIM_H_JOINING, try, &st);
+    if (rc < 0) {
         if (try)
             return REAL(pthread_tryjoin_np)(t, ret);
         if (abs)
             return REAL(pthread_clockjoin_np)(t, ret, clock, abs);
         return REAL(pthread_join)(t, ret);
     }
-    if (st == shim__cur())
-        return EDEADLK;
-    if (abs && (abs->tv_nsec < 0 || abs->tv_nsec >= 1000000000))
+    if (rc)
+        return rc;
+    /* The claim owns the handle's reference: nobody else frees the fiber. */
+    uint64_t w = atomic_load(&st->word) & ~(uint64_t)SHIM_H_MASK;
+    if (abs && (abs->tv_nsec < 0 || abs->tv_nsec >= 1000000000)) {
+        atomic_store(&st->word, w | SHIM_H_JOINABLE);
         return EINVAL;
+    }
     for (;;) {
         int64_t dl = try ? 0 : abs ? shim__abs_to_deadline(clock, abs) : FS_NO_DEADLINE;
-        int rc = fs_join(st->fiber, ret, dl);
+        rc = fs_join(st->fiber, ret, dl);
         if (rc == -ETIMEDOUT && abs) {
             /* Never report a timeout before the absolute time has come on
              * the caller's clock (REALTIME may have been stepped back). */
@@ -371,9 +836,12 @@ static int shim__join(pthread_t t, void **ret, clockid_t clock, const struct tim
                 (now.tv_sec == abs->tv_sec && now.tv_nsec < abs->tv_nsec))
                 continue;
         }
-        if (rc)
+        if (rc) {
+            atomic_store(&st->word, w | SHIM_H_JOINABLE); /* not joined: give the handle back */
             return -rc;
-        shim__thread_unref(st);
+        }
+        atomic_store(&st->word, w | SHIM_H_JOINED);
+        shim__thread_put(st);
         return 0;
     }
 }
@@ -407,14 +875,13 @@ SHIM_ALIAS(pthread_clockjoin_np)
 
 int shim__pthread_detach(pthread_t t)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st)
+    struct shim_thread *st;
+    int rc = shim__claim(t, SHIM_H_DETACHED, false, &st);
+    if (rc < 0)
         return REAL(pthread_detach)(t);
-    int rc = fs_detach(st->fiber);
     if (rc)
-        return -rc;
-    atomic_store(&st->detached, true);
-    shim__thread_unref(st);
+        return rc;
+    shim__thread_put(st); /* the handle's: if the thread has ended, it is freed now */
     return 0;
 }
 SHIM_ALIAS(pthread_detach)
@@ -443,131 +910,363 @@ SHIM_ALIAS(sched_yield)
 
 /* ---- attributes, names, scheduling ---------------------------------------- */
 
+/* The scheduling and affinity of st's thread, into attr as glibc's
+ * pthread_getattr_np reports them (SCHED_BATCH and SCHED_IDLE, which
+ * pthread_attr_setschedpolicy refuses, read as SCHED_OTHER). */
+static void shim__attrs_to_attr(struct shim_thread *st, pthread_attr_t *attr)
+{
+    fs__spin_lock(&shim__attr_lock);
+    int policy = st->sched_policy & ~SCHED_RESET_ON_FORK;
+    struct sched_param p = st->sched_param;
+    cpu_set_t aff = st->affinity;
+    bool explicit_sched = st->explicit_sched;
+    fs__spin_unlock(&shim__attr_lock);
+    pthread_attr_setinheritsched(attr, explicit_sched ? PTHREAD_EXPLICIT_SCHED
+                                                      : PTHREAD_INHERIT_SCHED);
+    if (pthread_attr_setschedpolicy(attr, policy) == 0)
+        pthread_attr_setschedparam(attr, &p);
+    pthread_attr_setaffinity_np(attr, sizeof aff, &aff);
+}
+
 int shim__pthread_getattr_np(pthread_t t, pthread_attr_t *attr)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_getattr_np)(t, attr);
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st || st->real_id) {
+        if (st)
+            shim__thread_put(st); /* glibc knows the main thread's stack */
+        return err ? err : REAL(pthread_getattr_np)(t, attr);
+    }
     int rc = pthread_attr_init(attr);
-    if (rc)
+    if (rc) {
+        shim__thread_put(st);
         return rc;
+    }
     void *lo;
     size_t size;
     fs_fiber_stack(st->fiber, &lo, &size);
     pthread_attr_setstack(attr, lo, size);
     pthread_attr_setguardsize(attr, fs_fiber_stack_guard(st->fiber));
-    pthread_attr_setdetachstate(attr, atomic_load(&st->detached) ? PTHREAD_CREATE_DETACHED
-                                                                 : PTHREAD_CREATE_JOINABLE);
+    pthread_attr_setdetachstate(attr, (atomic_load(&st->word) & SHIM_H_MASK) == SHIM_H_DETACHED
+                                          ? PTHREAD_CREATE_DETACHED
+                                          : PTHREAD_CREATE_JOINABLE);
+    shim__attrs_to_attr(st, attr);
+    shim__thread_put(st);
     return 0;
 }
 SHIM_ALIAS(pthread_getattr_np)
 
+/* Stores a thread's name (the first 15 bytes of name), and gives it to
+ * the fiber for dumps. */
+static void shim__name_store(struct shim_thread *st, const char *name)
+{
+    fs__spin_lock(&shim__attr_lock);
+    memset(st->name, 0, sizeof st->name);
+    memcpy(st->name, name, strnlen(name, sizeof st->name - 1));
+    fs__spin_unlock(&shim__attr_lock);
+    if (st->fiber)
+        fs_fiber_set_name(st->fiber, name);
+}
+
 int shim__pthread_setname_np(pthread_t t, const char *name)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_setname_np)(t, name);
     if (strlen(name) > 15)
         return ERANGE;
-    fs_fiber_set_name(st->fiber, name);
-    return 0;
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? ENOENT : REAL(pthread_setname_np)(t, name);
+    int rc = 0;
+    if (atomic_load(&st->ended))
+        rc = ENOENT; /* glibc finds no /proc/self/task/<tid>/comm */
+    else if (st->real_id)
+        rc = REAL(pthread_setname_np)(st->real_id, name); /* see shim__prctl */
+    if (!rc)
+        shim__name_store(st, name);
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_setname_np)
 
 int shim__pthread_getname_np(pthread_t t, char *buf, size_t len)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_getname_np)(t, buf, len);
-    char name[16];
-    fs_fiber_get_name(st->fiber, name, sizeof name);
-    if (!name[0]) {
-        /* An unnamed thread is named after the program, as on Linux. */
-        extern char *program_invocation_short_name;
-        snprintf(name, sizeof name, "%s", program_invocation_short_name);
+    if (len < 16)
+        return ERANGE; /* glibc: whatever the name's length */
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? ENOENT : REAL(pthread_getname_np)(t, buf, len);
+    int rc = 0;
+    if (atomic_load(&st->ended)) {
+        rc = ENOENT;
+    } else if (st->real_id) {
+        rc = REAL(pthread_getname_np)(st->real_id, buf, len);
+    } else {
+        fs__spin_lock(&shim__attr_lock);
+        memcpy(buf, st->name, sizeof st->name);
+        fs__spin_unlock(&shim__attr_lock);
     }
-    if (strlen(name) + 1 > len)
-        return ERANGE;
-    memcpy(buf, name, strlen(name) + 1);
-    return 0;
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_getname_np)
 
+/*
+ * prctl(PR_SET_NAME) and prctl(PR_GET_NAME) name the calling thread: for
+ * a fiber, its stored name (PR_SET_NAME keeps the first 15 bytes, as the
+ * kernel does; PR_GET_NAME writes all 16). The adopted main thread still
+ * owns its kernel thread's name, which is the process's in ps and top: for
+ * it the kernel answers, through its own glibc id when it runs on another
+ * carrier. Every other option, and every call off a fiber, goes to the C
+ * library untouched. prctl is variadic: the four further arguments are
+ * read whatever the option, as glibc's own wrapper reads them.
+ */
+int shim__prctl(int option, ...)
+{
+    va_list ap;
+    va_start(ap, option);
+    unsigned long a2 = va_arg(ap, unsigned long), a3 = va_arg(ap, unsigned long);
+    unsigned long a4 = va_arg(ap, unsigned long), a5 = va_arg(ap, unsigned long);
+    va_end(ap);
+    struct shim_thread *st;
+    if ((option != PR_SET_NAME && option != PR_GET_NAME) || !(st = shim__cur()))
+        return REAL(prctl)(option, a2, a3, a4, a5);
+    char name[16] = {0};
+    if (!a2) {
+        errno = EFAULT; /* the kernel's answer; any other bad pointer faults here */
+        return -1;
+    }
+    if (option == PR_SET_NAME) {
+        memcpy(name, (const char *)a2, strnlen((const char *)a2, sizeof name - 1));
+        if (st->real_id) {
+            int rc = REAL(pthread_self)() == st->real_id
+                         ? REAL(prctl)(option, a2, a3, a4, a5)
+                         : (errno = REAL(pthread_setname_np)(st->real_id, name)) ? -1 : 0;
+            if (rc)
+                return rc;
+        }
+        shim__name_store(st, name);
+        return 0;
+    }
+    if (st->real_id) {
+        if (REAL(pthread_self)() == st->real_id)
+            return REAL(prctl)(option, a2, a3, a4, a5);
+        int rc = REAL(pthread_getname_np)(st->real_id, name, sizeof name);
+        if (rc) {
+            errno = rc;
+            return -1;
+        }
+    } else {
+        fs__spin_lock(&shim__attr_lock);
+        memcpy(name, st->name, sizeof name);
+        fs__spin_unlock(&shim__attr_lock);
+    }
+    memcpy((char *)a2, name, sizeof name);
+    return 0;
+}
+SHIM_ALIAS(prctl)
+
+/* Scheduling policy and priority: stored, checked as the kernel checks
+ * them (shim__sched_check), never applied (see the header comment). */
 int shim__pthread_setschedparam(pthread_t t, int policy, const struct sched_param *p)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_setschedparam)(t, policy, p);
-    /* Fibers share their carrier's kernel priority: the request is kept
-     * for pthread_getschedparam and does no harm. */
-    if (policy != SCHED_OTHER && policy != SCHED_FIFO && policy != SCHED_RR &&
-        policy != SCHED_BATCH && policy != SCHED_IDLE)
-        return EINVAL;
-    st->sched_policy = policy;
-    st->sched_param = *p;
-    return 0;
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? err : REAL(pthread_setschedparam)(t, policy, p);
+    struct shim_sched_priv pv;
+    shim__sched_priv_read(&pv);
+    fs__spin_lock(&shim__attr_lock);
+    int rc = atomic_load(&st->ended) ? ESRCH
+                                      : shim__sched_check(&pv, st->sched_policy,
+                                                          st->sched_param.sched_priority, policy,
+                                                          p->sched_priority);
+    if (!rc) {
+        st->sched_policy = policy;
+        st->sched_param = *p;
+    }
+    fs__spin_unlock(&shim__attr_lock);
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_setschedparam)
 
 int shim__pthread_getschedparam(pthread_t t, int *policy, struct sched_param *p)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_getschedparam)(t, policy, p);
-    *policy = st->sched_policy;
-    *p = st->sched_param;
-    return 0;
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? err : REAL(pthread_getschedparam)(t, policy, p);
+    int rc = atomic_load(&st->ended) ? ESRCH : 0;
+    if (!rc) {
+        fs__spin_lock(&shim__attr_lock);
+        *policy = st->sched_policy;
+        *p = st->sched_param;
+        fs__spin_unlock(&shim__attr_lock);
+    }
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_getschedparam)
 
+/* sched_setparam(2): the policy stays, the priority is checked against it. */
 int shim__pthread_setschedprio(pthread_t t, int prio)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_setschedprio)(t, prio);
-    st->sched_param.sched_priority = prio;
-    return 0;
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? err : REAL(pthread_setschedprio)(t, prio);
+    struct shim_sched_priv pv;
+    shim__sched_priv_read(&pv);
+    fs__spin_lock(&shim__attr_lock);
+    int rc = atomic_load(&st->ended)
+                 ? ESRCH
+                 : shim__sched_check(&pv, st->sched_policy, st->sched_param.sched_priority,
+                                     st->sched_policy, prio);
+    if (!rc)
+        st->sched_param.sched_priority = prio;
+    fs__spin_unlock(&shim__attr_lock);
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_setschedprio)
 
+/* Affinity: the mask the kernel would give the thread, stored and
+ * reported; the fiber runs wherever its carrier does. */
 int shim__pthread_setaffinity_np(pthread_t t, size_t size, const cpu_set_t *set)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_setaffinity_np)(t, size, set);
-    /* Carriers serve all fibers; pinning one fiber to a CPU is accepted
-     * and has no effect. An empty set is refused as glibc would. */
-    return CPU_COUNT_S(size, set) ? 0 : EINVAL;
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? err : REAL(pthread_setaffinity_np)(t, size, set);
+    cpu_set_t eff;
+    int rc = atomic_load(&st->ended) ? ESRCH : shim__affinity_check(size, set, &eff);
+    if (!rc) {
+        fs__spin_lock(&shim__attr_lock);
+        st->affinity = eff;
+        fs__spin_unlock(&shim__attr_lock);
+    }
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_setaffinity_np)
 
 int shim__pthread_getaffinity_np(pthread_t t, size_t size, cpu_set_t *set)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_getaffinity_np)(t, size, set);
-    return sched_getaffinity(0, size, set) ? errno : 0;
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? err : REAL(pthread_getaffinity_np)(t, size, set);
+    int rc = 0, e = errno;
+    if (atomic_load(&st->ended))
+        rc = ESRCH;
+    else if (sched_getaffinity(0, size, set) != 0) /* the kernel's checks of size */
+        rc = errno;
+    errno = e;
+    if (!rc) {
+        memset(set, 0, size);
+        fs__spin_lock(&shim__attr_lock);
+        memcpy(set, &st->affinity, size < sizeof st->affinity ? size : sizeof st->affinity);
+        fs__spin_unlock(&shim__attr_lock);
+    }
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_getaffinity_np)
 
+/* ---- CPU-time clocks ------------------------------------------------------- */
+
+/*
+ * A fiber's CPU-time clock id is ((~v) << 3) | 7, v = index << 6 |
+ * generation % 64 (v < 2^28, so the id is negative, as the kernel's are).
+ * The kernel's CPU clock ids are ((~pid) << 3) | type, type 0..2, plus 4
+ * for a thread's (6: its CPU time), and 3 marks a clock of an fd; it
+ * refuses 7 with EINVAL, so these ids can never name a clock of its own.
+ */
+#define SHIM_CPUCLOCK_TYPE 7
+
+static clockid_t shim__cpuclock_id(struct shim_thread *st)
+{
+    uint32_t v = st->index << 6 | ((uint32_t)(atomic_load(&st->word) >> 32) & 63);
+    return (clockid_t)(~v << 3 | SHIM_CPUCLOCK_TYPE);
+}
+
+/* The CPU time of st's thread: its fiber's (see fs_fiber_cpu_ns), plus what
+ * it used before it was a fiber (the adopted main thread). */
+static void shim__cpu_time(struct shim_thread *st, struct timespec *ts)
+{
+    fs_fiber *f = st->fiber; /* NULL for the instant before fs_spawn stores it */
+    int64_t ns = (f ? fs_fiber_cpu_ns(f) : 0) + st->cpu_offset_ns;
+    if (ns < 0)
+        ns = 0;
+    ts->tv_sec = ns / 1000000000;
+    ts->tv_nsec = ns % 1000000000;
+}
+
+/* clock_gettime(CLOCK_THREAD_CPUTIME_ID) for time.c: 0 with the calling
+ * fiber's CPU time, or -1 off a fiber (the kernel answers). */
+int shim__cpuclock_self(struct timespec *ts)
+{
+    struct shim_thread *st = shim__cur();
+    if (!st)
+        return -1;
+    shim__cpu_time(st, ts);
+    return 0;
+}
+
+/* clock_gettime on a clock id from pthread_getcpuclockid, for time.c:
+ * 0 with that fiber's CPU time, EINVAL once its thread has ended (as the
+ * kernel answers for a thread's clock), or -1 for an id that is not a
+ * fiber's (the kernel answers). Any thread. */
+int shim__cpuclock_gettime(clockid_t clock, struct timespec *ts)
+{
+    if (clock >= 0 || (clock & 7) != SHIM_CPUCLOCK_TYPE)
+        return -1;
+    uint32_t v = ~(uint32_t)clock >> 3;
+    uint32_t i = v >> 6;
+    if (i >= atomic_load_explicit(&shim__nrecords, memory_order_acquire))
+        return EINVAL;
+    /* As shim__thread_get, with 6 bits of generation. */
+    struct shim_thread *st =
+        &atomic_load_explicit(&shim__slabs[i / SHIM_SLAB], memory_order_acquire)[i % SHIM_SLAB];
+    int r = atomic_load(&st->refs);
+    do {
+        if (r == 0)
+            return EINVAL;
+    } while (!atomic_compare_exchange_weak(&st->refs, &r, r + 1));
+    uint64_t w = atomic_load(&st->word);
+    int rc = ((w >> 32) & 63) != (v & 63) || !(w & SHIM_LIVE) || atomic_load(&st->ended) ? EINVAL : 0;
+    if (!rc)
+        shim__cpu_time(st, ts);
+    shim__thread_put(st);
+    return rc;
+}
+
 int shim__pthread_getcpuclockid(pthread_t t, clockid_t *clock)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_getcpuclockid)(t, clock);
-    return ENOENT; /* a fiber has no CPU-time clock of its own */
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? err : REAL(pthread_getcpuclockid)(t, clock);
+    int rc = atomic_load(&st->ended) ? ESRCH : 0;
+    if (!rc)
+        *clock = shim__cpuclock_id(st);
+    shim__thread_put(st);
+    return rc;
 }
 SHIM_ALIAS(pthread_getcpuclockid)
-
 
 /* ---- cancellation (deferred, at pthread_testcancel) ----------------------- */
 
 int shim__pthread_cancel(pthread_t t)
 {
-    struct shim_thread *st = shim__from_id(t);
-    if (!st || st->real_id)
-        return REAL(pthread_cancel)(t);
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? 0 : REAL(pthread_cancel)(t); /* glibc: 0 for an ended thread */
+    /* The adopted main thread too: its kernel thread is a carrier. */
     atomic_store(&st->cancel_pending, 1);
+    shim__thread_put(st);
     return 0;
 }
 SHIM_ALIAS(pthread_cancel)
@@ -718,15 +1417,48 @@ SHIM_ALIAS(pthread_setspecific)
 /* fork child: the forking fiber (or plain thread) is the only thread. */
 void shim__thread_atfork_child(void)
 {
-    atomic_store(&shim__threads_alive, shim__cur() ? 1 : 0);
+    struct shim_thread *st = shim__cur();
+    atomic_store(&shim__threads_alive, st ? 1 : 0);
+    /* The child's only thread is new to the kernel: its CPU time starts
+     * at 0, as a forked thread's does. */
+    if (st)
+        st->cpu_offset_ns = -fs_fiber_cpu_ns(st->fiber);
 }
 
 /* For signal.c: the fiber behind a pthread_t of the shim, or NULL (a
- * real thread). The adopted thread counts as real: it has a kernel thread
- * of its own to signal... except that other fibers may be running on it,
- * so it is treated as a fiber too. */
+ * real thread, or a thread of the shim whose record was released: see
+ * shim__kill_ended). The adopted thread counts as real: it has a
+ * kernel thread of its own to signal... except that other fibers may be
+ * running on it, so it is treated as a fiber too. The fiber is not
+ * pinned: a detached thread may end, and its fiber be freed, as the
+ * caller uses it (the program's race, as with glibc). */
 fs_fiber *shim__fiber_of(pthread_t t)
 {
-    struct shim_thread *st = shim__from_id(t);
-    return st ? st->fiber : NULL;
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return NULL;
+    fs_fiber *f = st->fiber;
+    shim__thread_put(st);
+    return f;
+}
+
+/* For signal.c: pthread_kill(t, sig) when t names a thread of the shim
+ * that has ended (joined or not), answered as glibc answers for an exited
+ * thread: EINVAL for the signals it keeps for itself (SIGCANCEL,
+ * SIGSETXID), else 0 and nothing sent. -1: t is a glibc thread or a
+ * running thread of the shim. */
+int shim__kill_ended(pthread_t t, int sig)
+{
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (st) {
+        bool ended = atomic_load(&st->ended);
+        shim__thread_put(st);
+        if (!ended)
+            return -1;
+    } else if (!err) {
+        return -1;
+    }
+    return sig == __SIGRTMIN || sig == __SIGRTMIN + 1 ? EINVAL : 0;
 }

@@ -3,6 +3,10 @@
  * carrier runs others. Never early: an absolute REALTIME sleep re-checks
  * its clock after waking (the clock may have been stepped) and sleeps
  * again until the time has really come.
+ *
+ * Thread CPU-time clocks are a fiber's own: CLOCK_THREAD_CPUTIME_ID in a
+ * fiber, and the ids pthread_getcpuclockid gives for fibers (thread.c),
+ * never its carrier's. Every other clock goes straight to the C library.
  */
 #include "shim.h"
 
@@ -102,3 +106,47 @@ unsigned shim__sleep(unsigned secs)
     return (unsigned)rem.tv_sec + (rem.tv_nsec > 0); /* unslept seconds, rounded up */
 }
 SHIM_ALIAS(sleep)
+
+/* Out of line: the fast path of clock_gettime stays one compare. */
+__attribute__((noinline)) static int shim__clock_gettime_cpu(clockid_t clock, struct timespec *ts)
+{
+    int rc = clock == CLOCK_THREAD_CPUTIME_ID ? shim__cpuclock_self(ts)
+                                              : shim__cpuclock_gettime(clock, ts);
+    if (rc < 0)
+        return REAL(clock_gettime)(clock, ts);
+    if (rc) {
+        errno = rc;
+        return -1;
+    }
+    return 0;
+}
+
+/* Also called by the runtime (fs_now) and the shim for CLOCK_MONOTONIC and
+ * CLOCK_REALTIME: those cost one compare more than the vDSO call. CPU-time
+ * clock ids are CLOCK_THREAD_CPUTIME_ID and negative numbers. */
+int shim__clock_gettime(clockid_t clock, struct timespec *ts)
+{
+    if (SHIM_LIKELY(clock >= 0 && clock != CLOCK_THREAD_CPUTIME_ID))
+        return REAL(clock_gettime)(clock, ts);
+    return shim__clock_gettime_cpu(clock, ts);
+}
+SHIM_ALIAS(clock_gettime)
+
+/* A fiber's clock ticks in nanoseconds, as the kernel's CPU clocks do. */
+int shim__clock_getres(clockid_t clock, struct timespec *res)
+{
+    if (SHIM_LIKELY(clock >= 0))
+        return REAL(clock_getres)(clock, res);
+    struct timespec ts;
+    int rc = shim__cpuclock_gettime(clock, &ts);
+    if (rc < 0)
+        return REAL(clock_getres)(clock, res);
+    if (rc) {
+        errno = rc;
+        return -1;
+    }
+    if (res)
+        *res = (struct timespec){0, 1};
+    return 0;
+}
+SHIM_ALIAS(clock_getres)
