@@ -49,25 +49,96 @@ static inline uint32_t shim__cond_flags(const struct shim__cond *c)
 /*
  * A process-shared condvar is glibc's. glibc's wait unlocks and relocks
  * the mutex with internal calls that know neither our mutex layout nor
- * fibers, so it is used only by a plain thread with a glibc mutex. Anyone
- * else releases the mutex, sleeps one poll interval and relocks: a wait
- * that ends on its own is a spurious wake-up, which POSIX allows and
- * every correct caller re-checks its predicate after.
+ * fibers, so it is used only by a plain thread with a glibc mutex.
+ * Anyone else releases the mutex (through the wrappers: a glibc mutex is
+ * owned per fiber, mutex_glibc.c) and waits in a queue of this process,
+ * keyed by the condvar's address: a signal or broadcast made in this
+ * process wakes it at once, besides calling glibc's for the waiters glibc
+ * knows (plain threads, other processes), so one signal may wake two
+ * waiters, which POSIX allows. A signal from another process cannot reach
+ * the queue: the wait also ends by itself after one poll interval, a
+ * spurious wake-up, which POSIX allows and every correct caller re-checks
+ * its predicate after.
+ *
+ * Lock order: a queue's lock, then the mutex's (as for our condvars).
  */
+#define SHIM_CV_GLIBC_QUEUES 64
+
+/* Waiters of every process-shared condvar hashed to a queue
+ * (fs_waiter.data: the condvar's address). */
+static struct shim__waitq shim__cond_glibc_q[SHIM_CV_GLIBC_QUEUES];
+
+static struct shim__waitq *shim__cond_glibc_queue(const pthread_cond_t *c)
+{
+    uint64_t h = ((uintptr_t)c >> 3) * 0x9e3779b97f4a7c15ull;
+    return &shim__cond_glibc_q[h >> (64 - 6)];
+}
+_Static_assert(SHIM_CV_GLIBC_QUEUES == 1 << 6, "the hash takes 6 bits");
+
+/* A fork child's only fiber waits for nothing: the queues hold the
+ * parent's other waiters, which do not exist there. */
+static void shim__cond_glibc_atfork_child(void)
+{
+    memset(shim__cond_glibc_q, 0, sizeof shim__cond_glibc_q);
+}
+
+__attribute__((constructor(102))) static void shim__cond_glibc_init(void)
+{
+    pthread_atfork(NULL, NULL, shim__cond_glibc_atfork_child);
+}
+
+/* Wakes one (or every) waiter of c in this process's queue. Any thread. */
+static void shim__cond_glibc_wake(const pthread_cond_t *c, bool all)
+{
+    struct shim__waitq *q = shim__cond_glibc_queue(c);
+    /* As in shim__pthread_cond_signal: a waiter queued before it released
+     * the mutex. */
+    if (atomic_load_explicit(&q->len, memory_order_acquire) == 0)
+        return;
+    fs__spin_lock(&q->lock);
+    struct fs_waiter *w = q->head, *next;
+    for (; w; w = next) {
+        next = shim__waitq_next_locked(q, w);
+        if (w->data != (uintptr_t)c)
+            continue;
+        shim__waitq_remove_locked(q, w);
+        if (fs_waiter_wake(w) && !all)
+            break;
+    }
+    fs__spin_unlock(&q->lock);
+}
+
 static int shim__cond_wait_glibc(pthread_cond_t *c, pthread_mutex_t *m, struct shim__deadline *d)
 {
     if (!fs_self() && shim__mutex_is_real(m))
         return d->mono == FS_NO_DEADLINE
                    ? REAL_V(pthread_cond_wait, SHIM_CV_VERSION)(c, m)
                    : REAL(pthread_cond_clockwait)(c, m, d->clock, &d->abs);
+    /* One poll interval, or less if the caller's deadline comes first. */
+    struct shim__deadline poll, *until = d;
+    int64_t poll_at = fs_now() + SHIM_POLL_MAX_NS;
+    if (d->mono > poll_at) {
+        struct timespec abs = {poll_at / 1000000000, poll_at % 1000000000};
+        shim__deadline_init(&poll, CLOCK_MONOTONIC, &abs);
+        until = &poll;
+    }
+    struct shim__waitq *q = shim__cond_glibc_queue(c);
+    struct fs_waiter w;
+    fs_waiter_prepare(&w);
+    w.data = (uintptr_t)c;
+    fs__spin_lock(&q->lock);
+    shim__waitq_push_tail_locked(q, &w);
     int err = shim__pthread_mutex_unlock(m);
-    if (err)
+    if (err) {
+        shim__waitq_remove_locked(q, &w);
+        fs__spin_unlock(&q->lock);
         return err;
-    shim__backoff_sleep(SHIM_POLL_MAX_NS, d);
+    }
+    int rc = shim__waitq_wait(q, &w, FS_PARK_COND, c, until);
     err = shim__pthread_mutex_lock(m);
     if (err)
         return err;
-    return shim__deadline_passed(d) ? ETIMEDOUT : 0;
+    return rc != 0 && shim__deadline_passed(d) ? ETIMEDOUT : 0;
 }
 
 /* Waits on c with m held; abs NULL: no timeout. */
@@ -134,8 +205,10 @@ SHIM_ALIAS(pthread_cond_destroy)
 int shim__pthread_cond_signal(pthread_cond_t *cp)
 {
     struct shim__cond *c = (struct shim__cond *)cp;
-    if (shim__cond_flags(c) & SHIM_CV_GLIBC)
+    if (shim__cond_flags(c) & SHIM_CV_GLIBC) {
+        shim__cond_glibc_wake(cp, false);
         return REAL_V(pthread_cond_signal, SHIM_CV_VERSION)(cp);
+    }
     /* A waiter queued before it released the mutex; a signaller that took
      * the mutex after that sees the queue length through it. */
     if (atomic_load_explicit(&c->q.len, memory_order_acquire) == 0)
@@ -150,8 +223,10 @@ SHIM_ALIAS(pthread_cond_signal)
 int shim__pthread_cond_broadcast(pthread_cond_t *cp)
 {
     struct shim__cond *c = (struct shim__cond *)cp;
-    if (shim__cond_flags(c) & SHIM_CV_GLIBC)
+    if (shim__cond_flags(c) & SHIM_CV_GLIBC) {
+        shim__cond_glibc_wake(cp, true);
         return REAL_V(pthread_cond_broadcast, SHIM_CV_VERSION)(cp);
+    }
     if (atomic_load_explicit(&c->q.len, memory_order_acquire) == 0)
         return 0;
     fs__spin_lock(&c->q.lock);

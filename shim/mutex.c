@@ -29,15 +29,10 @@
  * Process-shared, robust and priority-inheritance/protect mutexes stay
  * glibc's: pthread_mutex_init hands them to glibc, whose __kind then
  * carries one of SHIM_MX_GLIBC_KIND_BITS, which routes every later call
- * to glibc with its layout intact. A fiber never blocks its carrier on
- * one: it polls with a zero-timeout clocklock (which reports EOWNERDEAD
- * and the like) and sleeps 50 us .. 1 ms between attempts. glibc knows an
- * owner by its kernel thread, so fibers sharing a carrier look like one
- * owner to it: EDEADLK is taken for "busy" (a fiber relocking its own
- * errorcheck mutex then parks forever, as the thread would block), and a
- * recursive one does not exclude the other fibers of the owner's carrier.
+ * to mutex_glibc.c with glibc's layout intact. There each fiber owns such
+ * a mutex on its own, although glibc knows owners by kernel thread.
  */
-#include "waitq.h"
+#include "mutex_glibc.h"
 
 #include <limits.h>
 #include <string.h>
@@ -77,51 +72,6 @@ static inline int shim__mutex_kind(const struct shim__mutex *m)
 bool shim__mutex_is_real(const pthread_mutex_t *mp)
 {
     return shim__mutex_kind((const struct shim__mutex *)mp) & SHIM_MX_GLIBC_KIND_BITS;
-}
-
-/* ---- glibc's mutexes ---------------------------------------------------------- */
-
-enum shim__lock_mode { SHIM_LOCK, SHIM_TRYLOCK, SHIM_TIMEDLOCK };
-
-static int shim__mutex_lock_glibc_impl(pthread_mutex_t *m, enum shim__lock_mode mode,
-                                       clockid_t clock, const struct timespec *abs);
-
-/* glibc's lock, remembering robust mutexes a fiber holds (robust.c). */
-static int shim__mutex_lock_glibc(pthread_mutex_t *m, enum shim__lock_mode mode, clockid_t clock,
-                                  const struct timespec *abs)
-{
-    int rc = shim__mutex_lock_glibc_impl(m, mode, clock, abs);
-    if (fs_self())
-        shim__robust_locked(m, rc);
-    return rc;
-}
-
-static int shim__mutex_lock_glibc_impl(pthread_mutex_t *m, enum shim__lock_mode mode,
-                                       clockid_t clock, const struct timespec *abs)
-{
-    if (mode == SHIM_TRYLOCK)
-        return REAL(pthread_mutex_trylock)(m);
-    if (!fs_self())
-        return mode == SHIM_TIMEDLOCK ? REAL(pthread_mutex_clocklock)(m, clock, abs)
-                                      : REAL(pthread_mutex_lock)(m);
-    struct shim__deadline d;
-    shim__deadline_init(&d, clock, NULL);
-    for (int64_t backoff = SHIM_POLL_MIN_NS;;) {
-        static const struct timespec past = {0, 0};
-        int rc = REAL(pthread_mutex_clocklock)(m, CLOCK_MONOTONIC, &past);
-        /* EDEADLK may only mean another fiber of this carrier holds it:
-         * glibc knows owners by kernel thread. */
-        if (rc != ETIMEDOUT && rc != EDEADLK)
-            return rc;
-        /* Like glibc, look at the timeout only once the lock is busy. */
-        if (mode == SHIM_TIMEDLOCK && d.mono == FS_NO_DEADLINE &&
-            shim__deadline_init(&d, clock, abs))
-            return EINVAL;
-        if (shim__deadline_passed(&d))
-            return ETIMEDOUT;
-        shim__backoff_sleep(backoff, &d);
-        backoff = backoff * 2 > SHIM_POLL_MAX_NS ? SHIM_POLL_MAX_NS : backoff * 2;
-    }
 }
 
 /* ---- ours ------------------------------------------------------------------------ */
@@ -237,7 +187,7 @@ static int shim__mutex_lock_slow(struct shim__mutex *m, enum shim__lock_mode mod
 {
     int kind = shim__mutex_kind(m);
     if (kind & SHIM_MX_GLIBC_KIND_BITS)
-        return shim__mutex_lock_glibc((pthread_mutex_t *)m, mode, clock, abs);
+        return shim__mutex_glibc_lock((pthread_mutex_t *)m, mode, clock, abs);
     int type = kind & 3;
     if (type != PTHREAD_MUTEX_RECURSIVE && type != PTHREAD_MUTEX_ERRORCHECK)
         return shim__mutex_acquire(m, mode, clock, abs);
@@ -272,8 +222,11 @@ int shim__pthread_mutex_init(pthread_mutex_t *mp, const pthread_mutexattr_t *att
         pthread_mutexattr_getrobust(attr, &robust);
         pthread_mutexattr_getprotocol(attr, &protocol);
         if (pshared != PTHREAD_PROCESS_PRIVATE || robust != PTHREAD_MUTEX_STALLED ||
-            protocol != PTHREAD_PRIO_NONE)
+            protocol != PTHREAD_PRIO_NONE) {
+            /* A new mutex at this address is free for every fiber. */
+            shim__mutex_glibc_forget(mp);
             return REAL(pthread_mutex_init)(mp, attr);
+        }
     }
     memset(mp, 0, sizeof *mp);
     ((struct shim__mutex *)mp)->kind = type;
@@ -333,12 +286,8 @@ SHIM_ALIAS(pthread_mutex_timedlock)
 /* Out of line, so that the fast path below needs no stack frame. */
 static __attribute__((noinline)) int shim__mutex_unlock_slow(struct shim__mutex *m, int kind)
 {
-    if (kind & SHIM_MX_GLIBC_KIND_BITS) {
-        int rc = REAL(pthread_mutex_unlock)((pthread_mutex_t *)m);
-        if (fs_self())
-            shim__robust_unlocked((pthread_mutex_t *)m, rc);
-        return rc;
-    }
+    if (kind & SHIM_MX_GLIBC_KIND_BITS)
+        return shim__mutex_glibc_unlock((pthread_mutex_t *)m);
     int type = kind & 3;
     if (type == PTHREAD_MUTEX_RECURSIVE || type == PTHREAD_MUTEX_ERRORCHECK) {
         if (!shim__owner_is_self(atomic_load_explicit(&m->owner, memory_order_relaxed),
@@ -368,8 +317,14 @@ SHIM_ALIAS(pthread_mutex_unlock)
 int shim__pthread_mutex_destroy(pthread_mutex_t *mp)
 {
     struct shim__mutex *m = (struct shim__mutex *)mp;
-    if (shim__mutex_kind(m) & SHIM_MX_GLIBC_KIND_BITS)
-        return REAL(pthread_mutex_destroy)(mp);
+    if (shim__mutex_kind(m) & SHIM_MX_GLIBC_KIND_BITS) {
+        /* glibc lets a held robust mutex be destroyed: whoever held it in
+         * this process holds nothing any more. */
+        int rc = REAL(pthread_mutex_destroy)(mp);
+        if (rc == 0)
+            shim__mutex_glibc_forget(mp);
+        return rc;
+    }
     if (atomic_load_explicit(&m->word, memory_order_relaxed) & SHIM_MX_LOCKED)
         return EBUSY;
     /* The last unlocker may still hold the queue lock after letting go of

@@ -9,6 +9,7 @@ SHIM_DECL(pthread_mutex_init)
 SHIM_DECL(pthread_mutex_lock)
 SHIM_DECL(pthread_mutex_trylock)
 SHIM_DECL(pthread_mutex_unlock)
+SHIM_DECL(pthread_mutex_destroy)
 SHIM_DECL(pthread_cond_init)
 SHIM_DECL(pthread_cond_destroy)
 SHIM_DECL(pthread_cond_signal)
@@ -315,4 +316,48 @@ Test(cond, process_shared_stays_glibc)
         join(f[i]);
     plain_join(t);
     cr_assert_eq(shim__pthread_cond_destroy(&ps_c), 0);
+}
+
+/* Fibers of one process ping-pong through a process-shared condvar and
+ * mutex: a signal made in the process wakes the waiter at once, not at its
+ * next poll (1 ms). 2,000 round trips take milliseconds; waiting for the
+ * poll took 2.2 s. Bound: 1 s, for a loaded CI machine. */
+#define PS_ROUNDS 2000
+static pthread_mutex_t psp_m;
+static pthread_cond_t psp_c;
+static int psp_turn;
+
+static void *psp_player(void *arg)
+{
+    int me = (int)(intptr_t)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&psp_m), 0);
+    for (int i = 0; i < PS_ROUNDS; i++) {
+        while (psp_turn != me)
+            FCHECK_EQ(shim__pthread_cond_wait(&psp_c, &psp_m), 0);
+        psp_turn = !me;
+        FCHECK_EQ(shim__pthread_cond_signal(&psp_c), 0);
+    }
+    FCHECK_EQ(shim__pthread_mutex_unlock(&psp_m), 0);
+    return NULL;
+}
+
+Test(cond, process_shared_wakes_fibers_of_this_process_at_once)
+{
+    start_runtime(1);
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+    cr_assert_eq(shim__pthread_mutex_init(&psp_m, &ma), 0);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setpshared(&ca, PTHREAD_PROCESS_SHARED);
+    cr_assert_eq(shim__pthread_cond_init(&psp_c, &ca), 0);
+    int64_t start = clock_ns(CLOCK_MONOTONIC);
+    fs_fiber *a = spawn(psp_player, (void *)0), *b = spawn(psp_player, (void *)1);
+    join(a);
+    join(b);
+    int64_t took = clock_ns(CLOCK_MONOTONIC) - start;
+    cr_expect_lt(took, 1000000000, "%d round trips took %lld ns", PS_ROUNDS, (long long)took);
+    cr_assert_eq(shim__pthread_cond_destroy(&psp_c), 0);
+    cr_assert_eq(shim__pthread_mutex_destroy(&psp_m), 0);
 }
