@@ -98,6 +98,13 @@ int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen)
         }
         cfg->migrate = v[0] == '1';
     }
+    if ((v = secure_getenv("FIBERSHIM_FIBER_TLS")) && *v) {
+        if (strcmp(v, "0") && strcmp(v, "1")) {
+            snprintf(err, errlen, "FIBERSHIM_FIBER_TLS=\"%s\" is invalid: expected 0 or 1", v);
+            return -EINVAL;
+        }
+        cfg->fiber_tls_off = v[0] == '0';
+    }
     if ((v = secure_getenv("FIBERSHIM_HANDOFF_MAX")) && *v) {
         if (fs__parse_uint(v, 0, FS_MAX_CARRIERS, &n)) {
             snprintf(err, errlen,

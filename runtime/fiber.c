@@ -86,6 +86,7 @@ void fs__fiber_free(struct fs_fiber *f)
     atomic_fetch_sub(&fs__g.live, 1);
     if (!f->is_adopted) /* an adopted fiber's TSan state is its thread's */
         fs__tsan_destroy(FS_TSAN_FIBER(f));
+    fs__tls_fiber_release(f); /* done at exit, unless it never ran */
 
     if (f->own_stack) {
         /* Free exactly what fs__stack_alloc handed out: the allocator finds
@@ -117,6 +118,8 @@ void fs__fiber_start_hook(void);
 void fs__fiber_entry(void *arg)
 {
     struct fs_fiber *f = arg;
+    if (f->tls_live)
+        fs__tls_first_run(); /* before the hook: it may run a signal handler */
     fs__fiber_start_hook();
     fs_exit(f->fn(f->arg));
 }
@@ -156,7 +159,7 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         if (no_guard)
             guard = 0;
         struct fs_stack st;
-        if ((rc = fs__stack_alloc_guard(size, guard, &st)))
+        if ((rc = fs__stack_alloc_guard(fs__tls_stack_size(size), guard, &st)))
             return rc;
         uintptr_t top = ((uintptr_t)st.lo + st.size - sizeof(struct fs_fiber)) & ~(uintptr_t)63;
         f = (struct fs_fiber *)top;
@@ -172,12 +175,18 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         run_size = top - (uintptr_t)st.lo;
     }
     FS_TSAN_SET_FIBER(f, fs__tsan_create());
-    if (fs__timers_reserve(atomic_load(&fs__g.live))) {
-        fs__fiber_free(f); /* out of memory for its timer: as for its stack */
-        return -EAGAIN;
-    }
     f->fn = fn;
     f->arg = arg;
+    /* Its TCB and static TLS: below the struct on its own stack (run_size
+     * shrinks to what lies below them), in a block of their own on a
+     * caller-owned one. */
+    uintptr_t run_top = f->own_stack ? (uintptr_t)f->stack.lo + run_size : 0;
+    if (fs__tls_fiber_setup(f, &run_top) || fs__timers_reserve(atomic_load(&fs__g.live))) {
+        fs__fiber_free(f); /* out of memory for its dtv or timer: as for its stack */
+        return -EAGAIN;
+    }
+    if (run_top)
+        run_size = run_top - (uintptr_t)f->stack.lo;
     if (attr && attr->detached)
         f->join = FS_J_DETACHED;
     fs__context_make(&f->ctx, f->stack.lo, run_size, fs__fiber_entry, f);
@@ -206,6 +215,10 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
 /* Completes the exit of prev, on the next context of its carrier. */
 static void fs__after_exit(struct fs_sched *s, struct fs_fiber *prev)
 {
+    /* Its dtv and dynamic TLS, now that nothing runs on its TCB; before
+     * it is marked dead, since a joiner then frees the stack they live
+     * on. */
+    fs__tls_fiber_release(prev);
     fs__spin_lock(&prev->lock);
     atomic_store_explicit(&prev->state, FS_F_DEAD, memory_order_release);
     struct fs_waiter *w = prev->joiner;
@@ -220,9 +233,14 @@ static void fs__after_exit(struct fs_sched *s, struct fs_fiber *prev)
 
 void fs_exit(void *ret)
 {
-    struct fs_sched *s = fs__cur_sched();
-    struct fs_fiber *self = s ? s->cur : NULL;
+    struct fs_fiber *self = fs_self();
     FS_CHECK(self != NULL);
+    /* C++ thread_local destructors and glibc's per-thread buffers, on the
+     * fiber as at a thread's end. They may block (and so move the fiber
+     * to another carrier): the sched is read after them. */
+    if (self->tls_live)
+        fs__tls_fiber_exit(self);
+    struct fs_sched *s = fs__cur_sched();
     self->ret = ret;
     s->after_fn = fs__after_exit;
     s->after_prev = self;
@@ -296,6 +314,11 @@ int fs_detach(fs_fiber *f)
 uint64_t fs_fiber_id(const fs_fiber *f)
 {
     return f->id;
+}
+
+bool fs_fiber_adopted(const fs_fiber *f)
+{
+    return f->is_adopted;
 }
 
 void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size)

@@ -56,6 +56,7 @@ void fs_atfork_child(void)
 
     struct fs_sched *old = fs__cur_sched();
     struct fs_fiber *self = old ? old->cur : NULL;
+    fs__tls_atfork_child(self);
 
     unsigned made = atomic_load(&fs__g.nstarted);
     if (made < fs__g.nsched)

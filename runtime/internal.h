@@ -12,9 +12,11 @@
  *                 (struct fs_sched.thread).
  *
  * Pinning rule: a fiber that has never run may run anywhere. Once it has
- * run, it may hold addresses of its kernel thread's TLS (errno, __thread
- * data) in registers or on its stack, so every later wake-up sends it back
- * to the same sched (fiber.home), unless migration is on (g.migrate).
+ * run, every later wake-up sends it back to the same sched (fiber.home),
+ * unless migration is on (g.migrate): a glibc robust or PI mutex it holds
+ * belongs to its kernel thread, and without per-fiber TLS (tls.c) it may
+ * hold addresses of its kernel thread's TLS (errno, __thread data) in
+ * registers or on its stack.
  *
  * Locking: each struct says which lock (or which thread) owns each field.
  * Lock order: waitq/user-object locks -> fs_pollfd.lock -> sched.timer_lock
@@ -30,6 +32,7 @@
 #include "spinlock.h"
 #include "stack.h"
 #include "timer_heap.h"
+#include "tls.h"
 #include "tsan.h"
 
 #include <pthread.h>
@@ -107,6 +110,12 @@ struct fs_fiber {
 
     struct fs_stack stack;       /* usable stack and guard asked for, as reported to the program */
     struct fs_stack stack_map;   /* the whole allocation, when own_stack */
+    /* Per-fiber TLS (tls.c): the thread pointer (fs base) it runs with:
+     * its own TCB, or for an adopted fiber its thread's; NULL when
+     * per-fiber TLS is off. Written before it first runs. */
+    void *tp;
+    void *tls_mem;               /* the TCB's own block (caller-owned stack), or NULL */
+    bool tls_live;               /* tp is ours and its dtv is allocated */
     uint64_t id;
     char name[16];
     void *local;                 /* fs_fiber_local() word */
@@ -134,6 +143,12 @@ struct fs_sched {
     struct fs_fiber *cur;        /* fiber running now; NULL on the idle loop */
     struct fs_context idle_ctx;  /* the idle loop's context (g0) */
     struct fs_stack idle_stack;
+    /* Thread pointer of the idle loop: the carrier thread's own TCB, or
+     * one of its own when the thread's belongs to an adopted fiber
+     * (tls.c). Written before the loop first runs; NULL when per-fiber
+     * TLS is off. */
+    void *idle_tp;
+    uint64_t user_local[2];      /* fs_carrier_local(); owner only */
 
     /* Run queues. local and tick: owner only. runnext: set and taken by
      * the owner with atomic exchanges, so that the monitor can take a

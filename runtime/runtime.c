@@ -48,6 +48,7 @@ static int fs__init_locked(const struct fs_config *cfg)
     if (c.stack_size && (c.stack_size < FS_MIN_STACK_SIZE || c.stack_size > FS_MAX_STACK_SIZE))
         return -EINVAL;
     fs__g.cfg = c;
+    fs__tls_init(&c);
     fs__g.nextra_max = c.handoff_off ? 0 : c.handoff_max ? c.handoff_max : c.carriers;
     if (fs__g.nextra_max > FS_MAX_CARRIERS)
         fs__g.nextra_max = FS_MAX_CARRIERS;
@@ -264,6 +265,8 @@ int fs_adopt_thread(fs_fiber **out)
         pthread_attr_getstack(&a, &f->stack.lo, &f->stack.size);
         pthread_attr_destroy(&a);
     }
+    if (fs__tls.on)
+        f->tp = fs__tls_tp(); /* it keeps the thread's own TCB */
     fs__tls_sched = s;
     s->cur = f;
     atomic_store_explicit(&fs__g.nstarted, i + 1, memory_order_release);
@@ -288,6 +291,7 @@ void fs_stats_get(struct fs_stats *st)
     st->extra_carriers = n > fs__g.nsched ? n - fs__g.nsched : 0;
     st->handoffs = LD(fs__g.handoffs);
     st->monitor_harvests = fs__monitor_harvests();
+    st->fiber_tls = fs__tls.on;
     for (unsigned i = 0; i < fs__g.nsched + st->extra_carriers; i++) {
         struct fs_sched_stats *c = &fs__g.scheds[i]->st;
         st->switches += LD(c->switches);
@@ -320,6 +324,12 @@ int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
     cs->extra = s->extra;
     cs->retired = atomic_load(&s->retired) != 0;
     return 0;
+}
+
+uint64_t *fs_carrier_local(void)
+{
+    struct fs_sched *s = fs__cur_sched();
+    return s ? s->user_local : NULL;
 }
 
 void fs_count_syscall(void)

@@ -388,12 +388,16 @@ static inline void fs__run_prepare(struct fs_sched *s, struct fs_fiber *f)
  * harvesting events could need (false for parks, see fs__find_runnable). */
 void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
 {
-    /* errno is per fiber. glibc's __errno_location() is declared const, so
-     * the compiler may reuse &errno from before the switch; after it, we
-     * may be on another kernel thread (migration), so fetch it afresh
-     * through a volatile pointer. */
+    /* errno is per fiber. With per-fiber TLS it lives in the fiber's own
+     * TLS block. Without, it is the carrier's: save it here and restore
+     * it on resume. glibc's __errno_location() is declared const, so the
+     * compiler may reuse &errno from before the switch; after it, we may
+     * be on another kernel thread (migration), so fetch it afresh through
+     * a volatile pointer. */
     int *(*volatile errloc)(void) = __errno_location;
-    self->saved_errno = *errloc();
+    bool shared_tls = !fs__tls.on;
+    if (shared_tls)
+        self->saved_errno = *errloc();
 
     /* One TSC read charges self and starts next (the search is next's).
      * Read before the search, its latency hides behind it. */
@@ -404,16 +408,21 @@ void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
         fs__run_prepare(s, next);
         fs__cpu_start(next, now);
         fs__tsan_switch_to(FS_TSAN_FIBER(next));
+        fs__tls_switch(s, atomic_load_explicit(&s->tid, memory_order_relaxed), self->tp, next->tp);
         fs__context_switch(&self->ctx, &next->ctx);
     } else {
         s->cur = NULL;
         fs__tsan_switch_to(FS_TSAN_FIBER(s));
+        fs__tls_switch(s, atomic_load_explicit(&s->tid, memory_order_relaxed), self->tp, s->idle_tp);
         fs__context_switch(&self->ctx, &s->idle_ctx);
     }
-    /* Resumed: possibly on another sched if migration is on. */
+    /* Resumed: possibly on another sched if migration is on. Whoever
+     * switched to us loaded our thread pointer and wrote our copy of
+     * fs__tls_sched (tls.h). */
     s = fs__cur_sched();
     fs__after_switch(s);
-    *errloc() = self->saved_errno;
+    if (shared_tls)
+        *errloc() = self->saved_errno;
     if (FS_UNLIKELY(fs__hook_due(self)))
         fs__run_interrupt_hook(self);
 }
@@ -448,19 +457,26 @@ static void fs__idle_loop(struct fs_sched *s)
         fs__run_prepare(s, f);
         fs__cpu_start(f, fs__cputicks());
         fs__tsan_switch_to(FS_TSAN_FIBER(f));
+        fs__tls_switch(s, atomic_load_explicit(&s->tid, memory_order_relaxed), s->idle_tp, f->tp);
         fs__context_switch(&s->idle_ctx, &f->ctx);
         s = fs__cur_sched();
     }
 }
 
+/* First code on an adopted thread's idle stack (fs__sched_make_idle_stack),
+ * running on the idle loop's own TCB when per-fiber TLS is on. */
 static void fs__idle_entry(void *arg)
 {
+    if (fs__tls.on)
+        fs__tls_first_run();
     fs__idle_loop((struct fs_sched *)arg);
 }
 
 void fs__carrier_main_loop(struct fs_sched *s)
 {
     fs__tls_sched = s;
+    if (fs__tls.on)
+        s->idle_tp = fs__tls_tp(); /* the idle loop runs as the thread itself */
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     /* The idle loop runs on this thread's stack: as the thread itself. */
@@ -474,10 +490,18 @@ void fs__carrier_main_loop(struct fs_sched *s)
  * gets a TSan fiber of its own, see tsan.h). */
 int fs__sched_make_idle_stack(struct fs_sched *s)
 {
-    int rc = fs__stack_alloc(64 * 1024, &s->idle_stack);
+    int rc = fs__stack_alloc(fs__tls_stack_size(64 * 1024), &s->idle_stack);
     if (rc)
         return rc;
-    fs__context_make(&s->idle_ctx, s->idle_stack.lo, s->idle_stack.size, fs__idle_entry, s);
+    /* With per-fiber TLS, the idle loop's own TCB at the top (the
+     * thread's own TCB stays with its fiber). */
+    uintptr_t top = (uintptr_t)s->idle_stack.lo + s->idle_stack.size;
+    if ((rc = fs__tls_idle_setup(s, &top))) {
+        fs__stack_free(&s->idle_stack);
+        return rc;
+    }
+    fs__context_make(&s->idle_ctx, s->idle_stack.lo, top - (uintptr_t)s->idle_stack.lo,
+                     fs__idle_entry, s);
     FS_TSAN_SET_FIBER(s, fs__tsan_create());
     return 0;
 }

@@ -68,6 +68,7 @@ static void shim__stats_write(int fd)
     P("monitor_harvests", st.monitor_harvests);
     P("handoff_carriers", st.extra_carriers);
     P("handoffs", st.handoffs);
+    P("fiber_tls", st.fiber_tls);
     P("offloads", shim__offload_count());
     P("file_inplace", shim__file_inplace_count());
     /* Balance: how many fibers each carrier started, and its busy time.

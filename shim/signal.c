@@ -39,9 +39,12 @@
 
 fs_fiber *shim__fiber_of(pthread_t t);
 
-/* The carrier's real mask, as last set by us (per kernel thread). */
-static __thread uint64_t shim__carrier_mask;
-static __thread bool shim__carrier_mask_known;
+/* The carrier's real mask, as last set by us: fs_carrier_local()[0], valid
+ * when [1] is 1. Per kernel thread, which a __thread variable no longer
+ * is: with per-fiber TLS every fiber would have its own copy, and one
+ * fiber's stale copy would skip a change another fiber made. */
+#define SHIM_CARRIER_MASK 0
+#define SHIM_CARRIER_MASK_KNOWN 1
 
 #define SHIM_SIGBIT(sig) (1ull << ((sig)-1))
 #define SHIM_UNBLOCKABLE (SHIM_SIGBIT(SIGKILL) | SHIM_SIGBIT(SIGSTOP))
@@ -82,13 +85,14 @@ void shim__sigstate_init(struct shim_sigstate *ss, bool inherit_current)
 /* Makes the carrier's real mask the fiber's. */
 static void shim__carrier_follow(const struct shim_sigstate *ss)
 {
-    if (shim__carrier_mask_known && shim__carrier_mask == ss->mask)
+    uint64_t *cl = fs_carrier_local(); /* the hook runs on fibers only */
+    if (cl[SHIM_CARRIER_MASK_KNOWN] && cl[SHIM_CARRIER_MASK] == ss->mask)
         return;
     sigset_t m;
     shim__bits_to_set(ss->mask, &m);
     REAL(pthread_sigmask)(SIG_SETMASK, &m, NULL);
-    shim__carrier_mask = ss->mask;
-    shim__carrier_mask_known = true;
+    cl[SHIM_CARRIER_MASK] = ss->mask;
+    cl[SHIM_CARRIER_MASK_KNOWN] = 1;
 }
 
 /* Raises the fiber's pending, unblocked signals on its carrier, now. */

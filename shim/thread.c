@@ -693,6 +693,9 @@ __attribute__((noreturn)) void shim__thread_exit(void *ret)
         b->__pad[3] = ret; /* carried through the handler chain */
         shim__longjmp(b->__cancel_jmp_buf, 1);
     }
+    /* C++ thread_local destructors, then TSD destructors: glibc's order
+     * (start_thread). */
+    fs_tls_run_dtors();
     shim__tsd_run_dtors(&st->tsd);
     /* What the kernel does for a thread that exits holding robust mutexes. */
     shim__robust_owner_died(&st->robust);

@@ -191,13 +191,20 @@ static _Atomic uint64_t shim__adopted_id;
  * running on it (main() at the first pthread_create). That fiber runs on
  * the kernel thread's own stack, which no other fiber does. Rare (a lock
  * held across that moment), so the stack lookup's cost does not matter;
- * the answer is cached once found.
+ * the answer is cached once found. With per-fiber TLS, glibc's
+ * pthread_self() is the calling fiber's own TCB, which is the kernel
+ * thread's only for the adopted fiber (it kept it): no lookup needed, and
+ * the stack lookup would find every fiber on a stack of its own.
  */
 bool shim__owner_is_adopted_self(uint64_t owner, uint64_t self)
 {
     pthread_t kt = REAL(pthread_self)();
     if (owner != (uint64_t)kt)
         return false;
+    if (fs_fiber_tls()) {
+        fs_fiber *f = fs_self();
+        return f && fs_fiber_adopted(f);
+    }
     uint64_t adopted = atomic_load_explicit(&shim__adopted_id, memory_order_relaxed);
     if (adopted)
         return adopted == self;

@@ -52,11 +52,17 @@ struct fs_config {
      * (0: as many as carriers). They retire when the stuck ones return. */
     unsigned handoff_max;
     bool handoff_off;   /* no spare carriers at all */
+    /* Fibers share their carrier's TLS (__thread variables, errno, glibc's
+     * per-thread state) instead of each having its own thread control
+     * block and static TLS block, as a thread has (the default; the
+     * runtime also falls back to shared TLS where glibc's layout is not
+     * one it checked, see fs_fiber_tls). */
+    bool fiber_tls_off;
 };
 
 /* Fills *cfg from FIBERSHIM_CARRIERS, FIBERSHIM_STACK_SIZE,
- * FIBERSHIM_MIGRATE and FIBERSHIM_HANDOFF_MAX (0 = off) (read with
- * secure_getenv). On a bad value returns
+ * FIBERSHIM_MIGRATE, FIBERSHIM_HANDOFF_MAX (0 = off) and
+ * FIBERSHIM_FIBER_TLS (0 = fiber_tls_off) (read with secure_getenv). On a bad value returns
  * -EINVAL and writes one line naming the variable, the value and what is
  * accepted into err. */
 FS_API int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen);
@@ -144,6 +150,10 @@ FS_API void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size);
  * fs_spawn_attr.guard_size). */
 FS_API size_t fs_fiber_stack_guard(const fs_fiber *f);
 
+/* Whether f was made by fs_adopt_thread: it runs on its kernel thread's
+ * own stack and keeps the thread's own thread control block. */
+FS_API bool fs_fiber_adopted(const fs_fiber *f);
+
 /* Per-fiber name for dumps (copied, truncated to 15 bytes). */
 FS_API void fs_fiber_set_name(fs_fiber *f, const char *name);
 FS_API void fs_fiber_get_name(const fs_fiber *f, char *buf, size_t len);
@@ -159,6 +169,28 @@ FS_API int64_t fs_fiber_cpu_ns(const fs_fiber *f);
  * thread-specific data there). */
 FS_API void *fs_fiber_local(const fs_fiber *f);
 FS_API void fs_fiber_set_local(fs_fiber *f, void *p);
+
+/* Whether fibers have TLS of their own: a glibc thread control block and
+ * static TLS block each, switched with the fs base at every fiber switch.
+ * False when the configuration turned it off, in a sanitizer build, or
+ * when the running glibc's layout is not one the runtime checked (it then
+ * said why on stderr at fs_init): fibers then share their carrier's TLS.
+ * Any thread, once the runtime runs. */
+FS_API bool fs_fiber_tls(void);
+
+/* Runs the calling fiber's C++ thread_local destructors (registered with
+ * __cxa_thread_atexit_impl) now. glibc runs them when a thread ends,
+ * before its thread-specific-data destructors: a layer that runs TSD
+ * destructors itself calls this first; fs_exit runs any registered since.
+ * No-op off a fiber, on an adopted fiber and without per-fiber TLS. */
+FS_API void fs_tls_run_dtors(void);
+
+/* Two words of per-carrier storage for the layer above, or NULL on a
+ * thread that is not a carrier. A carrier keeps its kernel thread for
+ * life, so this is per kernel thread, as a __thread variable is only
+ * without per-fiber TLS (the shim caches the carrier's real signal mask
+ * here). Only the carrier itself (its fibers, its idle loop) may use it. */
+FS_API uint64_t *fs_carrier_local(void);
 
 /* Gives up the carrier to other runnable fibers. Fiber: yields; plain
  * thread: sched_yield(). */
@@ -372,6 +404,7 @@ struct fs_stats {
     uint64_t handoffs;         /* spare carriers activated for stuck ones */
     unsigned carriers;         /* configured carriers */
     unsigned extra_carriers;   /* spare (handoff) carriers started so far */
+    bool fiber_tls;            /* fs_fiber_tls() */
 };
 
 /* Counts, on the calling carrier, an I/O syscall made for a fiber, or

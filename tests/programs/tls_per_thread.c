@@ -1,13 +1,9 @@
 /* __thread variables are per thread: each new thread starts from the
  * initial value, keeps its own across blocking calls, and has its own
- * address.
- *
- * Under fibershim this does NOT hold: __thread variables belong to the
- * carrier kernel thread, so fibers on one carrier share them (a known limit,
- * README "Known limits"). The test suite runs this program with plain
- * threads, where it must pass, and under the shim, where it must report the
- * difference with exit status 1, so that the limit stays documented by a
- * test and the day it is lifted, the test says so. */
+ * address. (Under fibershim each fiber has its own TLS block, runtime/tls.c;
+ * with FIBERSHIM_FIBER_TLS=0 fibers share their carrier's and this fails.) */
+// fibershim-carriers: 1 2
+// fibershim-migrate: 2
 #include "common.h"
 #include <stdatomic.h>
 
