@@ -30,7 +30,13 @@
  *  7. handoff: a fiber spins 50 ms while work queues, until the monitor
  *     has started a spare carrier (fs_stats.handoffs > 0); meanwhile the
  *     monitor fires the stuck carrier's timers, takes its runnext fiber
- *     and harvests its epoll.
+ *     and harvests its epoll;
+ *  8. thread-local state: fibers (moving between carriers with
+ *     --migrate) check after every park that errno's value is still
+ *     theirs, and, where fibers have TLS of their own (fs_fiber_tls(): not
+ *     in a sanitizer build, runtime/tls.c), errno's address and a __thread
+ *     variable too (with shared TLS, a fiber that moved has another
+ *     errno: the runtime carries only the value).
  * Meanwhile a plain thread reads fs_stats_get and fs_carrier_stats.
  *
  * Values handed between threads are plain (not atomic) on purpose: the
@@ -548,6 +554,52 @@ static void phase_timers(void)
     for (int i = 0; i < SLEEPERS; i++)
         CHECK(fs_spawn(&f[i], sleeper, (void *)(intptr_t)i, NULL) == 0);
     for (int i = 0; i < SLEEPERS; i++)
+        CHECK(fs_join(f[i], NULL, FS_NO_DEADLINE) == 0);
+}
+
+/* ---- 8. thread-local state ---------------------------------------------------- */
+
+enum { TLS_FIBERS = 32, TLS_ROUNDS = 100 };
+static __thread long tls_owner = -1;
+
+static void *tls_checker(void *arg)
+{
+    long id = (long)(intptr_t)arg;
+    bool own_tls = fs_fiber_tls();
+    if (own_tls) {
+        CHECK(tls_owner == -1, "(a new fiber's __thread is %ld)", tls_owner);
+        tls_owner = id;
+    }
+    long *addr = &tls_owner;
+    /* errno afresh each time: the compiler may keep the address the const
+     * __errno_location() gave first. */
+    int *(*volatile errloc)(void) = __errno_location;
+    int *ep = errloc();
+    for (int r = 0; r < TLS_ROUNDS; r++) {
+        *errloc() = (int)(id * 1000 + r);
+        if (r % 3 == 0) {
+            fs_yield();
+        } else if (r % 3 == 1) {
+            fs_sleep_until(fs_now() + (r % 5) * 10 * US);
+        } else {
+            fs_park_token tok = fs_park_prepare();
+            fs_park(tok, FS_PARK_OTHER, NULL, fs_now() + 20 * US, NULL, NULL);
+        }
+        CHECK(*errloc() == id * 1000 + r, "(fiber %ld: errno %d after a park)", id, *errloc());
+        if (own_tls)
+            CHECK(tls_owner == id && &tls_owner == addr && errloc() == ep,
+                  "(fiber %ld: __thread %ld)", id, tls_owner);
+    }
+    return NULL;
+}
+
+static void phase_tls(void)
+{
+    phase_begin("thread-local state");
+    fs_fiber *f[TLS_FIBERS];
+    for (int i = 0; i < TLS_FIBERS; i++)
+        CHECK(fs_spawn(&f[i], tls_checker, (void *)(intptr_t)i, NULL) == 0);
+    for (int i = 0; i < TLS_FIBERS; i++)
         CHECK(fs_join(f[i], NULL, FS_NO_DEADLINE) == 0);
 }
 
@@ -1083,6 +1135,7 @@ int main(int argc, char **argv)
     phase_netpoll();
     phase_interrupt();
     phase_handoff();
+    phase_tls();
 
     atomic_store(&stop_stats, 1);
     thread_join(sr);
