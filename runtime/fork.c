@@ -107,6 +107,7 @@ void fs_atfork_child(void)
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     self->home = s;
+    s->adopted_tp = self->tp; /* glibc's fork listed it as the thread's */
     self->timer_sched = NULL;
     fs__timer_init(&self->timer);
     s->cur = self;

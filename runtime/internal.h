@@ -148,6 +148,10 @@ struct fs_sched {
      * (tls.c). Written before the loop first runs; NULL when per-fiber
      * TLS is off. */
     void *idle_tp;
+    /* The TCB of the fiber that adopted this sched's kernel thread (main),
+     * which glibc lists as that thread's; NULL for a started carrier. For
+     * the SIGSETXID handler (tls.c). Written before the sched starts. */
+    void *adopted_tp;
     uint64_t user_local[2];      /* fs_carrier_local(); owner only */
 
     /* Run queues. local and tick: owner only. runnext: set and taken by

@@ -147,6 +147,7 @@ int fs__start_carriers(void)
         return rc;
     if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) >= fs__g.nsched) {
         fs__monitor_start(); /* every carrier was adopted, or after a fork */
+        fs__tls_wrap_setxid();
         return 0;
     }
     fs__spin_lock(&fs__g.start_lock);
@@ -172,6 +173,7 @@ int fs__start_carriers(void)
     }
     fs__spin_unlock(&fs__g.start_lock);
     fs__monitor_start();
+    fs__tls_wrap_setxid(); /* glibc's first pthread_create installed its handler */
     return atomic_load(&fs__g.nstarted) ? 0 : rc;
 }
 
@@ -266,7 +268,7 @@ int fs_adopt_thread(fs_fiber **out)
         pthread_attr_destroy(&a);
     }
     if (fs__tls.on)
-        f->tp = fs__tls_tp(); /* it keeps the thread's own TCB */
+        f->tp = s->adopted_tp = fs__tls_tp(); /* it keeps the thread's own TCB */
     fs__tls_sched = s;
     s->cur = f;
     atomic_store_explicit(&fs__g.nstarted, i + 1, memory_order_release);

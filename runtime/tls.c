@@ -129,12 +129,26 @@
  * on glibc's thread lists (GL(dl_stack_used)/GL(dl_stack_user)). So a
  * module with initial-exec TLS dlopen'ed after a fiber started has its
  * block initialised in that fiber's surplus only if the fiber starts later
- * (_dl_allocate_tls_init); setuid() and friends, whose broadcast
- * (SIGSETXID) makes each kernel thread clear a flag in THREAD_SELF, find
- * the carrier's flag never cleared while a fiber runs there, and can loop;
- * and dlclose() does not wait for a fiber inside a symbol lookup of
- * another carrier. The kernel's robust list stays the carrier's: the shim
- * moves a robust mutex a fiber locks onto it (shim/robust.c).
+ * (_dl_allocate_tls_init); and dlclose() does not wait for a fiber inside
+ * a symbol lookup of another carrier. The kernel's robust list stays the
+ * carrier's: the shim moves a robust mutex a fiber locks onto it
+ * (shim/robust.c).
+ *
+ * setuid() and its family. Credentials are per kernel thread; glibc makes
+ * them per process by flagging every thread it lists (SETXID bit in
+ * cancelhandling) and sending each a SIGSETXID, whose handler makes the
+ * system call and clears the flag of THREAD_SELF; glibc repeats until no
+ * flag is left. On a carrier running a fiber, THREAD_SELF is the fiber's
+ * TCB, and the flag of the TCB glibc listed for that kernel thread (the
+ * carrier's own, or main's) would never clear: setuid() would loop for
+ * ever. So the runtime wraps glibc's handler (fs__tls_wrap_setxid, once
+ * glibc installed it at the first pthread_create): ours first clears the flag
+ * of every listed TCB that names the interrupted kernel thread (as glibc's
+ * handler would for its own, and before it makes the call, which only then
+ * lets glibc go on), then runs glibc's. A kernel thread glibc does not
+ * list at all keeps its credentials: carrier 0 while main's fiber runs on
+ * another carrier (FIBERSHIM_MIGRATE=1), since main's TCB then carries the
+ * other carrier's tid.
  *
  * Sanitizers: a build with -fsanitize=address or thread compiles the
  * per-fiber mode out (they keep per-thread state, TSan's whole thread
@@ -155,6 +169,7 @@
 #include <resolv.h>
 #undef p_type /* resolv.h's name for __p_type would rename Elf64_Phdr.p_type */
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -582,6 +597,80 @@ static bool fs__tls_probe_malloc(void)
     return ok;
 }
 
+/* ---- setuid() and its family (see the top of the file) ----------------------- */
+
+#define FS_SIGSETXID 33             /* glibc's __SIGRTMIN + 1 */
+#define FS_SETXID_BITMASK (1 << 6)  /* nptl/descr.h SETXID_BIT */
+
+/* The kernel's struct sigaction (raw rt_sigaction: glibc's sigaction
+ * refuses its internal signals). */
+struct fs_kernel_sigaction {
+    void (*handler)(int, siginfo_t *, void *);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
+static struct fs_kernel_sigaction fs__setxid_glibc;
+
+/* Clears pd's SETXID flag if glibc listed it for kernel thread tid and it
+ * is not the TCB running (glibc's handler clears that one), as glibc's
+ * handler would, and wakes a setxid_futex waiter. */
+static void fs__tls_setxid_clear(struct fs_glibc_pthread *pd, const void *running, int tid)
+{
+    if (!pd || pd == running || __atomic_load_n(&pd->tid, __ATOMIC_RELAXED) != tid)
+        return;
+    int ch = __atomic_load_n(&pd->cancelhandling, __ATOMIC_RELAXED);
+    while ((ch & FS_SETXID_BITMASK) &&
+           !__atomic_compare_exchange_n(&pd->cancelhandling, &ch, ch & ~FS_SETXID_BITMASK, false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        ;
+    if (!(ch & FS_SETXID_BITMASK))
+        return;
+    __atomic_store_n(&pd->setxid_futex, 1, __ATOMIC_RELEASE);
+    fs__sys3(SYS_futex, &pd->setxid_futex, FS_FUTEX_WAKE_PRIVATE, 1);
+}
+
+/* Async-signal-safe: reads the sched table (scheds are never freed) and
+ * TCBs, takes no lock. */
+static void fs__tls_setxid_handler(int sig, siginfo_t *si, void *ctx)
+{
+    struct fs_sched *s = fs__cur_sched();
+    /* glibc's own checks: its signal, sent by this process with tgkill. */
+    if (s && si->si_code == SI_TKILL && si->si_pid == (pid_t)fs__sys0(SYS_getpid)) {
+        int tid = (int)fs__sys0(SYS_gettid);
+        void *running = fs__tls_tp();
+        fs__tls_setxid_clear(s->idle_tp, running, tid);
+        unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+        for (unsigned i = 0; i < n; i++)
+            if (fs__g.scheds[i])
+                fs__tls_setxid_clear(fs__g.scheds[i]->adopted_tp, running, tid);
+    }
+    fs__setxid_glibc.handler(sig, si, ctx);
+}
+
+void fs__tls_wrap_setxid(void)
+{
+    /* Once wrapped, for good: glibc installs its handler once per process
+     * (and a fork child inherits ours). Racing first callers both wrap
+     * glibc's handler, which is the same one. */
+    static _Atomic bool wrapped;
+    struct fs_kernel_sigaction cur, ours;
+    if (!fs__tls.on || atomic_load_explicit(&wrapped, memory_order_relaxed) ||
+        fs__sys4(SYS_rt_sigaction, FS_SIGSETXID, NULL, &cur, 8) != 0)
+        return;
+    /* glibc installs its handler at its first pthread_create (late_init),
+     * once per process; until then there is nothing to wrap. */
+    if (cur.handler == fs__tls_setxid_handler || !(cur.flags & SA_SIGINFO) ||
+        (uintptr_t)cur.handler <= (uintptr_t)SIG_IGN)
+        return;
+    fs__setxid_glibc = cur;
+    ours = cur;
+    ours.handler = fs__tls_setxid_handler;
+    if (fs__sys4(SYS_rt_sigaction, FS_SIGSETXID, &ours, NULL, 8) == 0)
+        atomic_store_explicit(&wrapped, true, memory_order_relaxed);
+}
+
 /* ---- public to the runtime ------------------------------------------------ */
 
 static bool fs__tls_sanitizer_loaded(void)
@@ -630,6 +719,7 @@ void fs__tls_init(const struct fs_config *cfg)
     }
     fs__tls.tid_off = offsetof(struct fs_glibc_pthread, tid);
     fs__tls.on = true;
+    fs__tls_wrap_setxid(); /* if the program already started a thread */
 #endif
 }
 

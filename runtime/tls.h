@@ -117,6 +117,12 @@ void fs__tls_fiber_exit(struct fs_fiber *f);
  * context but the fiber's own. Idempotent. */
 void fs__tls_fiber_release(struct fs_fiber *f);
 
+/* Wraps glibc's SIGSETXID handler (see "setuid()" in tls.c) if glibc has
+ * installed it and it is not wrapped yet. Call after the runtime started a
+ * kernel thread with glibc's pthread_create (glibc installs the handler at
+ * its first). No-op with per-fiber TLS off. Any thread. */
+void fs__tls_wrap_setxid(void);
+
 /* In a fork child, on the forking fiber (NULL: a plain thread forked):
  * takes its TCB off the thread list glibc's fork put it on. */
 void fs__tls_atfork_child(struct fs_fiber *self);
