@@ -599,8 +599,8 @@ static bool fs__tls_probe_malloc(void)
 
 /* ---- setuid() and its family (see the top of the file) ----------------------- */
 
-#define FS_SIGSETXID 33             /* glibc's __SIGRTMIN + 1 */
-#define FS_SETXID_BITMASK (1 << 6)  /* nptl/descr.h SETXID_BIT */
+#define FS_SIGSETXID 33            /* glibc's __SIGRTMIN + 1 */
+#define FS_SETXID_BITMASK (1 << 6) /* nptl/descr.h SETXID_BIT */
 
 /* The kernel's struct sigaction (raw rt_sigaction: glibc's sigaction
  * refuses its internal signals). */
