@@ -17,6 +17,7 @@
 #include "offload.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <poll.h>
 #include <pthread.h>
@@ -94,6 +95,39 @@ static void shim__stats_write(int fd)
 
 static _Atomic int shim__stats_written;
 
+/* The stats path with "%p" replaced by this process's pid and "%%" by "%",
+ * so that every process of a multi-process server (forked children, a
+ * child that dropped privileges and can write only its own file) keeps its
+ * own counters. Runs at exit and in a fatal-signal handler: no stdio, no
+ * allocation. Returns false if the result does not fit in n bytes. */
+static bool shim__stats_expand(char *out, size_t n)
+{
+    size_t o = 0;
+    for (const char *p = shim__stats_path; *p; p++) {
+        char num[24];
+        const char *piece = p;
+        size_t len = 1;
+        if (p[0] == '%' && p[1] == 'p') {
+            unsigned long v = (unsigned long)getpid();
+            size_t k = sizeof num;
+            do
+                num[--k] = (char)('0' + v % 10);
+            while ((v /= 10) != 0);
+            piece = num + k;
+            len = sizeof num - k;
+            p++;
+        } else if (p[0] == '%' && p[1] == '%') {
+            p++;
+        }
+        if (o + len >= n)
+            return false;
+        memcpy(out + o, piece, len);
+        o += len;
+    }
+    out[o] = 0;
+    return true;
+}
+
 static void shim__stats_at_exit(void)
 {
     if (!shim__stats_path || atomic_exchange(&shim__stats_written, 1))
@@ -102,10 +136,15 @@ static void shim__stats_at_exit(void)
         shim__stats_write(2);
         return;
     }
-    int fd = open(shim__stats_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    char path[PATH_MAX];
+    if (!shim__stats_expand(path, sizeof path)) {
+        fprintf(stderr, "fibershim: cannot write stats: the path %s is too long\n",
+                shim__stats_path);
+        return;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        fprintf(stderr, "fibershim: cannot write stats to %s: %s\n", shim__stats_path,
-                strerror(errno));
+        fprintf(stderr, "fibershim: cannot write stats to %s: %s\n", path, strerror(errno));
         return;
     }
     shim__stats_write(fd);

@@ -43,6 +43,24 @@ val() { awk -v k="$1" '$1 == k { print $2 }' "$tmp/stats"; }
 # the carrier (none of either here).
 [ "$(val offloads)" = 0 ] || fail "offloads '$(val offloads)', expected 0"
 [ "$(val file_inplace)" = 0 ] || fail "file_inplace '$(val file_inplace)', expected 0"
+# "%p" in the path: every process writes its own file, named by its pid
+# (the shell and both programs here all run with the shim preloaded).
+mkdir "$tmp/per"
+# shellcheck disable=SC2016 # $1 is expanded by the inner shell
+env FIBERSHIM_STATS="$tmp/per/st.%p" LD_PRELOAD="$lib" \
+    sh -c '"$1" sleepers 3 >/dev/null & "$1" sleepers 3 >/dev/null; wait' sh "$prog" ||
+    fail "%p stats run failed"
+n=0
+for f in "$tmp/per"/st.*; do
+    case "${f##*/st.}" in *[!0-9]*|'') fail "stats file $f is not named by a pid" ;; esac
+    c=$(awk '$1 == "fibers_created" { print $2 }' "$f")
+    [ "${c:-0}" -ge 4 ] && n=$((n + 1))
+done
+[ "$n" -eq 2 ] || fail "%p: $n stats files with the programs' fibers, expected 2: $(ls "$tmp/per")"
+# A path that cannot be opened: one line on stderr, the program's exit status kept.
+env FIBERSHIM_STATS="$tmp/no/such/dir/st" LD_PRELOAD="$lib" "$prog" sleepers 1 >/dev/null 2>"$tmp/err" ||
+    fail "an unwritable stats path changed the exit status"
+grep -q "cannot write stats to $tmp/no/such/dir/st" "$tmp/err" || fail "no line for an unwritable stats path"
 # To stderr with FIBERSHIM_STATS=1.
 env FIBERSHIM_STATS=1 LD_PRELOAD="$lib" "$prog" sleepers 2 2>"$tmp/err" >/dev/null
 grep -q '^epoll_ctl_calls ' "$tmp/err" || fail "FIBERSHIM_STATS=1 printed no counters"
