@@ -174,6 +174,44 @@ static void shim__dump_handler(int sig)
     errno = saved;
 }
 
+/* A program that sets its own action for the dump signal replaces the dump
+ * (stunnel and SBCL use SIGUSR2; SBCL for its stop-the-world GC). The
+ * program's choice wins, as it must, but silently waiting for a dump that
+ * never comes is worse than a line that names the way out: say it once.
+ * Only the program's calls come here with another action than ours. */
+static _Atomic int shim__dump_taken;
+
+static void shim__dump_signal_check(int sig, const void *h)
+{
+    if (SHIM_LIKELY(sig != shim__dump_sig || sig <= 0) || h == (const void *)shim__dump_handler ||
+        atomic_exchange(&shim__dump_taken, 1))
+        return;
+    const char *name = sigabbrev_np(sig);
+    fprintf(stderr,
+            "fibershim: the program sets its own action for SIG%s (%d), the signal "
+            "FIBERSHIM_DUMP_SIGNAL names: fiber dumps are off from now on; choose a signal "
+            "the program leaves alone, e.g. a real-time one (FIBERSHIM_DUMP_SIGNAL=%d)\n",
+            name ? name : "?", sig, SIGRTMAX - 2);
+}
+
+int shim__sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+    if (SHIM_UNLIKELY(act != NULL && shim__dump_sig != 0))
+        shim__dump_signal_check(sig, (act->sa_flags & SA_SIGINFO)
+                                         ? (const void *)act->sa_sigaction
+                                         : (const void *)act->sa_handler);
+    return REAL(sigaction)(sig, act, old);
+}
+SHIM_ALIAS(sigaction)
+
+sighandler_t shim__signal(int sig, sighandler_t h)
+{
+    if (SHIM_UNLIKELY(shim__dump_sig != 0))
+        shim__dump_signal_check(sig, (const void *)h);
+    return REAL(signal)(sig, h);
+}
+SHIM_ALIAS(signal)
+
 static int shim__parse_signal(const char *v)
 {
     uint64_t n;

@@ -8,6 +8,7 @@
  *   observe_prog busy MS        two threads ping-pong through a pipe for MS ms
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +68,17 @@ static void *pinger(void *arg)
     return NULL;
 }
 
+static volatile sig_atomic_t usr2_seen;
+static void on_usr2(int sig)
+{
+    (void)sig;
+    usr2_seen++;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: observe_prog sleepers N | park SECONDS | busy MS\n");
+        fprintf(stderr, "usage: observe_prog sleepers N | park SECONDS | busy MS | ownsig N\n");
         return 2;
     }
     int n = atoi(argv[2]);
@@ -103,6 +111,19 @@ int main(int argc, char **argv)
         for (int i = 0; i < 3; i++)
             pthread_join(t[i], NULL);
         printf("released\n");
+        return 0;
+    }
+    if (!strcmp(argv[1], "ownsig")) {
+        /* A program with its own SIGUSR2 handler (as SBCL and stunnel have),
+         * installed N times through sigaction and once through signal(). */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_usr2;
+        for (int i = 0; i < n; i++)
+            sigaction(SIGUSR2, &sa, NULL);
+        signal(SIGUSR2, on_usr2);
+        raise(SIGUSR2);
+        printf("own handler ran %d\n", usr2_seen);
         return 0;
     }
     if (!strcmp(argv[1], "busy")) {

@@ -65,6 +65,18 @@ grep -q "cannot write stats to $tmp/no/such/dir/st" "$tmp/err" || fail "no line 
 env FIBERSHIM_STATS=1 LD_PRELOAD="$lib" "$prog" sleepers 2 2>"$tmp/err" >/dev/null
 grep -q '^epoll_ctl_calls ' "$tmp/err" || fail "FIBERSHIM_STATS=1 printed no counters"
 
+# 2b. A program that sets its own action for the dump signal wins, and the
+#     library says once that dumps are off (SBCL and stunnel use SIGUSR2).
+env FIBERSHIM_DUMP_SIGNAL=USR2 LD_PRELOAD="$lib" "$prog" ownsig 3 >"$tmp/out" 2>"$tmp/err" ||
+    fail "ownsig run failed"
+grep -q '^own handler ran 1$' "$tmp/out" || fail "the program's own SIGUSR2 handler did not run: $(cat "$tmp/out")"
+[ "$(grep -c 'FIBERSHIM_DUMP_SIGNAL' "$tmp/err")" -eq 1 ] ||
+    fail "expected one warning about the dump signal, got: $(cat "$tmp/err")"
+grep -q 'SIGUSR2' "$tmp/err" || fail "the warning does not name SIGUSR2"
+# Without the variable, nothing is said.
+env LD_PRELOAD="$lib" "$prog" ownsig 1 >/dev/null 2>"$tmp/err" || fail "ownsig run failed"
+[ ! -s "$tmp/err" ] || fail "a warning without FIBERSHIM_DUMP_SIGNAL: $(cat "$tmp/err")"
+
 # 3. Trace: about one line per 100 ms over a 1 s run.
 env FIBERSHIM_TRACE=100 LD_PRELOAD="$lib" "$prog" busy 1000 >/dev/null 2>"$tmp/trace"
 lines=$(grep -c 'fibershim: trace:' "$tmp/trace")
