@@ -189,6 +189,8 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         run_size = run_top - (uintptr_t)f->stack.lo;
     if (attr && attr->detached)
         f->join = FS_J_DETACHED;
+    if (attr)
+        f->local = attr->local;
     fs__context_make(&f->ctx, f->stack.lo, run_size, fs__fiber_entry, f);
     if (out)
         *out = f;

@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -91,6 +92,8 @@ int shim__activate(void);
 /* Signal state of a fiber (inside its struct shim_thread). */
 struct shim_sigstate {
     _Atomic uint64_t pending;  /* signals sent to this fiber, bit sig-1 */
+    _Atomic uint64_t queued;   /* of those, the ones pthread_sigqueue sent */
+    union sigval value[64];    /* their values, [sig-1]; written before queued */
     uint64_t mask;             /* its blocked signals, bit sig-1 (signals 1..64) */
     _Atomic int restart;       /* the handlers last run had SA_RESTART */
     _Atomic uint64_t waiting;  /* the set it waits for in sigwait & co., or 0 */
@@ -98,7 +101,12 @@ struct shim_sigstate {
 
 /* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */
 void shim__signal_activate(void);
-void shim__sigstate_init(struct shim_sigstate *ss, bool inherit_current);
+/* mask: the new fiber's (pthread_attr_setsigmask_np), NULL for the
+ * caller's. */
+void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask);
+/* For the adopted thread: its kernel thread's own pending signals become
+ * its fiber's. */
+void shim__adopt_pending(struct shim_sigstate *ss);
 
 /* After a wait returned -EINTR: true if the call should be restarted
  * (every handler that ran had SA_RESTART). */
@@ -129,6 +137,10 @@ struct shim_sigstate *shim__sigstate(fs_fiber *f);
 /* Runs the calling fiber's cleanup handlers and TSD destructors, then ends
  * it with value ret. */
 __attribute__((noreturn)) void shim__thread_exit(void *ret);
+
+/* The fiber of a running thread of the shim: 0 with *f, ESRCH for an
+ * ended one, -1 for a glibc thread (see thread.c). */
+int shim__fiber_running(pthread_t t, fs_fiber **f);
 
 /* pthread_kill on a handle of an ended thread of the shim (see thread.c);
  * -1 for any other handle. */

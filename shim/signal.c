@@ -1,6 +1,7 @@
 /*
- * signal.c - signals aimed at a fiber: pthread_kill, pthread_sigmask and
- * sigprocmask, and EINTR for the waits they interrupt.
+ * signal.c - signals aimed at a fiber: pthread_kill, pthread_sigqueue,
+ * pthread_sigmask, sigprocmask and sigpending, and EINTR for the waits
+ * they interrupt.
  *
  * Every fiber has a signal mask and a set of pending signals of its own.
  * The carrier's real mask follows the running fiber's: the runtime calls
@@ -19,6 +20,15 @@
  * that ran has SA_RESTART, and fails with EINTR otherwise; poll, select,
  * epoll_wait and sleeps always fail with EINTR, as signal(7) specifies.
  *
+ * pthread_sigqueue(fiber, sig, value) does the same, and keeps the value
+ * with the pending signal: the hook raises it with rt_tgsigqueueinfo, so
+ * the handler and sigwaitinfo see SI_QUEUE and the value. Like a standard
+ * signal, one sent again while pending is delivered once (real-time
+ * signals are not queued per instance). sigpending reports the fiber's
+ * own pending set plus what is pending for the process. The adopted main
+ * thread takes its kernel thread's own pending signals into its set as
+ * it becomes a fiber, so they stay its own.
+ *
  * sigwait, sigwaitinfo and sigtimedwait from a fiber park it, not its
  * carrier: signals sent to the fiber are taken from its pending set;
  * signals pending for the process (kill) or the carrier are taken with a
@@ -30,12 +40,15 @@
  */
 #include "shim.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "sys.h"
 
 fs_fiber *shim__fiber_of(pthread_t t);
 
@@ -66,20 +79,29 @@ static void shim__bits_to_set(uint64_t b, sigset_t *set)
             sigaddset(set, sig);
 }
 
-void shim__sigstate_init(struct shim_sigstate *ss, bool inherit_current)
+void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
 {
     atomic_store(&ss->pending, 0);
+    atomic_store(&ss->queued, 0);
     atomic_store(&ss->restart, 1);
     atomic_store(&ss->waiting, 0);
     struct shim_sigstate *cur = shim__sigstate(fs_self());
+    uint64_t inherited;
     if (cur) {
-        ss->mask = cur->mask;
+        inherited = cur->mask;
     } else {
         sigset_t m;
         REAL(pthread_sigmask)(SIG_BLOCK, NULL, &m);
-        ss->mask = shim__set_to_bits(&m);
+        inherited = shim__set_to_bits(&m);
     }
-    (void)inherit_current;
+    ss->mask = inherited;
+    if (mask) {
+        ss->mask = shim__set_to_bits(mask) & ~SHIM_UNBLOCKABLE;
+        /* A mask other than its creator's: the carrier's must follow it
+         * from its first run on (set before it can run). */
+        if (ss->mask != inherited)
+            fs_hook_every_switch();
+    }
 }
 
 /* Makes the carrier's real mask the fiber's. */
@@ -95,19 +117,45 @@ static void shim__carrier_follow(const struct shim_sigstate *ss)
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
 }
 
+/* Takes sig off the fiber's pending set: false if another taker had it.
+ * *queued says whether pthread_sigqueue sent it, *v with what value. A
+ * sender writes the value, then queued, then pending; we clear pending,
+ * then queued, so a value we read belongs to a send of sig. */
+static bool shim__take_one(struct shim_sigstate *ss, int sig, bool *queued, union sigval *v)
+{
+    if (!(atomic_fetch_and(&ss->pending, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig)))
+        return false;
+    *queued = atomic_fetch_and(&ss->queued, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig);
+    if (*queued)
+        *v = ss->value[sig - 1];
+    return true;
+}
+
+/* Sends sig to the calling carrier's kernel thread as it was sent to the
+ * fiber: rt_tgsigqueueinfo with its value (SI_QUEUE), else tgkill. */
+static int shim__raise_on_carrier(int sig, bool queued, union sigval v)
+{
+    if (queued)
+        return REAL(pthread_sigqueue)(REAL(pthread_self)(), sig, v);
+    return REAL(pthread_kill)(REAL(pthread_self)(), sig);
+}
+
 /* Raises the fiber's pending, unblocked signals on its carrier, now. */
 static void shim__deliver_pending(struct shim_sigstate *ss)
 {
     uint64_t p;
     while ((p = atomic_load(&ss->pending) & ~ss->mask) != 0) {
         int sig = __builtin_ctzll(p) + 1;
-        atomic_fetch_and(&ss->pending, ~SHIM_SIGBIT(sig));
+        bool queued;
+        union sigval v;
+        if (!shim__take_one(ss, sig, &queued, &v))
+            continue;
         struct sigaction sa;
         if (sigaction(sig, NULL, &sa) == 0 && !(sa.sa_flags & SA_RESTART))
             atomic_store(&ss->restart, 0);
-        /* tgkill to ourselves: the kernel delivers it before the call
-         * returns, with the fiber's mask, on the fiber's stack. */
-        REAL(pthread_kill)(REAL(pthread_self)(), sig);
+        /* To ourselves: the kernel delivers it before the call returns,
+         * with the fiber's mask, on the fiber's stack. */
+        shim__raise_on_carrier(sig, queued, v);
     }
 }
 
@@ -134,6 +182,66 @@ bool shim__sig_should_restart(void)
     return atomic_exchange(&ss->restart, 1) != 0;
 }
 
+/* Makes sig (valid, not 0) pending on f and gets it delivered: at once
+ * if f is the caller, else by interrupting f if it does not block sig or
+ * waits for it in sigwait. f may not have run yet: its local word (its
+ * signal state) is set before it can run (thread.c). */
+static void shim__post(fs_fiber *f, int sig)
+{
+    struct shim_sigstate *ss = shim__sigstate(f);
+    atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
+    if (f == fs_self())
+        shim__deliver_pending(ss); /* to ourselves: now, as raise() would */
+    else if (!(ss->mask & SHIM_SIGBIT(sig)) || (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)))
+        fs_interrupt(f); /* Dekker with shim__sigwait: pending, then waiting */
+}
+
+/* Moves the signals pending for the calling kernel thread alone (SigPnd
+ * in /proc/thread-self/status: a pthread_kill to itself while it blocked
+ * them) to the adopted fiber ss belongs to, so they stay its own and no
+ * other fiber of this carrier takes or sees them. sigtimedwait dequeues a
+ * thread's own signals before the process's. Raw syscalls: the caller is
+ * already a fiber, whose open and read the shim would park. */
+void shim__adopt_pending(struct shim_sigstate *ss)
+{
+    char buf[2048];
+    long fd = fs__sys4(SYS_openat, AT_FDCWD, "/proc/thread-self/status", O_RDONLY | O_CLOEXEC, 0);
+    long n = fd < 0 ? -1 : fs__sys3(SYS_read, fd, buf, sizeof buf - 1);
+    if (fd >= 0)
+        fs__sys1(SYS_close, fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    const char *p = strstr(buf, "\nSigPnd:");
+    if (!p)
+        return;
+    uint64_t bits = 0;
+    for (p += 8; *p == ' ' || *p == '\t'; p++) {
+    }
+    for (;; p++) {
+        int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : -1;
+        if (d < 0)
+            break;
+        bits = bits << 4 | (uint64_t)d;
+    }
+    static const struct timespec zero;
+    for (int sig = 1; sig <= 64 && sig < NSIG; sig++) {
+        if (!(bits & SHIM_SIGBIT(sig)))
+            continue;
+        sigset_t one;
+        siginfo_t si;
+        sigemptyset(&one);
+        sigaddset(&one, sig);
+        if (REAL(sigtimedwait)(&one, &si, &zero) != sig)
+            continue;
+        if (si.si_code == SI_QUEUE) {
+            ss->value[sig - 1] = si.si_value;
+            atomic_fetch_or(&ss->queued, SHIM_SIGBIT(sig));
+        }
+        atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
+    }
+}
+
 int shim__pthread_kill(pthread_t t, int sig)
 {
     int rc = shim__kill_ended(t, sig); /* never glibc's code on a shim handle */
@@ -146,15 +254,48 @@ int shim__pthread_kill(pthread_t t, int sig)
         return EINVAL;
     if (sig == 0)
         return 0; /* it exists: its handle has not been released by a join */
-    struct shim_sigstate *ss = shim__sigstate(f);
-    atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
-    if (f == fs_self())
-        shim__deliver_pending(ss); /* to ourselves: now, as raise() would */
-    else if (!(ss->mask & SHIM_SIGBIT(sig)) || (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)))
-        fs_interrupt(f); /* Dekker with shim__sigwait: pending, then waiting */
+    shim__post(f, sig);
     return 0;
 }
 SHIM_ALIAS(pthread_kill)
+
+/* glibc 2.36: ESRCH once the thread ended (its tid is 0), EINVAL for the
+ * signals glibc keeps for itself and for a number the kernel refuses. */
+int shim__pthread_sigqueue(pthread_t t, int sig, const union sigval value)
+{
+    fs_fiber *f;
+    int rc = shim__fiber_running(t, &f);
+    if (rc < 0)
+        return REAL(pthread_sigqueue)(t, sig, value);
+    if (rc)
+        return rc;
+    if (sig < 0 || sig >= NSIG || sig > 64 || sig == __SIGRTMIN || sig == __SIGRTMIN + 1)
+        return EINVAL;
+    if (sig == 0)
+        return 0;
+    struct shim_sigstate *ss = shim__sigstate(f);
+    ss->value[sig - 1] = value;
+    atomic_fetch_or(&ss->queued, SHIM_SIGBIT(sig)); /* before pending: see shim__take_one */
+    shim__post(f, sig);
+    return 0;
+}
+SHIM_ALIAS(pthread_sigqueue)
+
+/* The caller's pending signals: those sent to this fiber, and those
+ * pending for the process or its carrier's kernel thread (the shim sends
+ * a carrier only signals it takes back at once, see shim__adopt_pending). */
+int shim__sigpending(sigset_t *set)
+{
+    if (REAL(sigpending)(set) != 0)
+        return -1;
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    uint64_t p = ss ? atomic_load(&ss->pending) : 0;
+    for (int sig = 1; sig <= 64 && sig < NSIG; sig++)
+        if (p & SHIM_SIGBIT(sig))
+            sigaddset(set, sig);
+    return 0;
+}
+SHIM_ALIAS(sigpending)
 
 int shim__pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
 {
@@ -211,24 +352,28 @@ static int shim__take_fiber_pending(struct shim_sigstate *ss, uint64_t bits, sig
     uint64_t p;
     while ((p = atomic_load(&ss->pending) & bits) != 0) {
         int sig = __builtin_ctzll(p) + 1;
-        if (!(atomic_fetch_and(&ss->pending, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig)))
+        bool queued;
+        union sigval v;
+        if (!shim__take_one(ss, sig, &queued, &v))
             continue; /* delivered by the hook meanwhile */
         if (!info)
             return sig;
-        /* The siginfo pthread_kill's tgkill would give (si_code differs
-         * between kernels): send it to our carrier, where the fiber's
-         * mask blocks it, and take it back at once. */
+        /* The siginfo the sender's tgkill or rt_tgsigqueueinfo would give
+         * (si_code differs between kernels): send it to our carrier, where
+         * the fiber's mask blocks it, and take it back at once. */
         sigset_t cur, one;
         static const struct timespec zero;
         sigemptyset(&one);
         sigaddset(&one, sig);
         if (REAL(pthread_sigmask)(SIG_BLOCK, NULL, &cur) == 0 && sigismember(&cur, sig) == 1 &&
-            REAL(pthread_kill)(REAL(pthread_self)(), sig) == 0 &&
+            shim__raise_on_carrier(sig, queued, v) == 0 &&
             REAL(sigtimedwait)(&one, info, &zero) == sig)
             return sig;
         memset(info, 0, sizeof *info);
         info->si_signo = sig;
-        info->si_code = SI_TKILL;
+        info->si_code = queued ? SI_QUEUE : SI_TKILL;
+        if (queued)
+            info->si_value = v;
         info->si_pid = getpid();
         info->si_uid = getuid();
         return sig;

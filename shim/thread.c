@@ -544,7 +544,8 @@ int shim__adopt_current(void)
     if (REAL(clock_gettime)(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
         st->cpu_offset_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     st->real_id = REAL(pthread_self)();
-    shim__sigstate_init(&st->sig, true);
+    shim__sigstate_init(&st->sig, NULL);
+    shim__adopt_pending(&st->sig);
     st->fiber = f;
     fs_fiber_set_local(f, st);
     /* The thread's TSD so far was kept as a plain thread's: carry it. */
@@ -629,11 +630,18 @@ int shim__pthread_create(pthread_t *thread, const pthread_attr_t *attr,
     st->sched_param = a.param;
     st->affinity = a.affinity;
     memcpy(st->name, a.name, sizeof st->name);
-    shim__sigstate_init(&st->sig, true); /* a new thread inherits the creator's mask */
+    /* A new thread inherits its creator's mask, unless attr has one. */
+    sigset_t attr_mask;
+    bool has_mask = attr && pthread_attr_getsigmask_np(attr, &attr_mask) == 0;
+    shim__sigstate_init(&st->sig, has_mask ? &attr_mask : NULL);
     shim__record_publish(st, detached ? 1 : 2, detached);
     /* The id is visible before the thread can run, as with glibc. */
     *thread = shim__id_of(st);
     atomic_fetch_add(&shim__threads_alive, 1);
+    /* Its record is its local word before it runs: a pthread_kill right
+     * after create finds its signal state, and the runtime's first-start
+     * hook delivers what is pending then. */
+    sa.local = st;
     /* fs_spawn stores the fiber before it can run anywhere. */
     rc = fs_spawn(&st->fiber, shim__thread_start, st, &sa);
     if (rc) {
@@ -1444,6 +1452,23 @@ fs_fiber *shim__fiber_of(pthread_t t)
     fs_fiber *f = st->fiber;
     shim__thread_put(st);
     return f;
+}
+
+/* For signal.c: the fiber of a running thread of the shim, for calls that
+ * glibc refuses with ESRCH once the thread ended (pthread_sigqueue).
+ * Returns 0 with *f set, ESRCH when t names a thread of the shim that has
+ * ended or whose record was released, -1 when t is a glibc thread. The
+ * fiber is not pinned (see shim__fiber_of). */
+int shim__fiber_running(pthread_t t, fs_fiber **f)
+{
+    int err;
+    struct shim_thread *st = shim__thread_get(t, &err);
+    if (!st)
+        return err ? err : -1;
+    bool ended = atomic_load(&st->ended);
+    *f = st->fiber;
+    shim__thread_put(st);
+    return ended || !*f ? ESRCH : 0;
 }
 
 /* For signal.c: pthread_kill(t, sig) when t names a thread of the shim

@@ -110,6 +110,9 @@ struct fs_spawn_attr {
     size_t guard_size;
     bool no_guard;       /* no guard at all (pthread_attr_setguardsize(0)) */
     bool detached;       /* no join; resources freed at exit */
+    /* Its fs_fiber_local() word, set before it can run anywhere (an
+     * interrupt aimed at it before it first ran finds it there). */
+    void *local;
 };
 
 /* Creates a fiber running fn(arg). It starts on the spawner's carrier
