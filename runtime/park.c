@@ -336,8 +336,11 @@ static void fs__interrupt_parked(struct fs_fiber *f, fs_park_token tok)
 {
     /* why belongs to park tok while that park lasts: if f has moved on to
      * another park since, the transition fails on the token. */
-    if (atomic_load_explicit(&f->why, memory_order_relaxed) > FS_PARK_SLEEP)
-        return; /* locks and joins are not interruptible */
+    uint8_t why = atomic_load_explicit(&f->why, memory_order_relaxed);
+    /* Locks and joins are not interruptible; semaphore waits are (POSIX
+     * ends sem_wait with EINTR when a handler runs). */
+    if (why > FS_PARK_SLEEP && why != FS_PARK_SEM)
+        return;
     bool won;
     if (fs__park_transition(f, tok, FS_PW_TIMEDOUT, &won)) {
         atomic_store_explicit(&f->interrupted, 1, memory_order_relaxed);

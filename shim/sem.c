@@ -14,6 +14,13 @@
  * adds to the value and only then reads q.len. Both orders are seq_cst,
  * so either the waiter sees the new unit or the poster sees the waiter
  * and wakes one. A woken waiter competes for the unit again.
+ *
+ * Signals: a semaphore park is interruptible (FS_PARK_SEM, unlike lock
+ * waits), so a signal sent to a waiting fiber runs its handler at once,
+ * and the wait then ends as the kernel ends glibc's futex wait: EINTR
+ * from a timed wait, from sem_wait unless every handler that ran had
+ * SA_RESTART (then it waits on). The polling of glibc's semaphores
+ * sleeps interruptibly and decides the same way.
  */
 #include "waitq.h"
 
@@ -47,9 +54,24 @@ static inline bool shim__sem_try_take(struct shim__sem *s)
     return false;
 }
 
+/* Whether a wait ends now because a handler ran in the waiting fiber
+ * since *h was read (then *h takes the new count): as the kernel ends
+ * glibc's futex wait, a timed wait always fails with EINTR, sem_wait
+ * unless every handler that ran had SA_RESTART (then it is restarted). */
+static bool shim__sem_interrupted(uint32_t *h, bool timed)
+{
+    uint32_t now = shim__sig_handled();
+    if (now == *h)
+        return false;
+    *h = now;
+    bool restart = shim__sig_should_restart(); /* and re-arms the flag */
+    return timed || !restart;
+}
+
 /* glibc's semaphores: errno-style result. */
 static int shim__sem_wait_glibc(sem_t *sp, struct shim__deadline *d, bool timed)
 {
+    uint32_t h = shim__sig_handled();
     if (!fs_self())
         return timed ? REAL(sem_clockwait)(sp, d->clock, &d->abs) : REAL(sem_wait)(sp);
     for (int64_t backoff = SHIM_POLL_MIN_NS;;) {
@@ -61,14 +83,19 @@ static int shim__sem_wait_glibc(sem_t *sp, struct shim__deadline *d, bool timed)
             errno = ETIMEDOUT;
             return -1;
         }
-        shim__backoff_sleep(backoff, d);
+        shim__backoff_sleep(backoff, d); /* interruptible: a handler runs in it */
+        if (shim__sem_interrupted(&h, timed)) {
+            errno = EINTR;
+            return -1;
+        }
         backoff = backoff * 2 > SHIM_POLL_MAX_NS ? SHIM_POLL_MAX_NS : backoff * 2;
     }
 }
 
-/* Returns 0 or -1 with errno (ETIMEDOUT). */
-static int shim__sem_wait_slow(struct shim__sem *s, struct shim__deadline *d)
+/* Returns 0 or -1 with errno (ETIMEDOUT, EINTR). */
+static int shim__sem_wait_slow(struct shim__sem *s, struct shim__deadline *d, bool timed)
 {
+    uint32_t h = shim__sig_handled();
     for (;;) {
         struct fs_waiter w;
         fs_waiter_prepare(&w);
@@ -87,9 +114,15 @@ static int shim__sem_wait_slow(struct shim__sem *s, struct shim__deadline *d)
             errno = ETIMEDOUT;
             return -1;
         }
+        /* FS_PARK_SEM is interruptible: a signal sent to this fiber ends
+         * the park (-EINTR) and its handler runs as we resume. */
         int rc = shim__waitq_wait(&s->q, &w, FS_PARK_SEM, s, d);
         if (rc == -ETIMEDOUT) {
             errno = ETIMEDOUT;
+            return -1;
+        }
+        if (rc == -EINTR && shim__sem_interrupted(&h, timed)) {
+            errno = EINTR; /* the unit, if one was posted, stays for others */
             return -1;
         }
         if (shim__sem_try_take(s))
@@ -110,7 +143,7 @@ static int shim__sem_take(sem_t *sp, clockid_t clock, const struct timespec *abs
     struct shim__sem *s = (struct shim__sem *)sp;
     if (SHIM_LIKELY(shim__sem_try_take(s)))
         return 0;
-    return shim__sem_wait_slow(s, &d);
+    return shim__sem_wait_slow(s, &d, timed);
 }
 
 int shim__sem_init(sem_t *sp, int pshared, unsigned value)

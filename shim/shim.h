@@ -97,6 +97,7 @@ struct shim_sigstate {
     uint64_t mask;             /* its blocked signals, bit sig-1 (signals 1..64) */
     _Atomic int restart;       /* the handlers last run had SA_RESTART */
     _Atomic uint64_t waiting;  /* the set it waits for in sigwait & co., or 0 */
+    uint32_t handled;          /* handlers raised by its hook so far; its own */
 };
 
 /* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */
@@ -111,6 +112,12 @@ void shim__adopt_pending(struct shim_sigstate *ss);
 /* After a wait returned -EINTR: true if the call should be restarted
  * (every handler that ran had SA_RESTART). */
 bool shim__sig_should_restart(void);
+
+/* How many signal handlers the shim has run in the calling fiber so far
+ * (0 off a fiber): a wait that saw -EINTR compares it with its value from
+ * before, to tell a handler from an interrupt that ran none (an ignored
+ * signal). */
+uint32_t shim__sig_handled(void);
 
 /* ---- robust.c ----------------------------------------------------------- */
 

@@ -84,6 +84,7 @@ void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
     atomic_store(&ss->pending, 0);
     atomic_store(&ss->queued, 0);
     atomic_store(&ss->restart, 1);
+    ss->handled = 0;
     atomic_store(&ss->waiting, 0);
     struct shim_sigstate *cur = shim__sigstate(fs_self());
     uint64_t inherited;
@@ -151,8 +152,12 @@ static void shim__deliver_pending(struct shim_sigstate *ss)
         if (!shim__take_one(ss, sig, &queued, &v))
             continue;
         struct sigaction sa;
-        if (sigaction(sig, NULL, &sa) == 0 && !(sa.sa_flags & SA_RESTART))
-            atomic_store(&ss->restart, 0);
+        if (sigaction(sig, NULL, &sa) == 0) {
+            if (!(sa.sa_flags & SA_RESTART))
+                atomic_store(&ss->restart, 0);
+            if (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)
+                ss->handled++;
+        }
         /* To ourselves: the kernel delivers it before the call returns,
          * with the fiber's mask, on the fiber's stack. */
         shim__raise_on_carrier(sig, queued, v);
@@ -240,6 +245,12 @@ void shim__adopt_pending(struct shim_sigstate *ss)
         }
         atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
     }
+}
+
+uint32_t shim__sig_handled(void)
+{
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    return ss ? ss->handled : 0;
 }
 
 int shim__pthread_kill(pthread_t t, int sig)

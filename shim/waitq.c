@@ -92,6 +92,16 @@ int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_re
                                 shim__waitq_commit_unlock, &q->lock);
         if (rc == 0)
             return 0;
+        if (rc == -EINTR) {
+            /* An interruptible park (FS_PARK_SEM) that a signal ended. A
+             * waker that dequeued us lost the race for our park and
+             * wakes the next waiter instead: nothing is owed to us. */
+            fs__spin_lock(&q->lock);
+            if (shim__waiter_queued(w))
+                shim__waitq_remove_locked(q, w);
+            fs__spin_unlock(&q->lock);
+            return -EINTR;
+        }
         /* Timed out: no wake can reach this wait any more. Taking the
          * lock also waits out a waker that dequeued us and is still
          * looking at our record. */

@@ -92,7 +92,9 @@ void shim__deadline_refresh(struct shim__deadline *d);
  * Returns 0 when woken, -ETIMEDOUT once the deadline has really passed (w
  * is then out of the queue), or 1 when the deadline fired early on the
  * caller's clock while a waker was handing w a wake that failed: nothing
- * was granted, the caller retries from the top. Any thread. */
+ * was granted, the caller retries from the top. -EINTR (w out of the
+ * queue) when a signal ended a park of an interruptible reason
+ * (FS_PARK_SEM; see fs_interrupt). Any thread. */
 int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_reason why,
                      const void *obj, struct shim__deadline *d);
 

@@ -254,9 +254,10 @@ FS_API int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_
 FS_API bool fs_unpark(fs_fiber *f, fs_park_token tok);
 
 /* Interrupts f, as a signal interrupts a thread: if f is parked for I/O,
- * poll or sleep (FS_PARK_READ .. FS_PARK_SLEEP), that park ends at once
- * and fs_park() returns -EINTR; other parks (locks, joins) are not cut
- * short. Either way f's switch hook runs when f next runs. Any thread. */
+ * poll, sleep (FS_PARK_READ .. FS_PARK_SLEEP) or a semaphore
+ * (FS_PARK_SEM), that park ends at once and fs_park() returns -EINTR;
+ * other parks (locks, joins) are not cut short. Either way f's switch
+ * hook runs when f next runs. Any thread. */
 FS_API void fs_interrupt(fs_fiber *f);
 
 /* Installs a hook the runtime calls on the fiber's own stack each time a
