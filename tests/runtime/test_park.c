@@ -567,3 +567,53 @@ Test(park, timers_never_fire_early)
     cr_assert_lt(lateness[N - 1], 250 * MS, "a sleep ran %ld ms late",
                  (long)(lateness[N - 1] / MS));
 }
+
+/* ---- interrupts ------------------------------------------------------------ */
+
+struct intr {
+    enum fs_park_reason why;
+    _Atomic fs_park_token tok; /* published once parked (or about to) */
+    fs_fiber *_Atomic self;
+    _Atomic int rc;
+};
+
+static void *intr_parker(void *arg)
+{
+    struct intr *p = arg;
+    atomic_store(&p->self, fs_self());
+    fs_park_token tok = fs_park_prepare();
+    atomic_store(&p->tok, tok);
+    atomic_store(&p->rc, fs_park(tok, p->why, NULL, FS_NO_DEADLINE, NULL, NULL));
+    return NULL;
+}
+
+/* A semaphore park ends with -EINTR at an interrupt, as I/O and sleeps
+ * do; a mutex park does not (POSIX does not interrupt lock waits), and
+ * ends only at its unpark. */
+Test(park, interrupt_ends_sem_parks_not_lock_parks)
+{
+    start(2);
+    enum fs_park_reason whys[] = {FS_PARK_SEM, FS_PARK_MUTEX};
+    for (int i = 0; i < 2; i++) {
+        struct intr p = {.why = whys[i], .rc = 1};
+        fs_fiber *f;
+        cr_assert_eq(fs_spawn(&f, intr_parker, &p, NULL), 0);
+        unsigned n = 0;
+        while (!atomic_load(&p.tok))
+            spin_pause(&n);
+        nanosleep(&(struct timespec){0, 20 * MS}, NULL); /* parked, most likely */
+        fs_interrupt(atomic_load(&p.self));
+        if (whys[i] == FS_PARK_SEM) {
+            /* Up to 5 s for a loaded machine to run it: never hang in join. */
+            for (int ms = 0; ms < 5000 && atomic_load(&p.rc) == 1; ms++)
+                nanosleep(&(struct timespec){0, MS}, NULL);
+            cr_assert_eq(atomic_load(&p.rc), -EINTR, "a semaphore park was not interrupted");
+        } else {
+            nanosleep(&(struct timespec){0, 20 * MS}, NULL);
+            cr_assert_eq(atomic_load(&p.rc), 1, "a mutex park was interrupted");
+            cr_assert(fs_unpark(f, atomic_load(&p.tok)));
+        }
+        cr_assert_eq(fs_join(f, NULL, FS_NO_DEADLINE), 0);
+        cr_assert_eq(atomic_load(&p.rc), whys[i] == FS_PARK_SEM ? -EINTR : 0);
+    }
+}

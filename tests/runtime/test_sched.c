@@ -605,3 +605,40 @@ Test(sched, ping_pong_on_one_carrier_wakes_no_carrier)
     cr_assert_lt(wakes, PINGS / 100, "%lu carrier wakes for %d ping-pongs", (unsigned long)wakes,
                  PINGS);
 }
+
+/* ---- the local word ------------------------------------------------------ */
+
+static int local_target;
+
+/* The hook sees a fiber's local word on its first start, before fn. */
+static _Atomic(void *) hook_saw;
+
+static void local_hook(fs_fiber *f)
+{
+    atomic_store(&hook_saw, fs_fiber_local(f));
+}
+
+static void *local_of_self(void *unused)
+{
+    (void)unused;
+    return fs_fiber_local(fs_self());
+}
+
+Test(sched, spawn_attr_local_is_set_before_the_fiber_runs)
+{
+    fs_set_interrupt_hook(local_hook);
+    start(1, false);
+    fs_fiber *f;
+    cr_assert_eq(fs_spawn(&f, local_of_self, NULL, &(struct fs_spawn_attr){.local = &local_target}),
+                 0);
+    /* From a plain thread the new fiber may already run: its word is set. */
+    cr_assert_eq(fs_fiber_local(f), &local_target);
+    fs_interrupt(f);
+    void *ret;
+    cr_assert_eq(fs_join(f, &ret, FS_NO_DEADLINE), 0);
+    cr_assert_eq(ret, &local_target);
+    /* An interrupt sent before the first run was taken at the start, where
+     * the word was already there; if the fiber had already run, the hook
+     * ran later, with the same word. */
+    cr_assert_eq(atomic_load(&hook_saw), &local_target);
+}
