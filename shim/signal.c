@@ -127,8 +127,8 @@ static bool shim__take_one(struct shim_sigstate *ss, int sig, bool *queued, unio
     if (!(atomic_fetch_and(&ss->pending, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig)))
         return false;
     *queued = atomic_fetch_and(&ss->queued, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig);
-    if (*queued)
-        *v = ss->value[sig - 1];
+    if (*queued) /* relaxed: a sender racing to queue sig again may change it */
+        v->sival_ptr = __atomic_load_n(&ss->value[sig - 1].sival_ptr, __ATOMIC_RELAXED);
     return true;
 }
 
@@ -148,7 +148,7 @@ static void shim__deliver_pending(struct shim_sigstate *ss)
     while ((p = atomic_load(&ss->pending) & ~ss->mask) != 0) {
         int sig = __builtin_ctzll(p) + 1;
         bool queued;
-        union sigval v;
+        union sigval v = {0};
         if (!shim__take_one(ss, sig, &queued, &v))
             continue;
         struct sigaction sa;
@@ -240,7 +240,7 @@ void shim__adopt_pending(struct shim_sigstate *ss)
         if (REAL(sigtimedwait)(&one, &si, &zero) != sig)
             continue;
         if (si.si_code == SI_QUEUE) {
-            ss->value[sig - 1] = si.si_value;
+            __atomic_store_n(&ss->value[sig - 1].sival_ptr, si.si_value.sival_ptr, __ATOMIC_RELAXED);
             atomic_fetch_or(&ss->queued, SHIM_SIGBIT(sig));
         }
         atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
@@ -285,8 +285,9 @@ int shim__pthread_sigqueue(pthread_t t, int sig, const union sigval value)
     if (sig == 0)
         return 0;
     struct shim_sigstate *ss = shim__sigstate(f);
-    ss->value[sig - 1] = value;
-    atomic_fetch_or(&ss->queued, SHIM_SIGBIT(sig)); /* before pending: see shim__take_one */
+    /* The whole 8 bytes, as the kernel copies them: sival_ptr covers sival_int. */
+    __atomic_store_n(&ss->value[sig - 1].sival_ptr, value.sival_ptr, __ATOMIC_RELAXED);
+    atomic_fetch_or(&ss->queued, SHIM_SIGBIT(sig)); /* after the value: see shim__take_one */
     shim__post(f, sig);
     return 0;
 }
@@ -364,7 +365,7 @@ static int shim__take_fiber_pending(struct shim_sigstate *ss, uint64_t bits, sig
     while ((p = atomic_load(&ss->pending) & bits) != 0) {
         int sig = __builtin_ctzll(p) + 1;
         bool queued;
-        union sigval v;
+        union sigval v = {0};
         if (!shim__take_one(ss, sig, &queued, &v))
             continue; /* delivered by the hook meanwhile */
         if (!info)
