@@ -243,29 +243,30 @@ SHIM_ALIAS(execlp)
  * (shim__fd_exec_handover bumps the generation first, so no fiber of ours
  * takes a listener for its own while the flags change), and again after
  * the spawn, for fds made meanwhile. */
-int shim__posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
-                      const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+static int shim__spawn(__typeof__(posix_spawn) *real, pid_t *pid, const char *path,
+                       const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr,
+                       char *const argv[], char *const envp[])
 {
     struct shim_fd_handover h;
     bool handed = shim__exec_begin(envp, &h);
-    int rc = shim__real_exec.posix_spawn(pid, path, fa, attr, argv, envp);
+    int rc = real(pid, path, fa, attr, argv, envp);
     shim__fd_forked();
     if (handed && rc != 0)
         shim__fd_exec_undo(&h);
     return rc;
+}
+
+int shim__posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                      const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    return shim__spawn(shim__real_exec.posix_spawn, pid, path, fa, attr, argv, envp);
 }
 SHIM_ALIAS(posix_spawn)
 
 int shim__posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
-    struct shim_fd_handover h;
-    bool handed = shim__exec_begin(envp, &h);
-    int rc = shim__real_exec.posix_spawnp(pid, file, fa, attr, argv, envp);
-    shim__fd_forked();
-    if (handed && rc != 0)
-        shim__fd_exec_undo(&h);
-    return rc;
+    return shim__spawn(shim__real_exec.posix_spawnp, pid, file, fa, attr, argv, envp);
 }
 SHIM_ALIAS(posix_spawnp)
 
