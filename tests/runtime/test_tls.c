@@ -58,6 +58,44 @@ static uintptr_t fs_word(unsigned off)
 enum { STRESS_FIBERS = 200, STRESS_ROUNDS = 150 };
 static _Atomic long stress_moves;
 
+/* A forced move: the caller yields while a fiber it spawned spins on their
+ * carrier, so the caller can run again only where an idle carrier stole it
+ * from the ring. The spinner stops once the caller ran elsewhere (or after
+ * 2 s: then the check in the caller fails). Moves by timing alone do not
+ * always happen (a fast machine ran the whole stress without one). */
+struct mover {
+    atomic_bool moved;
+};
+
+static void *spin_until_moved(void *arg)
+{
+    struct mover *m = arg;
+    int64_t deadline = fs_now() + 2 * 1000 * 1000 * 1000LL;
+    while (!atomic_load(&m->moved) && fs_now() < deadline)
+        ;
+    return NULL;
+}
+
+static bool force_move(void)
+{
+    /* An idle carrier may steal the spinner before it first runs; then
+     * the yield finds nothing to do and returns here. Try again. */
+    for (int attempt = 0; attempt < 100; attempt++) {
+        struct mover m = {false};
+        pid_t before = test_gettid();
+        fs_fiber *spinner;
+        if (fs_spawn(&spinner, spin_until_moved, &m, NULL) != 0)
+            return false;
+        fs_yield();
+        bool moved = test_gettid() != before;
+        atomic_store(&m.moved, true);
+        fs_join(spinner, NULL, FS_NO_DEADLINE);
+        if (moved)
+            return true;
+    }
+    return false;
+}
+
 static void *stress_fiber(void *arg)
 {
     long id = (long)arg;
@@ -73,7 +111,9 @@ static void *stress_fiber(void *arg)
     for (int r = 0; r < STRESS_ROUNDS; r++) {
         *ep = (int)(id * 1000 + r);
         /* Parks of three kinds: a yield, a short sleep, a timed-out wait. */
-        if (r % 3 == 0) {
+        if (r == STRESS_ROUNDS / 2 && id % 100 == 0) { /* two spinners at most */
+            FCHECK(force_move(), "fiber %ld: a forced move did not move it", id);
+        } else if (r % 3 == 0) {
             fs_yield();
         } else if (r % 3 == 1) {
             fs_sleep_until(fs_now() + (r % 7) * US);
