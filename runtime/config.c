@@ -96,7 +96,7 @@ int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "FIBERSHIM_MIGRATE=\"%s\" is invalid: expected 0 or 1", v);
             return -EINVAL;
         }
-        cfg->migrate = v[0] == '1';
+        cfg->migrate = v[0] == '1' ? FS_MIGRATE_ON : FS_MIGRATE_OFF;
     }
     if ((v = secure_getenv("FIBERSHIM_FIBER_TLS")) && *v) {
         if (strcmp(v, "0") && strcmp(v, "1")) {

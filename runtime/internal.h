@@ -11,12 +11,19 @@
  *  - carrier (M): the kernel thread currently driving a sched
  *                 (struct fs_sched.thread).
  *
- * Pinning rule: a fiber that has never run may run anywhere. Once it has
- * run, every later wake-up sends it back to the same sched (fiber.home),
- * unless migration is on (g.migrate): a glibc robust or PI mutex it holds
- * belongs to its kernel thread, and without per-fiber TLS (tls.c) it may
- * hold addresses of its kernel thread's TLS (errno, __thread data) in
- * registers or on its stack.
+ * Pinning rule: a fiber may run on any carrier (stolen by an idle one,
+ * resumed by whichever carrier wakes it), except when pinned to the sched
+ * it last ran on (fiber.home), where every wake-up sends it back:
+ *  - an adopted fiber: it is its kernel thread (main's thread id is the
+ *    process id; its TCB is the one glibc, rseq, set_robust_list and
+ *    setuid()'s broadcast know for that thread);
+ *  - a fiber inside fs_pin() (fiber.pins): it holds a glibc robust, PI or
+ *    PP mutex, which glibc and the kernel tie to the kernel thread that
+ *    locked it;
+ *  - every started fiber when migration is off (fs__g.migrate false:
+ *    FIBERSHIM_MIGRATE=0, or by default without per-fiber TLS (tls.c),
+ *    where a fiber may hold addresses of its kernel thread's TLS, errno
+ *    or __thread data, in registers or on its stack).
  *
  * Locking: each struct says which lock (or which thread) owns each field.
  * Lock order: waitq/user-object locks -> fs_pollfd.lock -> sched.timer_lock
@@ -89,6 +96,9 @@ struct fs_fiber {
      * fs_interrupt reads it from any thread (park.c). */
     _Atomic uint8_t why;
     bool is_adopted;             /* runs on a kernel thread's own stack */
+    /* fs_pin() count: written by the fiber itself (pin) or by anyone
+     * (unpin); read by whoever queues it, after the park word's acquire. */
+    _Atomic uint32_t pins;
     bool own_stack;              /* stack came from fs__stack_alloc */
     /* CPU time (cputime.c): written only by the carrier running the fiber,
      * at its switches; read by any thread under cpu_seq. */
@@ -224,6 +234,7 @@ struct fs_runtime {
     _Atomic int state;           /* 0 off, 1 starting, 2 running */
     struct fs_config cfg;
     unsigned nsched;             /* configured carriers */
+    bool migrate;                /* started fibers may move (cfg.migrate resolved at init) */
     unsigned nextra_max;         /* handoff carriers the monitor may add */
     struct fs_sched **scheds;    /* nsched + nextra_max slots */
     /* Scheds driven so far: the configured ones start first, in order;

@@ -49,6 +49,7 @@ static int fs__init_locked(const struct fs_config *cfg)
         return -EINVAL;
     fs__g.cfg = c;
     fs__tls_init(&c);
+    fs__g.migrate = c.migrate == FS_MIGRATE_ON || (c.migrate == FS_MIGRATE_AUTO && fs__tls.on);
     fs__g.nextra_max = c.handoff_off ? 0 : c.handoff_max ? c.handoff_max : c.carriers;
     if (fs__g.nextra_max > FS_MAX_CARRIERS)
         fs__g.nextra_max = FS_MAX_CARRIERS;

@@ -42,9 +42,13 @@ static inline bool fs__retired(struct fs_sched *s)
     return s->extra && atomic_load_explicit(&s->retired, memory_order_relaxed);
 }
 
+/* The pinning rule (internal.h). pins is read after the park word's
+ * acquire (or by the fiber itself), so a pin taken before a park is seen. */
 static inline bool fs__movable(const struct fs_fiber *f)
 {
-    return f->home == NULL || fs__g.cfg.migrate;
+    return f->home == NULL ||
+           (fs__g.migrate && !f->is_adopted &&
+            atomic_load_explicit(&f->pins, memory_order_relaxed) == 0);
 }
 
 void fs__global_push(struct fs_fiber *f)

@@ -145,10 +145,10 @@
  * glibc installed it at the first pthread_create): ours first clears the flag
  * of every listed TCB that names the interrupted kernel thread (as glibc's
  * handler would for its own, and before it makes the call, which only then
- * lets glibc go on), then runs glibc's. A kernel thread glibc does not
- * list at all keeps its credentials: carrier 0 while main's fiber runs on
- * another carrier (FIBERSHIM_MIGRATE=1), since main's TCB then carries the
- * other carrier's tid.
+ * lets glibc go on), then runs glibc's. Every carrier's kernel thread is
+ * listed: its own TCB, or for carrier 0 main's, whose fiber never leaves
+ * it (adopted fibers are pinned, internal.h), so main's TCB always
+ * carries carrier 0's tid.
  *
  * Sanitizers: a build with -fsanitize=address or thread compiles the
  * per-fiber mode out (they keep per-thread state, TSan's whole thread

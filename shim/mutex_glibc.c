@@ -49,15 +49,17 @@
  *    EOWNERDEAD from glibc.
  *
  * Kernel threads: glibc's unlock must run on the kernel thread that
- * locked. A fiber that has run stays on its carrier, so it does. With
- * FIBERSHIM_MIGRATE=1 it may not, and glibc then answers the holder as it
- * would a stranger (EPERM, busy). Only then does the holder look
- * (shim__gm_follow): for a plain process-shared normal, recursive or
- * errorcheck mutex, glibc knows the holder only by __owner, which is moved
- * to the new kernel thread; a robust or priority-inheritance/protection
- * mutex is on the old kernel thread's robust list or in the kernel's PI
- * state, which only that thread may change, and the program stops with a
- * message (shim__mutex_glibc_moved).
+ * locked. Fibers migrate between carriers (the default with per-fiber
+ * TLS), so a holder may resume elsewhere, and glibc then answers it as it
+ * would a stranger (EPERM, busy). A robust or priority-inheritance/
+ * protection mutex is on the locking kernel thread's robust list or in
+ * the kernel's PI state, which only that thread may change: its holder is
+ * pinned to its carrier (fs_pin) from its first acquisition to its last
+ * release, so this never happens (shim__mutex_glibc_moved stops the
+ * program should it happen anyway). A plain process-shared normal,
+ * recursive or errorcheck mutex, which glibc knows the holder of only by
+ * __owner, does not pin: the holder looks only on such an answer
+ * (shim__gm_follow) and moves __owner to its new kernel thread.
  *
  * The kernel thread that became carrier 0 may hold glibc mutexes it
  * locked before that, as a plain thread (none of this table's business).
@@ -111,6 +113,7 @@ struct shim__gm {
     uint64_t owner;           /* shim__self_owner() of the fiber that owns or is acquiring it */
     bool held;                /* glibc's lock is taken for owner (else it is acquiring) */
     unsigned waiters;         /* fibers that will look at this entry again after a park */
+    fs_fiber *pinned;         /* the holder, pinned to its kernel thread while it holds */
 };
 
 /* A fiber waiting for an entry, on its stack, queued in its bucket. */
@@ -174,6 +177,36 @@ static inline struct shim__gm_waiter *shim__gm_waiter_of(struct fs_waiter *w)
  * has waited over SHIM_GM_STARVE_NS gets e handed over instead. A woken
  * waiter that loses queues again at the head, so the next release wakes
  * it again: no wake is lost. Returns what to free(). */
+static inline int shim__gm_kind(const pthread_mutex_t *m);
+
+/* e's hold begins, for the calling fiber (under the bucket lock). glibc
+ * and the kernel tie a robust, priority-inheritance or priority-protect
+ * mutex to the kernel thread that locked it (its robust list, the owner
+ * thread id in the lock word, the kernel's PI state): its holder is
+ * pinned to its carrier until the hold ends (shim__gm_unhold_locked), so
+ * migration never moves it away. Other kinds follow a moved holder
+ * (shim__gm_follow). */
+static void shim__gm_hold_locked(struct shim__gm *e)
+{
+    e->held = true;
+    if (shim__gm_kind(e->m) & (SHIM_GM_ROBUST | SHIM_GM_PI | SHIM_GM_PP)) {
+        e->pinned = fs_self();
+        fs_pin(e->pinned);
+    }
+}
+
+/* e's hold ends (under the bucket lock). Only the holder itself unpins:
+ * a hold another ends (a destroy, a PI normal mutex unlocked by another)
+ * leaves its fiber pinned for good, which is safe, where touching a
+ * fiber that may have exited is not. */
+static void shim__gm_unhold_locked(struct shim__gm *e)
+{
+    e->held = false;
+    if (e->pinned && e->pinned == fs_self())
+        fs_unpin(e->pinned);
+    e->pinned = NULL;
+}
+
 static struct shim__gm *shim__gm_release_locked(struct shim__gm_bucket *b, struct shim__gm *e)
 {
     int64_t now = 0;
@@ -189,7 +222,7 @@ static struct shim__gm *shim__gm_release_locked(struct shim__gm_bucket *b, struc
         bool starving = now - gw->since > SHIM_GM_STARVE_NS;
         if (starving) {
             e->owner = fs_fiber_id(w->fiber) | SHIM_OWNER_FIBER;
-            e->held = false;
+            shim__gm_unhold_locked(e);
             w->data = SHIM_GM_GRANTED;
         }
         if (fs_waiter_wake(w)) {
@@ -201,7 +234,7 @@ static struct shim__gm *shim__gm_release_locked(struct shim__gm_bucket *b, struc
         w->data = 0;
     }
     e->owner = 0;
-    e->held = false;
+    shim__gm_unhold_locked(e);
     return shim__gm_put_locked(b, e);
 }
 
@@ -283,8 +316,8 @@ void shim__mutex_glibc_moved(const pthread_mutex_t *m)
     int n = snprintf(buf, sizeof buf,
                      "fibershim: a fiber holds the robust or priority-inheritance/protection "
                      "mutex %p, which glibc ties to the kernel thread that locked it, and "
-                     "FIBERSHIM_MIGRATE=1 moved the fiber to another carrier; run without "
-                     "FIBERSHIM_MIGRATE\n",
+                     "was moved to another carrier although pinned (a fibershim bug); "
+                     "FIBERSHIM_MIGRATE=0 avoids it\n",
                      (const void *)m);
     if (n > 0)
         (void)!write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
@@ -293,7 +326,7 @@ void shim__mutex_glibc_moved(const pthread_mutex_t *m)
 
 /* The caller holds m through its entry, but glibc just answered as to
  * another holder. Returns whether to ask glibc again: glibc holds m for
- * another kernel thread, so FIBERSHIM_MIGRATE=1 moved the caller since it
+ * another kernel thread, so migration moved the caller since it
  * locked m (see "Kernel threads" at the top), and __owner, all glibc
  * knows the holder of a plain mutex by, now names the caller's. A robust,
  * PI or PP mutex cannot follow: the program stops. Costs a gettid(), on
@@ -406,7 +439,7 @@ static int shim__gm_acquire(pthread_mutex_t *m, struct shim__gm_bucket *b, struc
             adopted = shim__gm_adopted();
         if ((rc == 0 || rc == EOWNERDEAD || again) && (!again || adopted)) {
             fs__spin_lock(&b->q.lock);
-            e->held = true;
+            shim__gm_hold_locked(e);
             fs__spin_unlock(&b->q.lock);
             shim__robust_locked(m, again ? 0 : rc);
             return rc;
@@ -498,7 +531,7 @@ int shim__mutex_glibc_lock(pthread_mutex_t *m, enum shim__lock_mode mode, clocki
             e->held = false;
             rc = shim__gm_try(m, mode);
             if ((rc == 0 && !shim__gm_counted_again(m)) || rc == EOWNERDEAD) {
-                e->held = true;
+                shim__gm_hold_locked(e);
                 fs__spin_unlock(&b->q.lock);
                 free(spare);
                 shim__robust_locked(m, rc);
@@ -645,7 +678,7 @@ void shim__mutex_glibc_forget(pthread_mutex_t *m)
          * (it points to it) and goes on to lock the new mutex. */
         if (e->held) {
             e->owner = 0;
-            e->held = false;
+            shim__gm_unhold_locked(e);
             dead = shim__gm_put_locked(b, e);
         }
     }

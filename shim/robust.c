@@ -61,18 +61,16 @@ static void shim__robust_dequeue(pthread_mutex_t *m)
 }
 
 /* The robust list the kernel walks when the calling kernel thread, or the
- * process, dies: the one it registered with set_robust_list. Asked once
- * per TLS block: per carrier, or, with per-fiber TLS, per fiber, which
- * never leaves its carrier while it holds a robust mutex (mutex_glibc.c
- * stops the program if FIBERSHIM_MIGRATE=1 moves it). NULL if unknown. */
+ * process, dies: the one it registered with set_robust_list. Asked each
+ * time (robust locks are rare): a fiber may have moved to another carrier
+ * since it last asked, though never while it holds a robust mutex
+ * (mutex_glibc.c pins it). NULL if unknown. */
 static struct robust_list_head *shim__robust_kernel_head(void)
 {
-    static __thread struct robust_list_head *head;
-    if (!head) {
-        size_t len;
-        if (syscall(SYS_get_robust_list, 0, &head, &len) != 0)
-            head = NULL;
-    }
+    struct robust_list_head *head;
+    size_t len;
+    if (syscall(SYS_get_robust_list, 0, &head, &len) != 0)
+        return NULL;
     return head;
 }
 
@@ -84,9 +82,10 @@ static struct robust_list_head *shim__robust_kernel_head(void)
  * good in the other processes. So m moves to the front of the list the
  * kernel knows (glibc's ENQUEUE_MUTEX_BOTH there: forward links are what
  * the kernel reads, each complete before it is published, and bit 0 of a
- * forward link marks a PI mutex). Only fibers of this carrier touch that
- * list, never in the middle of one of glibc's operations, which do not
- * yield. Without per-fiber thread control blocks m is already there.
+ * forward link marks a PI mutex). Only fibers running on this carrier
+ * touch that list, never in the middle of one of glibc's operations,
+ * which do not yield. Without per-fiber thread control blocks m is
+ * already there.
  */
 static void shim__robust_onto_kernel_list(pthread_mutex_t *m)
 {
@@ -162,7 +161,8 @@ void shim__robust_owner_died(struct shim_robust_set *s)
             continue;
         unsigned *word = (unsigned *)&m->__data.__lock;
         unsigned v = __atomic_load_n(word, __ATOMIC_RELAXED);
-        /* Locked on another carrier: FIBERSHIM_MIGRATE=1 moved us. */
+        /* Locked on another carrier: we moved while holding it, which
+         * the pin (mutex_glibc.c) forbids. */
         if ((v & FUTEX_TID_MASK) != (unsigned)tid)
             shim__mutex_glibc_moved(m);
         bool pi = __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) & SHIM_PI_NP;

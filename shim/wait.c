@@ -100,9 +100,15 @@ static long shim__pclose_blocking(void *p)
     return REAL(pclose)(p);
 }
 
-/* popen returns at once; pclose waits for the command to exit. */
+bool shim__stdio_owns(FILE *f);
+
+/* popen returns at once; pclose waits for the command to exit. A popen
+ * stream of stdio.c waits through the shim's waitpid in its own close
+ * function, in the calling fiber; another one waits on a spare thread. */
 int shim__pclose(FILE *f)
 {
+    if (shim__stdio_owns(f))
+        return REAL(pclose)(f);
     return (int)shim__offload_blocking(shim__pclose_blocking, f, FS_PARK_OTHER);
 }
 SHIM_ALIAS(pclose)

@@ -59,7 +59,7 @@ Test(config, nothing_set_means_defaults)
     expect_ok(NULL, NULL, &cfg);
     cr_assert_eq(cfg.carriers, 0);
     cr_assert_eq(cfg.stack_size, 0);
-    cr_assert_not(cfg.migrate);
+    cr_assert_eq(cfg.migrate, FS_MIGRATE_AUTO);
 }
 
 Test(config, carriers)
@@ -118,9 +118,9 @@ Test(config, migrate)
 {
     struct fs_config cfg;
     expect_ok("FIBERSHIM_MIGRATE", "0", &cfg);
-    cr_assert_not(cfg.migrate);
+    cr_assert_eq(cfg.migrate, FS_MIGRATE_OFF);
     expect_ok("FIBERSHIM_MIGRATE", "1", &cfg);
-    cr_assert(cfg.migrate);
+    cr_assert_eq(cfg.migrate, FS_MIGRATE_ON);
     expect_bad("FIBERSHIM_MIGRATE", "2");
     expect_bad("FIBERSHIM_MIGRATE", "yes");
     expect_bad("FIBERSHIM_MIGRATE", "10");
@@ -152,7 +152,7 @@ Test(config, all_three_together)
     cr_assert_eq(fs_config_from_env(&cfg, err, sizeof err), 0);
     cr_assert_eq(cfg.carriers, 3);
     cr_assert_eq(cfg.stack_size, 1024 * 1024);
-    cr_assert(cfg.migrate);
+    cr_assert_eq(cfg.migrate, FS_MIGRATE_ON);
 }
 
 Test(config, small_error_buffer_is_not_overrun)

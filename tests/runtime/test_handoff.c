@@ -151,7 +151,9 @@ Test(handoff, handoff_off_means_nothing_runs_meanwhile, .timeout = 60)
  * passes while the spinner holds it. The monitor fires the timers. */
 static void sleepers_during_spin(bool migrate, struct sleeper *sl, struct quick *q)
 {
-    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1, .migrate = migrate}), 0);
+    cr_assert_eq(fs_init(&(struct fs_config){
+                     .carriers = 1, .migrate = migrate ? FS_MIGRATE_ON : FS_MIGRATE_OFF}),
+                 0);
     fs_fiber *f[NSLEEP];
     for (int i = 0; i < NSLEEP; i++)
         cr_assert_eq(fs_spawn(&f[i], sleeper, &sl[i], NULL), 0);
@@ -166,6 +168,7 @@ static void sleepers_during_spin(bool migrate, struct sleeper *sl, struct quick 
     cr_assert_eq(fs_join(s, NULL, FS_NO_DEADLINE), 0);
 }
 
+/* FIBERSHIM_MIGRATE=0 */
 Test(handoff, started_fibers_stay_with_their_kernel_thread, .timeout = 60)
 {
     struct sleeper sl[NSLEEP] = {0};

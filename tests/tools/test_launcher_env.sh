@@ -52,6 +52,11 @@ expect_var FIBERSHIM_DUMP_SIGNAL SIGUSR2
 expect_var LD_PRELOAD "$TL"
 [ -z "$err" ] || fail "$desc: unexpected stderr: $err"
 
+# --pin: migration off.
+run_cmd clean_env "$L" --lib "$TL" --pin -- env
+expect_rc 0
+expect_var FIBERSHIM_MIGRATE 0
+
 # No options: only LD_PRELOAD.
 run_cmd clean_env "$L" --lib "$TL" env
 expect_rc 0
