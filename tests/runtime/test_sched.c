@@ -18,9 +18,13 @@
 #include "fibershim.h"
 #include "util.h"
 
+/* migrate false: FIBERSHIM_MIGRATE=0, the premise of the placement tests
+ * below; true: FIBERSHIM_MIGRATE=1. */
 static void start(unsigned carriers, bool migrate)
 {
-    cr_assert_eq(fs_init(&(struct fs_config){.carriers = carriers, .migrate = migrate}), 0);
+    cr_assert_eq(fs_init(&(struct fs_config){
+                     .carriers = carriers, .migrate = migrate ? FS_MIGRATE_ON : FS_MIGRATE_OFF}),
+                 0);
 }
 
 /* ---- spawn and join at scale ------------------------------------------- */
@@ -618,9 +622,14 @@ static void local_hook(fs_fiber *f)
     atomic_store(&hook_saw, fs_fiber_local(f));
 }
 
+/* Stays until the hook has run (at its first start, or at the end of a
+ * sleep the interrupt cuts short), so the interrupt never finds it gone. */
 static void *local_of_self(void *unused)
 {
     (void)unused;
+    int64_t give_up = fs_now() + 5 * 1000 * US;
+    while (!atomic_load(&hook_saw) && fs_now() < give_up)
+        fs_sleep_until(fs_now() + 1000 * US);
     return fs_fiber_local(fs_self());
 }
 
