@@ -106,11 +106,18 @@ static struct shim_stream *shim__popen_chain;
 
 /* ---- the cookie functions ----------------------------------------------------- */
 
-/* As glibc's _IO_file_read: one read. */
+/* As glibc's _IO_file_read: one read. A read that succeeds leaves errno
+ * as it was, as the kernel's does (the shim's may have seen an EAGAIN
+ * before it parked): programs test errno after fgets returned NULL at
+ * EOF. */
 static ssize_t shim__stream_read(void *cookie, char *buf, size_t len)
 {
     struct shim_stream *s = cookie;
-    return shim__read(s->fd, buf, len);
+    int saved = errno;
+    ssize_t n = shim__read(s->fd, buf, len);
+    if (n >= 0)
+        errno = saved;
+    return n;
 }
 
 /* As glibc's _IO_new_file_write: write until all is written or a write
@@ -121,13 +128,15 @@ static ssize_t shim__stream_read(void *cookie, char *buf, size_t len)
 static ssize_t shim__stream_write(void *cookie, const char *buf, size_t len)
 {
     struct shim_stream *s = cookie;
+    int saved = errno;
     size_t done = 0;
     while (done < len) {
         ssize_t n = shim__write(s->fd, buf + done, len - done);
         if (n <= 0)
-            break;
+            return (ssize_t)done;
         done += (size_t)n;
     }
+    errno = saved; /* as after a read that succeeds */
     return (ssize_t)done;
 }
 

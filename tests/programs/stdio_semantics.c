@@ -88,9 +88,11 @@ static void reads(void)
     printf(", then fgets \"%.*s\"\n", (int)strlen(line) - 1, line);
     set_step(2);
     char buf[100];
+    errno = 0; /* a read that waits, then succeeds, leaves errno alone */
     size_t n = fread(buf, 1, sizeof buf, in);
-    printf("fread of 100 at EOF: %zu \"%.*s\" feof %d ferror %d\n", n, (int)n, buf, feof(in),
-           ferror(in));
+    int e = errno;
+    printf("fread of 100 at EOF: %zu \"%.*s\" feof %d ferror %d errno %s\n", n, (int)n, buf,
+           feof(in), ferror(in), errname(e));
     c = fgetc(in);
     printf("fgetc after EOF: %s, clearerr -> feof %d\n", c == EOF ? "EOF" : "char",
            (clearerr(in), feof(in)));
@@ -417,8 +419,11 @@ static int child(int fd)
     pthread_join(t, NULL);
     errno = 0;
     long pos = ftell(stdin);
-    printf("child: ftell(stdin) %ld %s, stdin at EOF: %s\n", pos, errname(errno),
-           yesno(getchar() == EOF && feof(stdin)));
+    int e = errno;
+    errno = 0;
+    c = getchar();
+    printf("child: ftell(stdin) %ld %s, then getchar at EOF: %s, errno %s\n", pos, errname(e),
+           yesno(c == EOF && feof(stdin) && !ferror(stdin)), errname(errno));
     printf("child: stdout fileno %d, line buffered %d, buffer %zu\n", fileno(stdout),
            __flbf(stdout), __fbufsize(stdout));
     return 0;
