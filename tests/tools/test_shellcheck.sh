@@ -13,5 +13,5 @@ if ! command -v shellcheck >/dev/null 2>&1; then
 fi
 cd "$src"
 shellcheck -x -P SCRIPTDIR tools/fibershim tools/strace-compare \
-    tests/tools/common.sh tests/tools/test_*.sh
+    tests/tools/common.sh tests/tools/test_*.sh tests/servers/*.sh bench/real-servers
 echo PASS
