@@ -192,21 +192,27 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
     if (attr)
         f->local = attr->local;
     fs__context_make(&f->ctx, f->stack.lo, run_size, fs__fiber_entry, f);
-    if (out)
-        *out = f;
 
     struct fs_sched *s = fs__cur_sched();
-    if (s && s->cur) {
-        /* Fibers spawned by fibers start local, in runnext: a creator that
-         * joins at once pays no cross-core hop. Idle carriers may steal it
-         * until it first runs. */
+    bool local = s && s->cur;
+    if (local) {
         if (atomic_load_explicit(&fs__g.nstarted, memory_order_acquire) < fs__g.nsched ||
             FS_UNLIKELY(!atomic_load_explicit(&fs__monitor_tried, memory_order_relaxed)))
             fs__start_carriers();
+    } else if ((rc = fs__start_carriers()) && atomic_load(&fs__g.nstarted) == 0) {
+        fs__fiber_free(f); /* never published: nothing else knows it */
+        return rc;
+    }
+    if (out)
+        *out = f;
+    if (attr && attr->ready)
+        attr->ready(f, attr->ready_arg); /* before anyone can run it */
+    if (local) {
+        /* Fibers spawned by fibers start local, in runnext: a creator that
+         * joins at once pays no cross-core hop. Idle carriers may steal it
+         * until it first runs. */
         fs__ready(f);
     } else {
-        if ((rc = fs__start_carriers()) && atomic_load(&fs__g.nstarted) == 0)
-            return rc;
         atomic_store_explicit(&f->state, FS_F_RUNNABLE, memory_order_relaxed);
         fs__global_push(f);
         fs__wakep();
@@ -323,17 +329,9 @@ bool fs_fiber_adopted(const fs_fiber *f)
     return f->is_adopted;
 }
 
-void fs_pin(fs_fiber *f)
+void *fs_fiber_tcb(const fs_fiber *f)
 {
-    atomic_fetch_add_explicit(&f->pins, 1, memory_order_relaxed);
-}
-
-void fs_unpin(fs_fiber *f)
-{
-    uint32_t n = atomic_load_explicit(&f->pins, memory_order_relaxed);
-    while (n && !atomic_compare_exchange_weak_explicit(&f->pins, &n, n - 1, memory_order_relaxed,
-                                                       memory_order_relaxed))
-        ;
+    return f->tp;
 }
 
 void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size)

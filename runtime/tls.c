@@ -741,6 +741,39 @@ static char *fs__tls_carve(uintptr_t *top)
     return (char *)tcb;
 }
 
+/*
+ * TCB blocks of fibers on caller-owned stacks: kept on a free list for
+ * reuse, never given back to malloc. A fiber's TCB address is its
+ * pthread_t (fs_fiber_tcb), and the shim keeps the handles of ended
+ * threads answering as glibc's do by that address until another fiber
+ * takes it: an address that malloc handed to something else, or glibc to
+ * a thread of its own, must never be one. TCBs carved from the runtime's
+ * stacks have that property already (stack arenas are never unmapped).
+ * The link lives in the block's first word.
+ */
+static fs_spinlock fs__tls_blocks_lock = FS_SPINLOCK_INIT;
+static void *fs__tls_blocks;
+
+static void *fs__tls_block_get(void)
+{
+    fs__spin_lock(&fs__tls_blocks_lock);
+    void *b = fs__tls_blocks;
+    if (b)
+        fs__tls_blocks = *(void **)b;
+    fs__spin_unlock(&fs__tls_blocks_lock);
+    return b ? b : aligned_alloc(fs__tls.align, fs__tls.block_size);
+}
+
+static void fs__tls_block_put(void *b)
+{
+    if (!b)
+        return;
+    fs__spin_lock(&fs__tls_blocks_lock);
+    *(void **)b = fs__tls_blocks;
+    fs__tls_blocks = b;
+    fs__spin_unlock(&fs__tls_blocks_lock);
+}
+
 int fs__tls_fiber_setup(struct fs_fiber *f, uintptr_t *top)
 {
     if (!fs__tls.on)
@@ -749,14 +782,14 @@ int fs__tls_fiber_setup(struct fs_fiber *f, uintptr_t *top)
     if (*top) {
         tcb = fs__tls_carve(top);
     } else {
-        f->tls_mem = aligned_alloc(fs__tls.align, fs__tls.block_size);
+        f->tls_mem = fs__tls_block_get();
         if (!f->tls_mem)
             return -EAGAIN;
         tcb = (char *)f->tls_mem + fs__tls.block_size - fs__tls.tcb_size;
     }
     struct fs_stack st = f->own_stack ? f->stack_map : f->stack;
     if (fs__tcb_init((struct fs_glibc_pthread *)(void *)tcb, &st, f->fn, f->arg)) {
-        free(f->tls_mem);
+        fs__tls_block_put(f->tls_mem);
         f->tls_mem = NULL;
         return -EAGAIN;
     }
@@ -790,12 +823,15 @@ void fs__tls_fiber_release(struct fs_fiber *f)
         f->tls_live = false;
         fs__dl_deallocate_tls(f->tp, false);
     }
-    free(f->tls_mem);
+    fs__tls_block_put(f->tls_mem);
     f->tls_mem = NULL;
 }
 
 void fs__tls_atfork_child(struct fs_fiber *self)
 {
+    /* A thread the child does not have may have held it: its list is
+     * whole at every instant (a block caught in between is lost). */
+    fs__tls_blocks_lock = (fs_spinlock)FS_SPINLOCK_INIT;
     if (!self || !self->tls_live)
         return;
     /* glibc's fork child (reclaim_stacks) put our TCB on GL(dl_stack_user)

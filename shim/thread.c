@@ -3,25 +3,54 @@
  * scheduling attributes, affinity, names and CPU-time clocks,
  * thread-specific data and C cleanup handlers.
  *
- * Handles. A fiber's pthread_t is SHIM_HANDLE_TAG | generation << 32 |
- * index: the index of its struct shim_thread in a pool of records that is
- * never given back, and the generation that record had when the thread
- * was created. A glibc pthread_t is the address of glibc's struct pthread,
- * a user-space pointer, whose bit 63 (set only in kernel addresses) is
- * always clear. Calls that take a pthread_t tell the two apart by that bit,
- * without reading memory, and pass real threads to glibc. The adopted main
- * thread keeps the pthread_t glibc gave it, so a value saved before the
- * first pthread_create stays valid.
+ * Handles, with per-fiber TLS (fs_fiber_tls(), the default). A fiber's
+ * pthread_t is its thread control block's address (fs_fiber_tcb), as a
+ * glibc thread's is: what glibc's own THREAD_SELF (%fs:0x10) reads on it,
+ * what pthread_self() returns, and what pthread_create stores (before the
+ * fiber can run). Calls that take a pthread_t never dereference one: they
+ * look it up in a table keyed by TCB address (shim__tcb_lookup) and pass
+ * only addresses the table does not know to glibc, which are glibc's own
+ * threads (carriers, threads glibc started itself, main before the first
+ * pthread_create; the adopted main fiber kept main's TCB, so the value a
+ * program saved then is in the table and names main's fiber). A TCB
+ * address stays in the table for good, naming the record of the last
+ * thread that ran on it: fiber stacks are never unmapped and TCB blocks
+ * of caller-owned stacks never go back to malloc (runtime/tls.c), so no
+ * glibc thread can ever have such an address. So the handle of an ended
+ * thread keeps answering as glibc answers for its ended threads until a
+ * new thread is created on the same stack, which then takes the address
+ * over: the old handle names the new thread, exactly as glibc's does when
+ * it hands a cached stack (and so the same struct pthread) to a new
+ * thread. glibc 2.36 reuses the most recently freed cached stack that
+ * fits, and so does the runtime (stack.c, LIFO per size class).
+ *
+ * Handles without per-fiber TLS (FIBERSHIM_FIBER_TLS=0, sanitizer builds,
+ * a glibc the runtime did not check): fibers share their carrier's TCB,
+ * so there is no address of their own to give. A fiber's pthread_t is
+ * then SHIM_HANDLE_TAG | generation << 32 | index: the index of its
+ * struct shim_thread in a pool of records that is never given back, and
+ * the generation that record had when the thread was created. A glibc
+ * pthread_t is the address of glibc's struct pthread, a user-space
+ * pointer, whose bit 63 (set only in kernel addresses) is always clear.
+ * Calls that take a pthread_t tell the two apart by that bit, without
+ * reading memory, and pass real threads to glibc. The adopted main thread
+ * keeps the pthread_t glibc gave it, so a value saved before the first
+ * pthread_create stays valid. In this mode a handle never names a later
+ * thread (the records' quarantine, below), which is more than glibc
+ * promises.
  *
  * Lifetime. A record has two references, the running thread's and the
  * handle's (dropped by join or detach); a call on another thread's handle
  * holds a third while it runs (shim__thread_get). Whoever drops the last
- * releases the fiber, unless a join already did, and puts the record at
- * the tail of a FIFO quarantine; a record is reused only once
- * SHIM_QUARANTINE others have died after it, with its generation bumped.
- * So a handle of an ended thread always names a dead record (its index
- * with an older generation, once reused), never glibc's code and never
- * another thread: calls on it answer what glibc answers for its own ended
+ * releases the fiber, unless a join already did, and marks the record
+ * released; with per-fiber TLS the record also stays bound to its TCB
+ * address until a new thread takes that address (holds, below). Once
+ * both are over the record goes to the tail of a FIFO quarantine; a record
+ * is reused only once SHIM_QUARANTINE others have died after it, with its
+ * generation bumped. So a handle of an ended thread names a dead record
+ * (its index with an older generation, once reused; or its TCB address,
+ * until a new thread takes it), never glibc's code and never memory
+ * given back: calls on it answer what glibc answers for its own ended
  * threads (join and detach: ESRCH once joined, EINVAL once detached;
  * pthread_kill and pthread_cancel: 0; names: ENOENT; the others: ESRCH).
  *
@@ -84,6 +113,12 @@ struct shim_thread {
     /* Identity: kept across reuse (never zeroed), read by any thread. */
     _Atomic uint64_t word;      /* generation << 32 | SHIM_LIVE | SHIM_H_* */
     _Atomic int refs;           /* see the header comment; 0 while released */
+    /* Until the record may be reused: one for "not released yet", one for
+     * "bound to its TCB address" (per-fiber TLS only). */
+    _Atomic int holds;
+    /* The TCB address whose handle this record answers for (per-fiber TLS
+     * only): written before the word is published. */
+    _Atomic uintptr_t tcb;
     uint32_t index;             /* place in the pool */
     struct shim_thread *q_next; /* quarantine link, under shim__pool_lock */
 
@@ -217,13 +252,22 @@ static struct shim_thread *shim__record_alloc(void)
     return st;
 }
 
+/* Whether pthread_t values are TCB addresses (see the header comment).
+ * False until the runtime starts, when no fiber exists yet; fixed after. */
+static inline bool shim__tcb_ids(void)
+{
+    return fs_fiber_tls();
+}
+
 /* Makes st name a new thread: next generation, live, refs references.
  * The word is published before refs, so that shim__thread_get, which
  * takes a reference only while refs is non-zero and then checks the
- * word, never takes one on a record still being set up. */
+ * word, never takes one on a record still being set up. st->tcb, if it
+ * has one, is set before. */
 static void shim__record_publish(struct shim_thread *st, int refs, bool detached)
 {
     uint64_t gen = ((atomic_load(&st->word) >> 32) + 1) & SHIM_GEN_MASK;
+    atomic_store(&st->holds, shim__tcb_ids() ? 2 : 1);
     atomic_store(&st->word, gen << 32 | SHIM_LIVE | (detached ? SHIM_H_DETACHED : SHIM_H_JOINABLE));
     atomic_store(&st->refs, refs);
 }
@@ -242,11 +286,176 @@ static void shim__record_free(struct shim_thread *st)
     fs__spin_unlock(&shim__pool_lock);
 }
 
+/* Drops one of st's holds; the last puts it in the quarantine. */
+static void shim__record_drop(struct shim_thread *st)
+{
+    if (atomic_fetch_sub(&st->holds, 1) == 1)
+        shim__record_free(st);
+}
+
+/* ---- TCB addresses (per-fiber TLS): the table of handles ------------------ */
+
+/*
+ * Open addressing, linear probing, at most half full. A slot's key is a
+ * TCB address, set once and never removed; its rec is the record of the
+ * last thread created on that TCB. Lookups take no lock: a key is
+ * published after its rec, a rec replaced with a release store. Changes
+ * and growth are made under shim__tcb_lock. A full table is copied into
+ * one twice its size, which is then published; the old one stays mapped
+ * (a lookup may still probe it), so the tables cost at most twice the
+ * last one: 16 bytes a slot, 64 MiB for 1,000,000 threads' TCBs.
+ *
+ * A lookup sees every change made before the call that looks up (the
+ * table it loads is the one changed, or a copy made after the change,
+ * under the same lock); a change racing with it is the program's race,
+ * as glibc's reuse of a cached struct pthread is.
+ */
+struct shim_tcb_slot {
+    _Atomic uintptr_t key;             /* a TCB address; 0: free */
+    struct shim_thread *_Atomic rec;
+};
+
+struct shim_tcb_table {
+    unsigned shift;                    /* 64 - log2(slots) */
+    size_t mask;                       /* slots - 1 */
+    size_t used;                       /* under shim__tcb_lock */
+    size_t bytes;                      /* of the mapping */
+    struct shim_tcb_slot slot[];
+};
+
+#define SHIM_TCB_MIN_SLOTS 1024u
+
+__attribute__((noreturn, cold)) void fs__panic(const char *file, int line, const char *what);
+
+static struct shim_tcb_table *_Atomic shim__tcbs;
+/* Lock order: after shim__attr_lock, before shim__pool_lock. */
+static fs_spinlock shim__tcb_lock = FS_SPINLOCK_INIT;
+
+static inline size_t shim__tcb_hash(const struct shim_tcb_table *tab, uintptr_t t)
+{
+    /* TCBs are 64-byte aligned; Fibonacci hashing of the rest. */
+    return (size_t)(((uint64_t)t >> 6) * 0x9e3779b97f4a7c15ull >> tab->shift);
+}
+
+/* The slot of t in tab, or the free slot where it would go. */
+static struct shim_tcb_slot *shim__tcb_probe(struct shim_tcb_table *tab, uintptr_t t)
+{
+    for (size_t i = shim__tcb_hash(tab, t);; i = (i + 1) & tab->mask) {
+        uintptr_t k = atomic_load_explicit(&tab->slot[i].key, memory_order_acquire);
+        if (k == t || k == 0)
+            return &tab->slot[i];
+    }
+}
+
+/* The record bound to the TCB address t, or NULL when t was never a
+ * fiber's TCB. Any thread; lock-free. */
+static struct shim_thread *shim__tcb_lookup(uintptr_t t)
+{
+    struct shim_tcb_table *tab = atomic_load_explicit(&shim__tcbs, memory_order_acquire);
+    if (!tab || !t)
+        return NULL;
+    struct shim_tcb_slot *s = shim__tcb_probe(tab, t);
+    return atomic_load_explicit(&s->key, memory_order_relaxed) == t
+               ? atomic_load_explicit(&s->rec, memory_order_acquire)
+               : NULL;
+}
+
+/* A table twice the size of old (or the first one) holding its slots, or
+ * NULL without memory. Under shim__tcb_lock. */
+static struct shim_tcb_table *shim__tcb_grow(struct shim_tcb_table *old)
+{
+    size_t n = old ? (old->mask + 1) * 2 : SHIM_TCB_MIN_SLOTS;
+    size_t bytes = sizeof *old + n * sizeof old->slot[0];
+    struct shim_tcb_table *tab =
+        mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (tab == MAP_FAILED)
+        return NULL;
+    tab->shift = 64 - (unsigned)__builtin_ctzll(n);
+    tab->mask = n - 1;
+    tab->bytes = bytes;
+    for (size_t i = 0; old && i <= old->mask; i++) {
+        uintptr_t k = atomic_load_explicit(&old->slot[i].key, memory_order_relaxed);
+        if (!k)
+            continue;
+        struct shim_tcb_slot *d = shim__tcb_probe(tab, k);
+        atomic_store_explicit(&d->rec, atomic_load_explicit(&old->slot[i].rec, memory_order_relaxed),
+                              memory_order_relaxed);
+        atomic_store_explicit(&d->key, k, memory_order_relaxed);
+        tab->used++;
+    }
+    /* release: the copied slots before the table's address */
+    atomic_store_explicit(&shim__tcbs, tab, memory_order_release);
+    return tab;
+}
+
+/* Room for `more` new TCB addresses without growing: 0, or EAGAIN
+ * without memory. Called before a spawn, whose ready hook then binds
+ * without failing. Any thread. */
+static int shim__tcb_reserve(size_t more)
+{
+    int rc = 0;
+    fs__spin_lock(&shim__tcb_lock);
+    struct shim_tcb_table *tab = atomic_load_explicit(&shim__tcbs, memory_order_relaxed);
+    if ((!tab || (tab->used + more) * 2 > tab->mask + 1) && !shim__tcb_grow(tab))
+        rc = EAGAIN;
+    fs__spin_unlock(&shim__tcb_lock);
+    return rc;
+}
+
+/* Makes the TCB address t name st, whose word is published. Returns the
+ * record t named before (its bound hold is now the caller's to drop), or
+ * NULL. Never fails: the table grows past half full only when racing
+ * spawns all reserved the same room, and a table with a free slot works. */
+static struct shim_thread *shim__tcb_bind(uintptr_t t, struct shim_thread *st)
+{
+    fs__spin_lock(&shim__tcb_lock);
+    struct shim_tcb_table *tab = atomic_load_explicit(&shim__tcbs, memory_order_relaxed);
+    if ((tab->used + 1) * 2 > tab->mask + 1) {
+        struct shim_tcb_table *bigger = shim__tcb_grow(tab);
+        if (bigger)
+            tab = bigger;
+    }
+    struct shim_tcb_slot *s = shim__tcb_probe(tab, t);
+    struct shim_thread *old = NULL;
+    if (atomic_load_explicit(&s->key, memory_order_relaxed) == t) {
+        old = atomic_load_explicit(&s->rec, memory_order_relaxed);
+        atomic_store_explicit(&s->rec, st, memory_order_release);
+    } else {
+        if (tab->used + 1 > tab->mask)
+            fs__panic(__FILE__, __LINE__, "thread handle table full");
+        atomic_store_explicit(&s->rec, st, memory_order_relaxed);
+        atomic_store_explicit(&s->key, t, memory_order_release); /* after its rec */
+        tab->used++;
+    }
+    fs__spin_unlock(&shim__tcb_lock);
+    return old;
+}
+
 /* Splits a pthread_t. Returns false for a glibc thread (pass it on); else
  * *st is the record it names, or NULL for a value that never named one,
  * and *gen the generation it was made with. */
 static bool shim__decode(pthread_t t, struct shim_thread **st, uint32_t *gen)
 {
+    if (shim__tcb_ids()) {
+        for (;;) {
+            struct shim_thread *r = shim__tcb_lookup(t);
+            if (!r) {
+                /* Not a fiber's TCB: glibc's thread, unless bit 63 says it
+                 * can be no address at all (a handle from another mode). */
+                *st = NULL;
+                return (t & SHIM_HANDLE_TAG) != 0;
+            }
+            /* The word, then the TCB it belongs to: a record reused for
+             * another TCB since the lookup (its tcb is written before its
+             * new word) reads as not t's, and t's slot names another. */
+            uint64_t w = atomic_load_explicit(&r->word, memory_order_acquire);
+            if (atomic_load_explicit(&r->tcb, memory_order_acquire) == t) {
+                *st = r;
+                *gen = (uint32_t)(w >> 32);
+                return true;
+            }
+        }
+    }
     struct shim_thread *m = shim__main_thread;
     if (m && t == m->real_id) {
         *st = m; /* never reused: its generation is the one it has */
@@ -267,14 +476,16 @@ static pthread_t shim__id_of(struct shim_thread *st)
 {
     if (st->real_id)
         return st->real_id;
+    if (shim__tcb_ids())
+        return atomic_load_explicit(&st->tcb, memory_order_relaxed);
     return SHIM_HANDLE_TAG | (atomic_load(&st->word) >> 32) << 32 | st->index;
 }
 
 /* Drops a reference. The last one frees the thread's fiber (unless a join
- * did), its TSD blocks and robust set, marks the record released and puts
- * it in the quarantine (the adopted main thread's record stays out: its
- * glibc id keeps naming it). Any thread; by the thread itself as it exits,
- * before fs_exit. */
+ * did), its TSD blocks and robust set, marks the record released and
+ * drops its "not released" hold (the adopted main thread's record keeps
+ * it: its glibc id keeps naming it). Any thread; by the thread itself as
+ * it exits, before fs_exit. */
 static void shim__thread_put(struct shim_thread *st)
 {
     if (atomic_fetch_sub(&st->refs, 1) != 1)
@@ -289,7 +500,7 @@ static void shim__thread_put(struct shim_thread *st)
     free(st->robust.v);
     atomic_store(&st->word, w & ~(uint64_t)SHIM_LIVE);
     if (st != shim__main_thread)
-        shim__record_free(st);
+        shim__record_drop(st);
 }
 
 /*
@@ -304,6 +515,7 @@ static struct shim_thread *shim__thread_get(pthread_t t, int *err)
 {
     struct shim_thread *st;
     uint32_t gen;
+retry:
     *err = 0;
     if (!shim__decode(t, &st, &gen))
         return NULL;
@@ -320,6 +532,10 @@ static struct shim_thread *shim__thread_get(pthread_t t, int *err)
     uint64_t w = atomic_load(&st->word);
     if ((uint32_t)(w >> 32) != gen || !(w & SHIM_LIVE)) {
         shim__thread_put(st);
+        /* With TCB handles, a record reused since the lookup may be t's
+         * new thread, or another's: look t up again. */
+        if ((uint32_t)(w >> 32) != gen && shim__tcb_ids())
+            goto retry;
         return NULL;
     }
     *err = 0;
@@ -513,12 +729,14 @@ static void shim__thread_start_hook(struct shim_thread *st)
 static void shim__locks_fork_prepare(void)
 {
     fs__spin_lock(&shim__attr_lock);
+    fs__spin_lock(&shim__tcb_lock);
     fs__spin_lock(&shim__pool_lock);
 }
 
 static void shim__locks_fork_done(void)
 {
     fs__spin_unlock(&shim__pool_lock);
+    fs__spin_unlock(&shim__tcb_lock);
     fs__spin_unlock(&shim__attr_lock);
 }
 
@@ -527,6 +745,10 @@ int shim__adopt_current(void)
     struct shim_thread *st = shim__record_alloc();
     if (!st)
         return ENOMEM;
+    if (shim__tcb_ids() && shim__tcb_reserve(1)) {
+        shim__record_free(st); /* never published */
+        return ENOMEM;
+    }
     fs_fiber *f;
     int rc = fs_adopt_thread(&f);
     if (rc) {
@@ -553,7 +775,15 @@ int shim__adopt_current(void)
         st->tsd = *shim__tls_tsd;
         memset(shim__tls_tsd, 0, sizeof *shim__tls_tsd);
     }
+    /* Its fiber kept the thread's own TCB, glibc's id for it, which now
+     * names the fiber (room reserved above). */
+    atomic_store(&st->tcb, (uintptr_t)st->real_id);
     shim__record_publish(st, 2, false);
+    if (shim__tcb_ids()) {
+        struct shim_thread *old = shim__tcb_bind((uintptr_t)st->real_id, st);
+        if (old) /* none: glibc's TCBs are never fibers' */
+            shim__record_drop(old);
+    }
     shim__main_thread = st;
     atomic_fetch_add(&shim__threads_alive, 1);
     /* Once per process; a forked child keeps the registration (and
@@ -573,6 +803,34 @@ static void *shim__thread_start(void *p)
     struct shim_thread *st = p;
     shim__thread_start_hook(st);
     shim__thread_exit(st->start(st->arg));
+}
+
+struct shim_create {
+    struct shim_thread *st;
+    pthread_t *thread;
+    bool detached;
+};
+
+/* fs_spawn's ready hook: the new fiber exists, with its TCB, and cannot
+ * run yet. Its record is published, bound to its TCB address (per-fiber
+ * TLS), and its id stored where pthread_create's caller asked, before it
+ * can run, as glibc stores it. */
+static void shim__create_ready(fs_fiber *f, void *p)
+{
+    struct shim_create *c = p;
+    struct shim_thread *st = c->st;
+    st->fiber = f;
+    uintptr_t tcb = (uintptr_t)fs_fiber_tcb(f);
+    if (tcb)
+        atomic_store_explicit(&st->tcb, tcb, memory_order_release); /* before the word */
+    shim__record_publish(st, c->detached ? 1 : 2, c->detached);
+    if (tcb) {
+        /* The previous thread on this stack, if any, is now unnamed. */
+        struct shim_thread *old = shim__tcb_bind(tcb, st);
+        if (old)
+            shim__record_drop(old);
+    }
+    *c->thread = shim__id_of(st);
 }
 
 int shim__pthread_create(pthread_t *thread, const pthread_attr_t *attr,
@@ -634,25 +892,24 @@ int shim__pthread_create(pthread_t *thread, const pthread_attr_t *attr,
     sigset_t attr_mask;
     bool has_mask = attr && pthread_attr_getsigmask_np(attr, &attr_mask) == 0;
     shim__sigstate_init(&st->sig, has_mask ? &attr_mask : NULL);
-    shim__record_publish(st, detached ? 1 : 2, detached);
-    /* The id is visible before the thread can run, as with glibc. */
-    *thread = shim__id_of(st);
+    if (shim__tcb_ids() && shim__tcb_reserve(1)) {
+        shim__record_free(st); /* never published */
+        return EAGAIN;
+    }
     atomic_fetch_add(&shim__threads_alive, 1);
     /* Its record is its local word before it runs: a pthread_kill right
      * after create finds its signal state, and the runtime's first-start
      * hook delivers what is pending then. */
     sa.local = st;
-    /* fs_spawn stores the fiber before it can run anywhere. */
-    rc = fs_spawn(&st->fiber, shim__thread_start, st, &sa);
+    struct shim_create c = {st, thread, detached};
+    sa.ready = shim__create_ready;
+    sa.ready_arg = &c;
+    fs_fiber *f;
+    rc = fs_spawn(&f, shim__thread_start, st, &sa);
     if (rc) {
+        /* Never published: no handle names it. */
         atomic_fetch_sub(&shim__threads_alive, 1);
-        /* A handle that names no thread: join says ESRCH. A call racing
-         * on it may hold a reference; the last one releases the record. */
-        uint64_t w = atomic_load(&st->word);
-        atomic_store(&st->word, (w & ~(uint64_t)SHIM_H_MASK) | SHIM_H_JOINED);
-        if (!detached)
-            atomic_fetch_sub(&st->refs, 1);
-        shim__thread_put(st);
+        shim__record_free(st);
         return rc == -ENOMEM ? EAGAIN : -rc;
     }
     return 0;
@@ -789,14 +1046,18 @@ static int shim__claim(pthread_t t, unsigned to, bool try, struct shim_thread **
 {
     struct shim_thread *st;
     uint32_t gen;
+retry:
     if (!shim__decode(t, &st, &gen))
         return -1;
     if (!st)
         return ESRCH;
     uint64_t w = atomic_load(&st->word);
     for (;;) {
-        if ((uint32_t)(w >> 32) != gen)
+        if ((uint32_t)(w >> 32) != gen) {
+            if (shim__tcb_ids())
+                goto retry; /* reused since the lookup: see shim__thread_get */
             return ESRCH;
+        }
         switch (w & SHIM_H_MASK) {
         case SHIM_H_JOINED:
             return try ? EBUSY : ESRCH;
@@ -899,6 +1160,13 @@ SHIM_ALIAS(pthread_detach)
 
 pthread_t shim__pthread_self(void)
 {
+    if (shim__tcb_ids()) {
+        /* THREAD_SELF, glibc's own pthread_self(): the fiber's TCB, or the
+         * kernel thread's off a fiber. */
+        pthread_t self;
+        __asm__("movq %%fs:0x10, %0" : "=r"(self));
+        return self;
+    }
     struct shim_thread *st = shim__cur();
     return st ? shim__id_of(st) : REAL(pthread_self)();
 }

@@ -1,4 +1,5 @@
 // fibershim-carriers: 1 2
+// fibershim-no-fiber-tls: 1 2
 /* Handles of threads that have ended, given back to pthread calls.
  *
  * POSIX leaves these undefined; glibc (2.36) answers them from the
