@@ -334,6 +334,19 @@ void *fs_fiber_tcb(const fs_fiber *f)
     return f->tp;
 }
 
+void fs_pin(fs_fiber *f)
+{
+    atomic_fetch_add_explicit(&f->pins, 1, memory_order_relaxed);
+}
+
+void fs_unpin(fs_fiber *f)
+{
+    uint32_t n = atomic_load_explicit(&f->pins, memory_order_relaxed);
+    while (n && !atomic_compare_exchange_weak_explicit(&f->pins, &n, n - 1, memory_order_relaxed,
+                                                       memory_order_relaxed))
+        ;
+}
+
 void fs_fiber_stack(const fs_fiber *f, void **lo, size_t *size)
 {
     *lo = f->stack.lo;

@@ -42,10 +42,22 @@ typedef struct fs_fiber fs_fiber;
 
 /* ---- configuration ---------------------------------------------------- */
 
+enum fs_migrate { FS_MIGRATE_AUTO = 0, FS_MIGRATE_ON = 1, FS_MIGRATE_OFF = 2 };
+
 struct fs_config {
     unsigned carriers;  /* carrier threads; 0 = from affinity and cgroup quota */
     size_t stack_size;  /* default stack size; 0 = fs_default_stack_size() at each spawn */
-    bool migrate;       /* let started fibers move between carriers (see README) */
+    /* Whether fibers that have run may move between carriers (stolen by
+     * idle carriers, resumed by whichever carrier wakes them), as fibers
+     * that have not run yet always may. enum fs_migrate:
+     *  - FS_MIGRATE_AUTO (0, the default): they move when fibers have TLS
+     *    of their own (fs_fiber_tls()), else they are pinned to the kernel
+     *    thread they first ran on (they may hold addresses of its TLS);
+     *  - FS_MIGRATE_ON (FIBERSHIM_MIGRATE=1): they move in both cases;
+     *  - FS_MIGRATE_OFF (FIBERSHIM_MIGRATE=0): pinned.
+     * Pinned whatever this says: adopted fibers (they are their kernel
+     * thread) and fibers inside fs_pin(). */
+    int migrate;
     /* Handoff: while carriers are stuck (a CPU-bound fiber, a call the
      * runtime cannot see) and work waits that no other carrier takes, the
      * monitor adds a spare carrier thread, at most handoff_max of them
@@ -173,6 +185,15 @@ FS_API bool fs_fiber_adopted(const fs_fiber *f);
  * freed; a later fiber on the same stack gets the same address, as a
  * glibc thread on a cached stack does. Any thread. */
 FS_API void *fs_fiber_tcb(const fs_fiber *f);
+
+/* Keeps f on the kernel thread it runs on until as many fs_unpin(f): for
+ * a fiber that holds something the kernel ties to a thread id (a robust
+ * or priority-inheritance mutex of glibc's, a PI futex), as Go's
+ * LockOSThread. f must be the calling fiber for fs_pin; fs_unpin may be
+ * called by any thread (the holder's mutex released by another). Counted,
+ * never below zero. No effect on adopted fibers, which never move. */
+FS_API void fs_pin(fs_fiber *f);
+FS_API void fs_unpin(fs_fiber *f);
 
 /* Per-fiber name for dumps (copied, truncated to 15 bytes). */
 FS_API void fs_fiber_set_name(fs_fiber *f, const char *name);
