@@ -53,6 +53,7 @@ void fs_atfork_child(void)
         return;
     fs__stack_fork_unlock();
     fs__spin_unlock(&fs__pool_lock);
+    fs__futex_atfork_child();
 
     struct fs_sched *old = fs__cur_sched();
     struct fs_fiber *self = old ? old->cur : NULL;

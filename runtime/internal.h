@@ -389,6 +389,9 @@ void fs__monitor_start(void);
 uint64_t fs__monitor_harvests(void);
 void fs__monitor_atfork_child(void);
 
+/* futex.c */
+void fs__futex_atfork_child(void);
+
 /* fault.c */
 void fs__fault_init(void);
 int fs__fault_thread_init(void);

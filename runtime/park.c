@@ -338,8 +338,9 @@ static void fs__interrupt_parked(struct fs_fiber *f, fs_park_token tok)
      * another park since, the transition fails on the token. */
     uint8_t why = atomic_load_explicit(&f->why, memory_order_relaxed);
     /* Locks and joins are not interruptible; semaphore waits are (POSIX
-     * ends sem_wait with EINTR when a handler runs). */
-    if (why > FS_PARK_SLEEP && why != FS_PARK_SEM)
+     * ends sem_wait with EINTR when a handler runs), and so are raw futex
+     * waits (the kernel ends FUTEX_WAIT for a handler). */
+    if (why > FS_PARK_SLEEP && why != FS_PARK_SEM && why != FS_PARK_FUTEX)
         return;
     bool won;
     if (fs__park_transition(f, tok, FS_PW_TIMEDOUT, &won)) {
@@ -446,6 +447,6 @@ const char *fs_park_reason_name(enum fs_park_reason why)
 {
     static const char *const names[FS_PARK_NREASONS] = {
         "read", "write", "accept", "connect", "poll", "sleep", "mutex", "cond",
-        "rwlock", "sem", "barrier", "once", "join", "yield", "other"};
+        "rwlock", "sem", "barrier", "once", "join", "yield", "other", "futex"};
     return (unsigned)why < FS_PARK_NREASONS ? names[why] : "?";
 }

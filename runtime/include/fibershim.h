@@ -263,6 +263,7 @@ enum fs_park_reason {
     FS_PARK_JOIN,
     FS_PARK_YIELD,
     FS_PARK_OTHER,
+    FS_PARK_FUTEX,
     FS_PARK_NREASONS
 };
 
@@ -292,8 +293,8 @@ FS_API int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_
 FS_API bool fs_unpark(fs_fiber *f, fs_park_token tok);
 
 /* Interrupts f, as a signal interrupts a thread: if f is parked for I/O,
- * poll, sleep (FS_PARK_READ .. FS_PARK_SLEEP) or a semaphore
- * (FS_PARK_SEM), that park ends at once and fs_park() returns -EINTR;
+ * poll, sleep (FS_PARK_READ .. FS_PARK_SLEEP), a semaphore (FS_PARK_SEM)
+ * or a futex word (FS_PARK_FUTEX), that park ends at once and fs_park() returns -EINTR;
  * other parks (locks, joins) are not cut short. Either way f's switch
  * hook runs when f next runs. Any thread. */
 FS_API void fs_interrupt(fs_fiber *f);
@@ -331,6 +332,66 @@ FS_API int fs_waiter_wait(struct fs_waiter *w, enum fs_park_reason why, const vo
 /* Wakes w. Returns false if w had already timed out (wake someone else). */
 FS_API bool fs_waiter_wake(struct fs_waiter *w);
 FS_API bool fs_waiter_woken(const struct fs_waiter *w);
+
+/* ---- futexes ------------------------------------------------------------ */
+
+/*
+ * A futex wait table in the process, keyed by address as the kernel keys
+ * futexes, so that fibers can wait on 32-bit words without a kernel thread
+ * each. A fiber's wait parks it here; a plain thread's goes to the kernel.
+ * Every wake (any thread) wakes the table's waiters first, then passes
+ * what is left of its count to the kernel, so kernel waiters on the same
+ * word (plain threads, calls the runtime does not see) are woken too, and
+ * the result is the count the kernel would give. Counts follow the kernel:
+ * a wake for n <= 0 wakes one.
+ *
+ * Only wakes made through these functions reach the table: a word that is
+ * waited on here must not be woken only by another process or by a
+ * FUTEX_WAKE the runtime cannot see (an inline syscall instruction).
+ * Memory shared with another process is therefore waited on in the kernel.
+ *
+ * flags: FS_FUTEX_SHARED keys the word as an operation without
+ * FUTEX_PRIVATE_FLAG (the kernel keeps the two apart on private memory);
+ * FS_FUTEX_REALTIME says a deadline is CLOCK_REALTIME nanoseconds (else
+ * fs_now()'s clock). A misaligned address or a bitset of 0 is -EINVAL.
+ */
+#define FS_FUTEX_SHARED 1u
+#define FS_FUTEX_REALTIME 2u
+
+/* FUTEX_WAIT_BITSET: if *uaddr == val, waits until woken by a wake whose
+ * bitset shares a bit with bitset, or the absolute deadline passes. The
+ * compare and the enqueue are atomic with respect to every wake below.
+ * Returns 0 (woken; spurious wakes are possible, as with the kernel's),
+ * -EAGAIN (*uaddr != val), -ETIMEDOUT, -EINTR (fs_interrupt), -EINVAL.
+ * A deadline already past still compares first (-EAGAIN wins). Fiber:
+ * parks (FS_PARK_FUTEX); plain thread: the kernel's FUTEX_WAIT_BITSET.
+ * Any thread. */
+FS_API int fs_futex_wait(uint32_t *uaddr, uint32_t val, uint32_t bitset, unsigned flags,
+                         int64_t deadline);
+
+/* FUTEX_WAKE_BITSET: wakes up to n waiters (one if n <= 0) whose bitset
+ * shares a bit with bitset. Returns how many, or a negative errno from
+ * the kernel when it woke none here. Any thread; never blocks. */
+FS_API int fs_futex_wake(uint32_t *uaddr, int n, uint32_t bitset, unsigned flags);
+
+/* FUTEX_REQUEUE, or FUTEX_CMP_REQUEUE when cmpval is not NULL (-EAGAIN if
+ * *uaddr != *cmpval): wakes up to nr_wake waiters of uaddr and moves up to
+ * nr_requeue more to uaddr2. Returns woken + moved, -EINVAL for a negative
+ * count. Table waiters are moved in the table, kernel waiters in the
+ * kernel; if the word changes between the two compares, the kernel's
+ * share is woken instead of moved (a spurious wake, which every futex
+ * user tolerates). Any thread. */
+FS_API int fs_futex_requeue(uint32_t *uaddr, int nr_wake, int nr_requeue, uint32_t *uaddr2,
+                            const uint32_t *cmpval, unsigned flags);
+
+/* FUTEX_WAKE_OP: atomically applies op (FUTEX_OP() encoding) to *uaddr2,
+ * wakes up to nr_wake waiters of uaddr and, if the op's comparison held for
+ * the old value, up to nr_wake2 of uaddr2 (n <= 0 wakes one, as in the
+ * kernel). Returns the number woken; -ENOSYS for an unknown operation
+ * (*uaddr2 unchanged) or comparison (changed, as in the kernel). Any
+ * thread. */
+FS_API int fs_futex_wake_op(uint32_t *uaddr, int nr_wake, uint32_t *uaddr2, int nr_wake2,
+                            uint32_t op, unsigned flags);
 
 /* ---- the netpoller ---------------------------------------------------- */
 
