@@ -361,10 +361,13 @@ struct xwake {
 };
 
 /* Fiber A spins (without yielding) until fiber B runs, so B cannot be
- * placed on A's carrier; after their first run both stay pinned. */
+ * placed on A's carrier; both pin themselves there (fs_pin), else
+ * migration would pull B onto A's carrier at its first wake (it resumes
+ * where it is woken) and the wakes would no longer cross carriers. */
 static void *xwake_a(void *arg)
 {
     struct xwake *x = arg;
+    fs_pin(fs_self());
     x->ta = pthread_self(); /* the carrier thread */
     atomic_store(&x->a_up, 1);
     while (!atomic_load(&x->b_up))
@@ -381,6 +384,7 @@ static void *xwake_a(void *arg)
 static void *xwake_b(void *arg)
 {
     struct xwake *x = arg;
+    fs_pin(fs_self());
     x->tb = pthread_self();
     atomic_store(&x->b_up, 1);
     for (long i = 0; i < x->iters; i++) {
@@ -412,6 +416,81 @@ static double bench_xwake(long iters, double *kicks, int *same)
     *kicks = (double)(s1.carrier_wakes - s0.carrier_wakes) / (2.0 * iters);
     *same = pthread_equal(x.ta, x.tb);
     return (double)(x.t1 - x.t0) / (2.0 * iters);
+}
+
+/* ---- 7. a stuck carrier ------------------------------------------------- */
+
+/* Fiber S wakes the started fibers F (which ran before on S's carrier, and
+ * parked), then blocks its carrier in a call the runtime cannot see: a
+ * nanosleep made with an inline syscall instruction. One F lands in S's
+ * runnext slot, which only the monitor takes from a stuck carrier (after
+ * it judged it stuck); the others go to S's ring, which an idle carrier
+ * steals at once. Each F records when it ran; the delay is from the
+ * moment S blocked. */
+enum { STUCK_F = 3, STUCK_MS = 100 };
+
+struct stuck {
+    struct bsem go[STUCK_F];
+    _Atomic int parked;
+    int64_t t_block;
+    int64_t ran[STUCK_F];
+};
+
+struct stuck_arg {
+    struct stuck *st;
+    int i;
+};
+
+static void *stuck_f(void *arg)
+{
+    struct stuck_arg *a = arg;
+    atomic_fetch_add(&a->st->parked, 1);
+    bsem_wait(&a->st->go[a->i]);
+    a->st->ran[a->i] = now_ns();
+    return NULL;
+}
+
+static void *stuck_s(void *arg)
+{
+    struct stuck *st = arg;
+    fs_fiber *f[STUCK_F];
+    struct stuck_arg args[STUCK_F];
+    for (int i = 0; i < STUCK_F; i++) {
+        args[i] = (struct stuck_arg){st, i};
+        if (fs_spawn(&f[i], stuck_f, &args[i], NULL))
+            die("fs_spawn", EAGAIN);
+    }
+    /* They start here (runnext) and park; S runs again once they have. */
+    while (atomic_load(&st->parked) < STUCK_F)
+        fs_yield();
+    for (int i = STUCK_F; i-- > 0;)
+        bsem_post(&st->go[i]); /* go[0] posted last: it ends in runnext */
+    struct timespec ts = {0, STUCK_MS * 1000000L};
+    st->t_block = now_ns();
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "0"((long)SYS_nanosleep), "D"(&ts), "S"(NULL)
+                     : "rcx", "r11", "memory");
+    (void)ret;
+    for (int i = 0; i < STUCK_F; i++)
+        fs_join(f[i], NULL, FS_NO_DEADLINE);
+    return NULL;
+}
+
+/* ms from the block to the run of the runnext fiber (*runnext) and of
+ * the slowest ring fiber (*ring). */
+static void bench_stuck(double *runnext, double *ring)
+{
+    struct stuck st;
+    memset(&st, 0, sizeof st);
+    in_fiber(stuck_s, &st);
+    *runnext = (double)(st.ran[0] - st.t_block) / 1e6;
+    int64_t worst = 0;
+    for (int i = 1; i < STUCK_F; i++)
+        if (st.ran[i] - st.t_block > worst)
+            worst = st.ran[i] - st.t_block;
+    *ring = (double)worst / 1e6; /* 0: they all ran before S blocked */
 }
 
 /* ---- 4. timers ---------------------------------------------------------- */
@@ -788,6 +867,18 @@ int main(int argc, char **argv)
         if (run_child("fibers2", n, cf, &fsecs) == 0)
             row("6b", "1,000,000 idle fibers, two spawner fibers (one per carrier), seconds",
                 FMT(a, "%.2f s", fsecs), "-", "-", "-", "info");
+    }
+    /* 7. a stuck carrier */
+    for (int i = 0; i < REPS; i++)
+        bench_stuck(&v[i], &w[i]);
+    {
+        char wt[400];
+        row("7", FMT(wt, "stuck carrier, ms until a runnable started fiber runs elsewhere, while "
+                         "its carrier sleeps %d ms in an inline syscall: the fiber in the stuck "
+                         "carrier's runnext slot (monitor) / the slowest of %d in its ring (idle "
+                         "carrier steals)",
+                     STUCK_MS, STUCK_F - 1),
+            FMT(a, "%.2f / %.2f", median(v, REPS), median(w, REPS)), "-", "-", "-", "info");
     }
     printf("\n%d target(s) missed\n", misses);
     return 0;
