@@ -10,14 +10,23 @@
  *   pool          10,000 consumer threads fed by one producer through a
  *                 mutex + condvar queue, items/s
  *   contention    1,000 threads locking one mutex, lock+unlock pairs/s
+ *   futex         raw futex hand-over between two threads: a word passed
+ *                 back and forth with syscall(SYS_futex, FUTEX_WAKE) and
+ *                 FUTEX_WAIT, as a latch hands itself to its waiter; ns
+ *                 from one side's wake to the other side running
  *
  * Measurements run on created threads (under the shim: fibers).
  */
+#include <linux/futex.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define REPS 5
 #define STACK (64 * 1024)
@@ -219,21 +228,53 @@ static double contention(void)
     return cont_counter / dt;
 }
 
+/* ---- raw futex hand-over ------------------------------------------------------- */
+
+#define FX_ROUNDS 200000
+
+static _Atomic uint32_t fx_turn;
+
+/* Waits for its turn on the word, hands it over, wakes the other. */
+static void *fx_player(void *arg)
+{
+    uint32_t me = (uint32_t)(uintptr_t)arg;
+    for (int i = 0; i < FX_ROUNDS; i++) {
+        uint32_t t;
+        while ((t = atomic_load(&fx_turn)) != me)
+            syscall(SYS_futex, &fx_turn, FUTEX_WAIT_PRIVATE, t, NULL, NULL, 0);
+        atomic_store(&fx_turn, 1 - me);
+        syscall(SYS_futex, &fx_turn, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    }
+    return NULL;
+}
+
+static double futex_handover(void)
+{
+    atomic_store(&fx_turn, 0);
+    double t0 = now_s();
+    pthread_t a = spawn(fx_player, (void *)0), b = spawn(fx_player, (void *)1);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    return (now_s() - t0) * 1e9 / (2.0 * FX_ROUNDS);
+}
+
 int main(void)
 {
-    double u[REPS], pp[REPS], pl[REPS], ct[REPS];
+    double u[REPS], pp[REPS], pl[REPS], ct[REPS], fx[REPS];
     for (int r = 0; r < REPS; r++) {
         pthread_join(spawn(uncontended, &u[r]), NULL);
         pp[r] = ping_pong();
         pl[r] = pool();
         ct[r] = contention();
-        fprintf(stderr, "rep %d: %.1f ns, %.0f ns, %.0f items/s, %.0f ops/s\n", r + 1, u[r],
-                pp[r], pl[r], ct[r]);
+        fx[r] = futex_handover();
+        fprintf(stderr, "rep %d: %.1f ns, %.0f ns, %.0f items/s, %.0f ops/s, %.0f ns\n", r + 1,
+                u[r], pp[r], pl[r], ct[r], fx[r]);
     }
     printf("| benchmark | result |\n|---|---|\n");
     printf("| uncontended lock+unlock | %.1f ns |\n", median(u));
     printf("| condvar ping-pong round trip | %.0f ns |\n", median(pp));
     printf("| pool, %d consumers | %.0f items/s |\n", POOL_THREADS, median(pl));
     printf("| %d threads on one mutex | %.0f ops/s |\n", CONT_THREADS, median(ct));
+    printf("| raw futex hand-over (FUTEX_WAKE to the waiter running) | %.0f ns |\n", median(fx));
     return 0;
 }

@@ -19,9 +19,12 @@
  * its carrier blocked, and its wakes reach the kernel only: a word it
  * wakes that way must not be waited on through syscall() by a fiber.
  *
- * Passed through unchanged: priority-inheritance operations (LOCK_PI,
- * LOCK_PI2, UNLOCK_PI, TRYLOCK_PI, WAIT_REQUEUE_PI, CMP_REQUEUE_PI), whose
- * lock owner is a kernel thread id, and must be the caller's; unknown
+ * Passed through: priority-inheritance operations (LOCK_PI, LOCK_PI2,
+ * UNLOCK_PI, TRYLOCK_PI, WAIT_REQUEUE_PI, CMP_REQUEUE_PI), whose lock
+ * owner is a kernel thread id, and must be the caller's: a contended
+ * LOCK_PI blocks the carrier, and a fiber the kernel gave a PI futex is
+ * pinned to its carrier until it unlocks one through the kernel (one
+ * taken or released with a compare-and-swap alone is not seen); unknown
  * commands and flags (the kernel's ENOSYS); FUTEX_WAIT with
  * FUTEX_CLOCK_REALTIME where the kernel refuses it (Linux 6.x: ENOSYS),
  * run on a spare where it accepts it. Every other system call passes
@@ -206,7 +209,27 @@ static long shim__futex(long a[6])
     default:
         break;
     }
-    return REAL(syscall)(SYS_futex, a[0], a[1], a[2], a[3], a[4], a[5]);
+    long rc = REAL(syscall)(SYS_futex, a[0], a[1], a[2], a[3], a[4], a[5]);
+    fs_fiber *self = fs_self();
+    if (rc == 0 && self) {
+        /* A PI futex the kernel gave this fiber is owned by its carrier's
+         * thread id: the fiber stays on that kernel thread until it
+         * releases one through the kernel (counted, never below zero). */
+        switch (op & FUTEX_CMD_MASK) {
+        case FUTEX_LOCK_PI:
+        case FUTEX_LOCK_PI2:
+        case FUTEX_TRYLOCK_PI:
+        case FUTEX_WAIT_REQUEUE_PI:
+            fs_pin(self);
+            break;
+        case FUTEX_UNLOCK_PI:
+            fs_unpin(self);
+            break;
+        default:
+            break;
+        }
+    }
+    return rc;
 }
 
 /* Reads six arguments whatever the call takes, as glibc's syscall() does
