@@ -37,6 +37,10 @@
  *     in a sanitizer build, runtime/tls.c), errno's address and a __thread
  *     variable too (with shared TLS, a fiber that moved has another
  *     errno: the runtime carries only the value).
+ *  9. the futex table: fibers (parked in the table) and plain threads (in
+ *     the kernel) share raw-futex latches guarding plain counters, with
+ *     timed waits racing the wakes, and unlocks that wake with FUTEX_WAKE,
+ *     FUTEX_WAKE_OP or a requeue onto the same word.
  * Meanwhile a plain thread reads fs_stats_get and fs_carrier_stats.
  *
  * Values handed between threads are plain (not atomic) on purpose: the
@@ -46,6 +50,7 @@
 #include "fibershim.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -1097,6 +1102,89 @@ static void *stats_reader(void *arg)
     return NULL;
 }
 
+/* ---- 9. the futex table ----------------------------------------------------- */
+
+enum { FX_LATCHES = 3, FX_FIBERS = 6, FX_THREADS = 2, FX_ITERS = 1500 };
+
+/* Drepper's mutex: 0 free, 1 taken, 2 taken and maybe waited for. */
+static _Atomic uint32_t fx_word[FX_LATCHES];
+static long fx_count[FX_LATCHES]; /* plain: ordered by the latch */
+static uint32_t fx_other;         /* WAKE_OP's second word */
+
+static void fx_lock(_Atomic uint32_t *w, uint32_t *rng)
+{
+    uint32_t c = 0;
+    if (atomic_compare_exchange_strong(w, &c, 1))
+        return;
+    if (c != 2)
+        c = atomic_exchange(w, 2);
+    while (c != 0) {
+        int64_t dl = rng_next(rng) % 4 == 0 ? fs_now() + (int64_t)(rng_next(rng) % 50) * US
+                                            : FS_NO_DEADLINE;
+        int rc = fs_futex_wait((uint32_t *)w, 2, FUTEX_BITSET_MATCH_ANY, 0, dl);
+        CHECK(rc == 0 || rc == -EAGAIN || rc == -ETIMEDOUT, "(wait %d)", rc);
+        c = atomic_exchange(w, 2);
+    }
+}
+
+static void fx_unlock(_Atomic uint32_t *w, uint32_t *rng)
+{
+    if (atomic_exchange(w, 0) != 2)
+        return;
+    int n;
+    switch (rng_next(rng) % 4) {
+    case 0:
+        n = fs_futex_wake_op((uint32_t *)w, 1, &fx_other, 1,
+                             FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_LT, 0), 0);
+        CHECK(n == 0 || n == 1, "(wake_op %d)", n);
+        break;
+    case 1:
+        n = fs_futex_requeue((uint32_t *)w, 1, 1, (uint32_t *)w, NULL, 0);
+        CHECK(n >= 0 && n <= 2, "(requeue %d)", n);
+        break;
+    default:
+        n = fs_futex_wake((uint32_t *)w, 1, FUTEX_BITSET_MATCH_ANY, 0);
+        CHECK(n == 0 || n == 1, "(wake %d)", n);
+        break;
+    }
+}
+
+static void *fx_worker(void *arg)
+{
+    uint32_t rng = (uint32_t)(uintptr_t)arg * 2654435761u + 1;
+    for (int i = 0; i < FX_ITERS; i++) {
+        int l = (int)(rng_next(&rng) % FX_LATCHES);
+        fx_lock(&fx_word[l], &rng);
+        long v = fx_count[l];
+        if (i % 16 == 0)
+            fs_yield();
+        fx_count[l] = v + 1;
+        fx_unlock(&fx_word[l], &rng);
+    }
+    return NULL;
+}
+
+static void phase_futex(void)
+{
+    phase_begin("futex table");
+    fs_fiber *f[FX_FIBERS];
+    struct thread *t[FX_THREADS];
+    for (int i = 0; i < FX_THREADS; i++)
+        t[i] = thread_start(fx_worker, (void *)(intptr_t)(FX_FIBERS + i));
+    for (int i = 0; i < FX_FIBERS; i++)
+        CHECK(fs_spawn(&f[i], fx_worker, (void *)(intptr_t)i, NULL) == 0);
+    for (int i = 0; i < FX_FIBERS; i++)
+        CHECK(fs_join(f[i], NULL, FS_NO_DEADLINE) == 0);
+    for (int i = 0; i < FX_THREADS; i++)
+        thread_join(t[i]);
+    long sum = 0;
+    for (int l = 0; l < FX_LATCHES; l++) {
+        CHECK(atomic_load(&fx_word[l]) == 0, "(latch %d left taken)", l);
+        sum += fx_count[l];
+    }
+    CHECK(sum == (long)(FX_FIBERS + FX_THREADS) * FX_ITERS, "(sum %ld)", sum);
+}
+
 int main(int argc, char **argv)
 {
     struct fs_config cfg = {.carriers = 3};
@@ -1136,6 +1224,7 @@ int main(int argc, char **argv)
     phase_interrupt();
     phase_handoff();
     phase_tls();
+    phase_futex();
 
     atomic_store(&stop_stats, 1);
     thread_join(sr);
