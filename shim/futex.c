@@ -30,6 +30,10 @@
  * run on a spare where it accepts it. Every other system call passes
  * through unchanged.
  *
+ * futex_waitv (SYS_futex_waitv) from a fiber waits in the kernel on a
+ * spare, as every raw futex wait did before the table: bounded by
+ * FIBERSHIM_MAX_SPARES.
+ *
  * Not as the kernel: an unmapped futex word or timeout faults (SIGSEGV)
  * instead of failing with EFAULT, as any user-space access would.
  */
@@ -54,6 +58,13 @@ static long shim__futex_wait_blocking(void *p)
 {
     struct shim_futex_wait *f = p;
     return REAL(syscall)(SYS_futex, f->a[0], f->a[1], f->a[2], f->a[3], f->a[4], f->a[5]);
+}
+
+/* The same with the call number first: a[0] is n, a[1..5] its arguments. */
+static long shim__syscall_blocking(void *p)
+{
+    struct shim_futex_wait *f = p;
+    return REAL(syscall)(f->a[0], f->a[1], f->a[2], f->a[3], f->a[4], f->a[5]);
 }
 
 static long shim__futex_ret(long rc)
@@ -244,6 +255,13 @@ long shim__syscall(long n, ...)
     va_end(ap);
     if (n == SYS_futex)
         return shim__futex(a);
+    if (n == SYS_futex_waitv && fs_self()) {
+        /* Waits on up to 128 words at once in the kernel, on a spare
+         * (its timeout is absolute): wakes reach it through the kernel
+         * part of every wake. */
+        struct shim_futex_wait f = {{SYS_futex_waitv, a[0], a[1], a[2], a[3], a[4]}};
+        return shim__offload_blocking(shim__syscall_blocking, &f, FS_PARK_FUTEX);
+    }
     return REAL(syscall)(n, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 SHIM_ALIAS(syscall)
