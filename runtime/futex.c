@@ -56,13 +56,13 @@ struct fs__futex_q {
     _Atomic uintptr_t key;           /* address | FS_FUTEX_KEY_SHARED; requeue rewrites it */
     uint32_t bitset;                 /* FUTEX_WAIT_BITSET's mask */
     fs_fiber *fiber;
-    fs_park_token tok;               /* its current park */
+    fs_park_token tok; /* its current park */
 };
 
 struct fs__futex_bucket {
-    fs_spinlock lock;          /* protects head and every queued record's links */
-    _Atomic uint32_t waiters;  /* queued + comparing; read by wakers without the lock */
-    struct fs__futex_q *head;  /* oldest waiter, or NULL */
+    fs_spinlock lock;         /* protects head and every queued record's links */
+    _Atomic uint32_t waiters; /* queued + comparing; read by wakers without the lock */
+    struct fs__futex_q *head; /* oldest waiter, or NULL */
 } __attribute__((aligned(64)));
 
 static struct fs__futex_bucket fs__futex_table[FS_FUTEX_BUCKETS];
@@ -183,8 +183,8 @@ static int fs__futex_wait_kernel(uint32_t *uaddr, uint32_t val, uint32_t bitset,
         ts.tv_nsec = deadline % 1000000000;
         tsp = &ts;
     }
-    return (int)fs__sys6(SYS_futex, uaddr, FUTEX_WAIT_BITSET | fs__futex_op_flags(flags), val,
-                         tsp, NULL, bitset);
+    return (int)fs__sys6(SYS_futex, uaddr, FUTEX_WAIT_BITSET | fs__futex_op_flags(flags), val, tsp,
+                         NULL, bitset);
 }
 
 int fs_futex_wait(uint32_t *uaddr, uint32_t val, uint32_t bitset, unsigned flags, int64_t deadline)
@@ -345,8 +345,8 @@ int fs_futex_requeue(uint32_t *uaddr, int nr_wake, int nr_requeue, uint32_t *uad
     int done = woken + moved;
     if (woken == nr_wake && moved == nr_requeue)
         return done;
-    long k = fs__sys6(SYS_futex, uaddr, op, nr_wake - woken, (long)(nr_requeue - moved), uaddr2,
-                      cmp);
+    long k =
+        fs__sys6(SYS_futex, uaddr, op, nr_wake - woken, (long)(nr_requeue - moved), uaddr2, cmp);
     if (k == -EAGAIN && done) {
         /* The word changed after our compare: the table's part is done,
          * so wake the kernel's share rather than leave it behind. */
@@ -422,8 +422,8 @@ int fs_futex_wake_op(uint32_t *uaddr, int nr_wake, uint32_t *uaddr2, int nr_wake
         return cmp;
     int n1 = nr_wake > 0 ? nr_wake : 1, n2 = nr_wake2 > 0 ? nr_wake2 : 1;
     int w1 = fs__futex_wake_table(fs__futex_key(uaddr, flags), n1, FUTEX_BITSET_MATCH_ANY);
-    int w2 = cmp ? fs__futex_wake_table(fs__futex_key(uaddr2, flags), n2, FUTEX_BITSET_MATCH_ANY)
-                 : 0;
+    int w2 =
+        cmp ? fs__futex_wake_table(fs__futex_key(uaddr2, flags), n2, FUTEX_BITSET_MATCH_ANY) : 0;
     int kop = FUTEX_WAKE | fs__futex_op_flags(flags);
     long k1 = w1 < n1 ? fs__sys3(SYS_futex, uaddr, kop, n1 - w1) : 0;
     long k2 = cmp && w2 < n2 ? fs__sys3(SYS_futex, uaddr2, kop, n2 - w2) : 0;

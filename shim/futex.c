@@ -105,8 +105,8 @@ static bool shim__futex_wait_rt_accepted(void)
     if (!k) {
         uint32_t w = 0;
         struct timespec zero = {0, 0};
-        long rc = fs__sys4(SYS_futex, &w, FUTEX_WAIT | FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME,
-                           1, &zero);
+        long rc = fs__sys4(SYS_futex, &w, FUTEX_WAIT | FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME, 1,
+                           &zero);
         k = rc == -ENOSYS ? 2 : 1;
         atomic_store_explicit(&known, k, memory_order_relaxed);
     }
@@ -149,7 +149,8 @@ static long shim__futex_wait(long a[6])
     if (rt)
         flags |= FS_FUTEX_REALTIME;
 
-    if (((flags & FS_FUTEX_SHARED) && !((uintptr_t)uaddr & 3) && !shim__futex_page_private(uaddr)) ||
+    if (((flags & FS_FUTEX_SHARED) && !((uintptr_t)uaddr & 3) &&
+         !shim__futex_page_private(uaddr)) ||
         (cmd == FUTEX_WAIT && rt)) {
         /* In the kernel, on a spare. FUTEX_WAIT's relative timeout is
          * made absolute now, so time spent queued for a spare counts. */

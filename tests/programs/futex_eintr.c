@@ -36,8 +36,8 @@ static void *waiter(void *arg)
         ts.tv_sec += 30;
     }
     errno = 0;
-    w->rc = syscall(SYS_futex, &word, w->op, 0, w->timed ? &ts : NULL, NULL,
-                    FUTEX_BITSET_MATCH_ANY);
+    w->rc =
+        syscall(SYS_futex, &word, w->op, 0, w->timed ? &ts : NULL, NULL, FUTEX_BITSET_MATCH_ANY);
     w->err = errno;
     atomic_store(&returned, 1);
     return NULL;

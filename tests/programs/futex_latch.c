@@ -59,7 +59,8 @@ static void *worker(void *arg)
     unsigned seed = (unsigned)(uintptr_t)arg;
     for (int r = 0; r < ROUNDS; r++) {
         seed = seed * 1103515245u + 12345u;
-        int a = (int)(seed >> 16) % LATCHES, b = (a + 1 + (int)(seed >> 8) % (LATCHES - 1)) % LATCHES;
+        int a = (int)(seed >> 16) % LATCHES,
+            b = (a + 1 + (int)(seed >> 8) % (LATCHES - 1)) % LATCHES;
         if (a > b) {
             int t = a;
             a = b;

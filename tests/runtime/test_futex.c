@@ -52,7 +52,7 @@ struct waiter {
     uint32_t val, bitset;
     unsigned flags;
     int64_t deadline;
-    _Atomic int rc;      /* fs_futex_wait's result; INT_MIN while waiting */
+    _Atomic int rc; /* fs_futex_wait's result; INT_MIN while waiting */
     bool fiber;
     fs_fiber *f;
     pthread_t t;
@@ -72,8 +72,12 @@ static void *waiter_main(void *arg)
 static void waiter_start(struct waiter *w, bool fiber, uint32_t *word, uint32_t bitset,
                          unsigned flags)
 {
-    *w = (struct waiter){.word = word, .val = *word, .bitset = bitset, .flags = flags,
-                         .deadline = FS_NO_DEADLINE, .fiber = fiber};
+    *w = (struct waiter){.word = word,
+                         .val = *word,
+                         .bitset = bitset,
+                         .flags = flags,
+                         .deadline = FS_NO_DEADLINE,
+                         .fiber = fiber};
     atomic_store(&w->rc, INT_MIN);
     if (fiber) {
         uint64_t before = futex_parks();
@@ -161,8 +165,9 @@ static void *bad_args(void *arg)
     FCHECK(fs_futex_wake_op(w, 1, w + 1, 1, FUTEX_OP(FUTEX_OP_XOR, 1, 0, 0), 0) == 0 && w[1] == 4);
     FCHECK(fs_futex_wake_op(w, 1, w + 1, 1, FUTEX_OP(FUTEX_OP_ADD, (-6 & 0xfff), 0, 0), 0) == 0 &&
            w[1] == (uint32_t)-2);
-    FCHECK(fs_futex_wake_op(w, 1, w + 1, 1,
-                            FUTEX_OP((FUTEX_OP_SET | FUTEX_OP_OPARG_SHIFT), 40, 0, 0), 0) == 0 &&
+    FCHECK(fs_futex_wake_op(
+               w, 1, w + 1, 1,
+               ((uint32_t)FUTEX_OP_OPARG_SHIFT << 28) | FUTEX_OP(FUTEX_OP_SET, 40, 0, 0), 0) == 0 &&
            w[1] == 256);
     return NULL;
 }
