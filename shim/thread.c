@@ -318,7 +318,7 @@ struct shim_tcb_slot {
 struct shim_tcb_table {
     unsigned shift;                    /* 64 - log2(slots) */
     size_t mask;                       /* slots - 1 */
-    size_t used;                       /* under shim__tcb_lock */
+    _Atomic size_t used;               /* changed under shim__tcb_lock */
     size_t bytes;                      /* of the mapping */
     struct shim_tcb_slot slot[];
 };
@@ -393,9 +393,12 @@ static struct shim_tcb_table *shim__tcb_grow(struct shim_tcb_table *old)
  * without failing. Any thread. */
 static int shim__tcb_reserve(size_t more)
 {
+    struct shim_tcb_table *tab = atomic_load_explicit(&shim__tcbs, memory_order_acquire);
+    if (tab && (atomic_load_explicit(&tab->used, memory_order_relaxed) + more) * 2 <= tab->mask + 1)
+        return 0; /* the common case: no lock (a racing bind may take the room: see there) */
     int rc = 0;
     fs__spin_lock(&shim__tcb_lock);
-    struct shim_tcb_table *tab = atomic_load_explicit(&shim__tcbs, memory_order_relaxed);
+    tab = atomic_load_explicit(&shim__tcbs, memory_order_relaxed);
     if ((!tab || (tab->used + more) * 2 > tab->mask + 1) && !shim__tcb_grow(tab))
         rc = EAGAIN;
     fs__spin_unlock(&shim__tcb_lock);
@@ -433,7 +436,8 @@ static struct shim_thread *shim__tcb_bind(uintptr_t t, struct shim_thread *st)
 
 /* Splits a pthread_t. Returns false for a glibc thread (pass it on); else
  * *st is the record it names, or NULL for a value that never named one,
- * and *gen the generation it was made with. */
+ * and *gen the generation it was made with (a TCB handle: the generation
+ * of the thread it names now, the last one created on that TCB). */
 static bool shim__decode(pthread_t t, struct shim_thread **st, uint32_t *gen)
 {
     if (shim__tcb_ids()) {
@@ -1039,8 +1043,10 @@ static int64_t shim__abs_to_deadline(clockid_t clock, const struct timespec *abs
  * reused for another thread. Returns 0 with *out set, else the error glibc
  * gives for its own threads: ESRCH for a thread already joined (EBUSY
  * from pthread_tryjoin_np, which looks at the kernel tid first), EINVAL
- * for one detached (running or ended) or being joined, ESRCH for a handle
- * reused since or that never named a thread. -1: t is a glibc thread.
+ * for one detached (running or ended) or being joined, ESRCH for a
+ * tagged handle reused since or that never named a thread (a TCB handle
+ * reused since names the new thread: the claim is then on that one).
+ * -1: t is a glibc thread.
  */
 static int shim__claim(pthread_t t, unsigned to, bool try, struct shim_thread **out)
 {
