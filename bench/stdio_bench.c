@@ -17,7 +17,9 @@
  *
  * usage: stdio_bench [slow_clients] [fast_clients] [round_trips]
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
