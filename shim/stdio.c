@@ -64,8 +64,10 @@ extern char **environ;
 /* glibc 2.36 libio/libio.h flag bits of FILE._flags (not in the public
  * headers, which have only _IO_EOF_SEEN, _IO_ERR_SEEN, _IO_USER_LOCK). */
 #define SHIM_IO_USER_BUF 0x0001
+#define SHIM_IO_UNBUFFERED 0x0002
 #define SHIM_IO_NO_READS 0x0004
 #define SHIM_IO_NO_WRITES 0x0008
+#define SHIM_IO_LINE_BUF 0x0200
 #define SHIM_IO_IS_APPENDING 0x1000
 #define SHIM_IO_MODE_BITS (SHIM_IO_NO_READS | SHIM_IO_NO_WRITES | SHIM_IO_IS_APPENDING)
 
@@ -92,6 +94,7 @@ static struct {
     uintptr_t mangled_read;  /* our read function as stored (mangled) in a cookie FILE */
     size_t wide_size;        /* sizeof(struct _IO_wide_data), 0: unknown */
     size_t wide_vtable_off;  /* offsetof(struct _IO_wide_data, _wide_vtable) */
+    FILE *std[3];            /* the streams that replaced stdin, stdout, stderr */
 } shim__stdio;
 
 /* The popen streams that are open, newest first, as glibc's
@@ -481,9 +484,13 @@ bool shim__stdio_owns(FILE *f)
 int shim__fclose(FILE *fp)
 {
     struct shim_stream *s = shim__stream_of(fp);
-    if (!s)
+    bool std = fp && (fp == shim__stdio.std[0] || fp == shim__stdio.std[1] ||
+                      fp == shim__stdio.std[2]);
+    if (!s && !std)
         return REAL(fclose)(fp);
-    if (s->std) {
+    if (std) {
+        /* Ours, or glibc's file stream since a freopen: either way the
+         * object stays, as glibc's static std streams do. */
         flockfile(fp);
         int rc = _IO_file_close_it(fp);
         funlockfile(fp);
@@ -601,19 +608,28 @@ static bool shim__stdio_find_cookie(void)
     return ok;
 }
 
-/* Replaces *slot (stdin, stdout or stderr, still glibc's untouched static
- * stream) by one of ours if fd is a pipe, FIFO or socket. */
-static void shim__stdio_replace(FILE **slot, FILE *orig, int fd, int mode, bool unbuffered)
+/* Replaces *slot (stdin, stdout or stderr, still glibc's static stream,
+ * never read or written and without a buffer of its own) by one of ours
+ * if fd is a pipe, FIFO or socket. A buffering mode or locking mode set
+ * before (stdbuf's preloaded library calls setvbuf in its constructor) is
+ * carried over. */
+static void shim__stdio_replace(int i, FILE **slot, FILE *orig, int mode)
 {
     struct stat st;
     FILE *old = *slot;
-    if (old != orig || old->_IO_buf_base || old->_mode != 0 || !shim__stream_fd(fd, &st))
+    if (old != orig || old->_IO_buf_base || (old->_flags & SHIM_IO_USER_BUF) ||
+        old->_mode != 0 || !shim__stream_fd(i, &st))
         return;
     struct shim_stream *s;
-    FILE *fp = shim__stream_new(fd, mode, &st, true, unbuffered, &s);
+    bool unbuffered = old->_flags & SHIM_IO_UNBUFFERED;
+    FILE *fp = shim__stream_new(i, mode, &st, true, unbuffered, &s);
     if (!fp)
         return;
+    if (!unbuffered && (old->_flags & SHIM_IO_LINE_BUF))
+        setvbuf(fp, NULL, _IOLBF, 0);
+    fp->_flags |= old->_flags & _IO_USER_LOCK;
     s->std = true;
+    shim__stdio.std[i] = fp;
     *slot = fp;
 }
 
@@ -632,8 +648,8 @@ __attribute__((constructor(102))) static void shim__stdio_init(void)
     if (!shim__stdio_find_wide() || !shim__stdio_find_cookie())
         return;
     shim__stdio.on = true;
-    shim__stdio_replace(&stdin, &_IO_2_1_stdin_, 0, SHIM_IO_NO_WRITES, false);
-    shim__stdio_replace(&stdout, &_IO_2_1_stdout_, 1, SHIM_IO_NO_READS, false);
-    shim__stdio_replace(&stderr, &_IO_2_1_stderr_, 2, SHIM_IO_NO_READS, true);
+    shim__stdio_replace(0, &stdin, &_IO_2_1_stdin_, SHIM_IO_NO_WRITES);
+    shim__stdio_replace(1, &stdout, &_IO_2_1_stdout_, SHIM_IO_NO_READS);
+    shim__stdio_replace(2, &stderr, &_IO_2_1_stderr_, SHIM_IO_NO_READS);
 }
 #endif
