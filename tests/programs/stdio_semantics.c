@@ -279,6 +279,16 @@ static void *fifo_writer(void *arg)
     return NULL;
 }
 
+static int late_fd;
+
+static void *late_writer(void *arg)
+{
+    (void)arg;
+    wait_step(5);
+    write_all(late_fd, "late\n", 5);
+    return NULL;
+}
+
 static void others(void)
 {
     char mem[64] = {0};
@@ -334,6 +344,22 @@ static void others(void)
     unlink(file);
     close(p[0]);
     rmdir(dir);
+
+    /* freopen(NULL, ...) of a pipe stream: a stream on the pipe again,
+     * whose read waits for a writer that runs only while it waits. */
+    CHECK_SYS(pipe(p));
+    late_fd = p[1];
+    s = fdopen(p[0], "r");
+    f = freopen(NULL, "r", s);
+    pthread_t lw;
+    CHECK_SYS(pthread_create(&lw, NULL, late_writer, NULL));
+    set_step(5);
+    printf("freopen(NULL, \"r\") of a pipe stream: same FILE %s, same fd %s, read %s",
+           yesno(f == s), yesno(f && fileno(f) == p[0]),
+           f && fgets(got, sizeof got, f) ? got : "nothing\n");
+    pthread_join(lw, NULL);
+    fclose(f);
+    close(p[1]);
 
     CHECK_SYS(pipe(p));
     FILE *w = fdopen(p[1], "w");
