@@ -6,13 +6,15 @@
  * fdopen(fd, "r") and answers with fprintf + fflush on fdopen(dup(fd), "w").
  * 200 slow clients each send one byte of a line every 100 ms for 2 s, then
  * the newline; while they trickle, 20 fast clients make 50 line round trips
- * each. Prints one line:
+ * each. The clients are a second process (this program with --clients,
+ * started without LD_PRELOAD): only the server runs under the shim. The
+ * client process prints one line:
  *
  *   worst_ms=<worst fast round trip> median_ms=<median fast round trip>
  *   total_ms=<first fast connect to last fast answer>
  *
- * or "stuck" if the fast clients are not done within 20 s (the process
- * then exits without waiting). bench/stdio-bench runs it several times per
+ * or "stuck" if the fast clients are not done within 20 s (the processes
+ * then exit without waiting). bench/stdio-bench runs it several times per
  * mode and reports medians.
  *
  * usage: stdio_bench [slow_clients] [fast_clients] [round_trips]
@@ -25,6 +27,8 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -168,32 +172,13 @@ static int cmp64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-int main(int argc, char **argv)
+/* The client side: its own process, started without LD_PRELOAD, so that
+ * only the server runs under the shim. Prints the result line. */
+static int clients(void)
 {
-    if (argc > 1)
-        nslow = atoi(argv[1]);
-    if (argc > 2)
-        nfast = atoi(argv[2]);
-    if (argc > 3)
-        ntrips = atoi(argv[3]);
-    struct rlimit rl;
-    getrlimit(RLIMIT_NOFILE, &rl);
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    lat_ns = calloc((size_t)nfast * (size_t)ntrips, sizeof *lat_ns);
-
-    lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        listen(lfd, 4096) < 0 || getsockname(lfd, (struct sockaddr *)&a, &len) < 0)
-        die("listen");
-    port = ntohs(a.sin_port);
-    spawn(acceptor, NULL, NULL);
     signal(SIGALRM, stuck);
     alarm(STUCK_S);
-
+    lat_ns = calloc((size_t)nfast * (size_t)ntrips, sizeof *lat_ns);
     pthread_t *st = calloc((size_t)nslow, sizeof *st), *ft = calloc((size_t)nfast, sizeof *ft);
     for (int i = 0; i < nslow; i++)
         spawn(slow, NULL, &st[i]);
@@ -213,4 +198,56 @@ int main(int argc, char **argv)
     for (int i = 0; i < nslow; i++)
         pthread_join(st[i], NULL);
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    if (argc == 6 && strcmp(argv[1], "--clients") == 0) {
+        port = atoi(argv[2]);
+        nslow = atoi(argv[3]);
+        nfast = atoi(argv[4]);
+        ntrips = atoi(argv[5]);
+        return clients();
+    }
+    if (argc > 1)
+        nslow = atoi(argv[1]);
+    if (argc > 2)
+        nfast = atoi(argv[2]);
+    if (argc > 3)
+        ntrips = atoi(argv[3]);
+
+    lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 ||
+        listen(lfd, 4096) < 0 || getsockname(lfd, (struct sockaddr *)&a, &len) < 0)
+        die("listen");
+    port = ntohs(a.sin_port);
+    spawn(acceptor, NULL, NULL);
+
+    /* The clients: this program again, without the shim. */
+    char self[4096], sport[16], s1[16], s2[16], s3[16];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n < 0)
+        die("readlink");
+    self[n] = 0;
+    snprintf(sport, sizeof sport, "%d", port);
+    snprintf(s1, sizeof s1, "%d", nslow);
+    snprintf(s2, sizeof s2, "%d", nfast);
+    snprintf(s3, sizeof s3, "%d", ntrips);
+    unsetenv("LD_PRELOAD");
+    char *args[] = {self, (char *)"--clients", sport, s1, s2, s3, NULL};
+    pid_t pid;
+    extern char **environ;
+    if (posix_spawn(&pid, self, NULL, NULL, args, environ) != 0)
+        die("posix_spawn");
+    int status;
+    if (waitpid(pid, &status, 0) < 0)
+        die("waitpid");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
