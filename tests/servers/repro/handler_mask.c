@@ -1,0 +1,50 @@
+// handler_mask.c - SBCL's first death under the shim ("blockables
+// unblocked", issue #15), reduced: the signal mask a handler sees, and the
+// one it leaves behind by editing its ucontext, are the kernel's.
+// Plain pthread program; the output must be the same with and without the
+// shim. Not in tests/programs yet: it fails under the shim until
+// shim/signal.c (issue #13) answers pthread_sigmask from the kernel's mask.
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <ucontext.h>
+
+static volatile int sa_mask_seen = -1, self_seen = -1;
+
+static void on_usr2(int sig, siginfo_t *si, void *ctx)
+{
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    sa_mask_seen = sigismember(&cur, SIGUSR1); /* added by the kernel: sa_mask */
+    self_seen = sigismember(&cur, SIGUSR2);    /* added by the kernel: no SA_NODEFER */
+    /* As SBCL does: the mask restored at sigreturn blocks SIGALRM. */
+    sigaddset(&((ucontext_t *)ctx)->uc_sigmask, SIGALRM);
+}
+
+static void *noop(void *a) { return a; }
+
+int main(void)
+{
+    /* One thread, so that the shim has made main a fiber. */
+    pthread_t t;
+    pthread_create(&t, NULL, noop, NULL);
+    pthread_join(t, NULL);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_usr2;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGUSR1);
+    sigaction(SIGUSR2, &sa, NULL);
+    raise(SIGUSR2);
+
+    sigset_t after;
+    pthread_sigmask(SIG_BLOCK, NULL, &after);
+    printf("in the handler: sa_mask signal blocked %d, own signal blocked %d\n", sa_mask_seen,
+           self_seen);
+    printf("after it: SIGUSR1 blocked %d, SIGALRM blocked %d (set through uc_sigmask)\n",
+           sigismember(&after, SIGUSR1), sigismember(&after, SIGALRM));
+    return 0;
+}
