@@ -641,8 +641,11 @@ __attribute__((constructor(102))) static void shim__stdio_init(void)
     if (v && strcmp(v, "0") == 0)
         return;
     if (v && strcmp(v, "1") != 0) {
-        static const char msg[] = "fibershim: FIBERSHIM_STDIO must be 0 or 1\n";
-        (void)!write(2, msg, sizeof msg - 1);
+        /* As init.c reports the runtime's variables. */
+        char msg[256];
+        int n = snprintf(msg, sizeof msg,
+                         "fibershim: FIBERSHIM_STDIO=\"%.64s\" is invalid: expected 0 or 1\n", v);
+        (void)!write(2, msg, (size_t)n);
         _exit(2);
     }
     if (!shim__stdio_find_wide() || !shim__stdio_find_cookie())
