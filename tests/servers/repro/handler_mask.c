@@ -1,6 +1,8 @@
 // handler_mask.c - SBCL's first death under the shim ("blockables
 // unblocked", issue #15), reduced: the signal mask a handler sees, and the
-// one it leaves behind by editing its ucontext, are the kernel's.
+// one it leaves behind by editing its ucontext, are the kernel's; also in
+// the handler of a synchronous trap (SBCL's pending-interrupt trap is an
+// int3, SIGTRAP, handled with every blockable signal in sa_mask).
 // Plain pthread program; the output must be the same with and without the
 // shim. Not in tests/programs yet: it fails under the shim until
 // shim/signal.c (issue #13) answers pthread_sigmask from the kernel's mask.
@@ -22,6 +24,15 @@ static void on_usr2(int sig, siginfo_t *si, void *ctx)
     sigaddset(&((ucontext_t *)ctx)->uc_sigmask, SIGALRM);
 }
 
+static volatile int trap_seen = -1;
+
+static void on_trap(int sig, siginfo_t *si, void *ctx)
+{
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    trap_seen = sigismember(&cur, SIGUSR1);
+}
+
 static void *noop(void *a) { return a; }
 
 int main(void)
@@ -40,11 +51,17 @@ int main(void)
     sigaction(SIGUSR2, &sa, NULL);
     raise(SIGUSR2);
 
+    sa.sa_sigaction = on_trap;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGTRAP, &sa, NULL);
+    __asm__ volatile("int3");
+
     sigset_t after;
     pthread_sigmask(SIG_BLOCK, NULL, &after);
     printf("in the handler: sa_mask signal blocked %d, own signal blocked %d\n", sa_mask_seen,
            self_seen);
     printf("after it: SIGUSR1 blocked %d, SIGALRM blocked %d (set through uc_sigmask)\n",
            sigismember(&after, SIGUSR1), sigismember(&after, SIGALRM));
+    printf("in a SIGTRAP (int3) handler: sa_mask signal blocked %d\n", trap_seen);
     return 0;
 }
