@@ -204,7 +204,7 @@ int fs_futex_wait(uint32_t *uaddr, uint32_t val, uint32_t bitset, unsigned flags
     /* seq_cst: counted before the word is read, the other half of the
      * waker's fence (fs__futex_has_waiters). */
     atomic_fetch_add_explicit(&b->waiters, 1, memory_order_seq_cst);
-    if (atomic_load_explicit((_Atomic uint32_t *)uaddr, memory_order_relaxed) != val) {
+    if (atomic_load_explicit((_Atomic uint32_t *)uaddr, memory_order_seq_cst) != val) {
         atomic_fetch_sub_explicit(&b->waiters, 1, memory_order_relaxed);
         fs__spin_unlock(&b->lock);
         return -EAGAIN;
