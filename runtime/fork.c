@@ -80,6 +80,7 @@ void fs_atfork_child(void)
     atomic_store(&fs__g.nsleeping, 0);
     atomic_store(&fs__g.nspinning, 0);
     atomic_store(&fs__g.nstarted, 0);
+    atomic_store(&fs__g.nexclusive, 0);
     fs__spin_unlock(&fs__g.global_lock);
     fs__spin_unlock(&fs__g.all_lock);
     fs__spin_unlock(&fs__g.start_lock);
@@ -108,6 +109,12 @@ void fs_atfork_child(void)
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     self->home = s;
+    /* The child's only kernel thread is now this fiber's: pinned to it for
+     * good, as an adopted main is, and alone on it when adoption is
+     * exclusive (fs_config). */
+    atomic_fetch_add(&self->pins, 1);
+    s->exclusive = fs__g.cfg.adopt_exclusive;
+    atomic_store(&fs__g.nexclusive, s->exclusive ? 1 : 0);
     s->adopted_tp = self->tp; /* glibc's fork listed it as the thread's */
     self->timer_sched = NULL;
     fs__timer_init(&self->timer);

@@ -206,6 +206,10 @@ struct fs_sched {
      * retired: it takes no new work (no stealing, no global queue, not a
      * wakep target) but still runs the fibers pinned to it. */
     bool extra;
+    /* Runs only the fibers pinned to it (the adopted fiber): takes no new
+     * work, steals nothing, gets no wakep token (cfg.adopt_exclusive).
+     * Set before the sched is published (fs_adopt_thread, fork child). */
+    bool exclusive;
     _Atomic int retired;
     _Atomic int defunct;         /* its thread could not be started */
 
@@ -233,7 +237,8 @@ struct fs_sched {
 struct fs_runtime {
     _Atomic int state;           /* 0 off, 1 starting, 2 running */
     struct fs_config cfg;
-    unsigned nsched;             /* configured carriers */
+    unsigned nsched;             /* configured carriers (+1 with cfg.adopt_exclusive) */
+    _Atomic unsigned nexclusive; /* scheds that are exclusive (0 or 1) */
     bool migrate;                /* started fibers may move (cfg.migrate resolved at init) */
     unsigned nextra_max;         /* handoff carriers the monitor may add */
     struct fs_sched **scheds;    /* nsched + nextra_max slots */

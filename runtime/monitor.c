@@ -214,19 +214,25 @@ static void *fs__monitor(void *arg)
                 v[i].stuck = now - v[i].since >= FS_STUCK_NS && fs__mon_judge(&v[i], s, now);
             }
             if (v[i].stuck) {
-                nstuck++;
-                waiting |= fs__mon_rescue(s, now);
-            } else if (!retired) {
+                /* An exclusive sched (main's) holds no work others may
+                 * take, but its epoll may hold others' readiness. */
+                bool more = fs__mon_rescue(s, now);
+                if (!s->exclusive) {
+                    nstuck++;
+                    waiting |= more;
+                }
+            } else if (!retired && !s->exclusive) {
                 capable++;
             }
         }
+        unsigned workers = fs__g.nsched - atomic_load_explicit(&fs__g.nexclusive, memory_order_relaxed);
         waiting |= atomic_load_explicit(&fs__g.global_len, memory_order_relaxed) != 0;
         if (nstuck && waiting) {
-            if (capable < fs__g.nsched)
+            if (capable < workers)
                 fs__mon_handoff(v, n);
             else
                 fs__wakep(); /* a carrier that can take it may be asleep */
-        } else if (capable > fs__g.nsched) {
+        } else if (capable > workers) {
             fs__mon_retire(v, n);
         }
         if (nstuck || busy)

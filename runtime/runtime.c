@@ -44,6 +44,9 @@ static int fs__init_locked(const struct fs_config *cfg)
         c.carriers = fs_default_carriers();
     if (c.carriers > FS_MAX_CARRIERS)
         return -EINVAL;
+    /* The adopted thread's own sched comes on top (see fs_config). */
+    if (c.adopt_exclusive)
+        c.carriers++;
     /* A stack size of 0 stays 0: glibc's default, read at each spawn. */
     if (c.stack_size && (c.stack_size < FS_MIN_STACK_SIZE || c.stack_size > FS_MAX_STACK_SIZE))
         return -EINVAL;
@@ -261,6 +264,10 @@ int fs_adopt_thread(fs_fiber **out)
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     fs__timers_reserve(atomic_load(&fs__g.live));
+    if (fs__g.cfg.adopt_exclusive && atomic_load(&fs__g.nexclusive) == 0) {
+        s->exclusive = true;
+        atomic_store(&fs__g.nexclusive, 1);
+    }
     f->home = s;
     /* The adopted thread's own stack: let the fiber report it. */
     pthread_attr_t a;

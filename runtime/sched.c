@@ -37,9 +37,10 @@ __thread struct fs_sched *fs__tls_sched __attribute__((tls_model("initial-exec")
 
 /* ---- queue placement --------------------------------------------------- */
 
+/* A retired spare, or an adopted thread's exclusive sched: no new work. */
 static inline bool fs__retired(struct fs_sched *s)
 {
-    return s->extra && atomic_load_explicit(&s->retired, memory_order_relaxed);
+    return (s->extra && atomic_load_explicit(&s->retired, memory_order_relaxed)) || s->exclusive;
 }
 
 /* The pinning rule (internal.h). pins is read after the park word's
@@ -95,7 +96,9 @@ void fs__ready(struct fs_fiber *f)
 {
     struct fs_sched *s = fs__cur_sched();
     atomic_store_explicit(&f->state, FS_F_RUNNABLE, memory_order_relaxed);
-    if (s && (fs__movable(f) || f->home == s)) {
+    /* An exclusive sched keeps only its own pinned fibers; what it wakes
+     * or spawns goes to the others, through the global queue. */
+    if (s && (s->exclusive ? f->home == s && !fs__movable(f) : fs__movable(f) || f->home == s)) {
         struct fs_fiber *old =
             atomic_exchange_explicit(&s->runnext, f, memory_order_acq_rel);
         /* No wakep for f itself: runnext is taken only by its owner (and
@@ -157,7 +160,7 @@ void fs__wakep(void)
     unsigned start = me ? me->id + 1 : 0;
     for (unsigned i = 0; i < n; i++) {
         struct fs_sched *v = fs__g.scheds[(start + i) % n];
-        if (v == me || !atomic_load_explicit(&v->sleeping, memory_order_acquire) ||
+        if (v == me || v->exclusive || !atomic_load_explicit(&v->sleeping, memory_order_acquire) ||
             atomic_load_explicit(&v->notified, memory_order_relaxed) ||
             atomic_load_explicit(&v->retired, memory_order_relaxed))
             continue;

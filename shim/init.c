@@ -38,6 +38,9 @@ __attribute__((constructor(101))) static void shim__init(void)
     char err[256];
     if (fs_config_from_env(&shim__cfg, err, sizeof err))
         shim__bad_env(err);
+    /* main (the first thread to create one) keeps a kernel thread of its
+     * own: FIBERSHIM_CARRIERS counts the carriers of the other threads. */
+    shim__cfg.adopt_exclusive = true;
     if (shim__observe_init(err, sizeof err))
         shim__bad_env(err);
     shim__process_init();

@@ -58,6 +58,15 @@ struct fs_config {
      * Pinned whatever this says: adopted fibers (they are their kernel
      * thread) and fibers inside fs_pin(). */
     int migrate;
+    /* One more sched than `carriers`, for the thread that adopts itself
+     * first (fs_adopt_thread), which then runs only its own fiber and
+     * fibers pinned to it: its kernel thread is never held by another
+     * fiber, and never lends itself to one. The shim sets it: main keeps a
+     * kernel thread of its own, as with plain pthreads (its thread id is
+     * the process id, and glibc, the kernel and signals know main by it),
+     * and a fiber stuck in a call the runtime cannot see never holds main
+     * up. Without an adoption the extra sched is an ordinary carrier. */
+    bool adopt_exclusive;
     /* Handoff: while carriers are stuck (a CPU-bound fiber, a call the
      * runtime cannot see) and work waits that no other carrier takes, the
      * monitor adds a spare carrier thread, at most handoff_max of them

@@ -60,10 +60,16 @@ static void *await_handler(void *unused)
     return NULL;
 }
 
-/* Killed with SIGUSR2 (blocked) before it first ran: finds it pending. */
+/* Killed with SIGUSR2 (blocked), most likely before it first ran: finds
+ * it pending. It looks once main has sent it (a new thread may run at
+ * once, on another CPU, plain or under the shim). */
+static atomic_int kill_sent;
+
 static void *await_blocked(void *unused)
 {
     (void)unused;
+    while (!atomic_load(&kill_sent))
+        usleep(1000);
     printf("killed before it ran: SIGUSR2 pending %s\n", is_pending(SIGUSR2));
     siginfo_t si;
     sigset_t set;
@@ -166,6 +172,8 @@ int main(void)
     CHECK_RC(pthread_create(&t, NULL, await_blocked, NULL));
     CHECK_RC(pthread_kill(t, SIGUSR2));
     printf("main: SIGUSR2 pending %s\n", is_pending(SIGUSR2));
+    fflush(stdout);
+    atomic_store(&kill_sent, 1);
     CHECK_RC(pthread_join(t, NULL));
 
     /* pthread_sigqueue to a thread waiting for the signal. */
