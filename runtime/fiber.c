@@ -271,6 +271,7 @@ int fs_join(fs_fiber *f, void **ret, int64_t deadline)
 {
     if (f == fs_self())
         return -EDEADLK;
+again:
     fs__spin_lock(&f->lock);
     if (f->join != FS_J_JOINABLE || f->joiner) {
         fs__spin_unlock(&f->lock);
@@ -288,9 +289,11 @@ int fs_join(fs_fiber *f, void **ret, int64_t deadline)
          * the exit path cannot wake us before we are parked. */
         int rc = fs_waiter_wait(&w, FS_PARK_JOIN, f, deadline, fs__join_commit, f);
         fs__spin_lock(&f->lock);
-        if (rc == -ETIMEDOUT && f->joiner == &w) {
+        if (rc < 0 && f->joiner == &w) {
             f->joiner = NULL;
             fs__spin_unlock(&f->lock);
+            if (rc == -EINTR)
+                goto again; /* a signal handler ran (fs_interrupt): wait on */
             return -ETIMEDOUT;
         }
         /* Woken: f is dead (the waker cleared joiner under the lock). */

@@ -258,21 +258,29 @@ static int fs__pd_event(struct fs_pollfd *pd, uint32_t gen, uint32_t ev)
     return n;
 }
 
+/* The mask of a carrier waiting for events: every signal blocked but
+ * glibc's SIGCANCEL and SIGSETXID (setuid() waits for every thread to
+ * take the latter). A carrier runs no fiber while it waits, so no
+ * program handler may run on it then: signals pending for the process
+ * wait for a fiber that takes them (shim/signal.c). */
+static const uint64_t fs__idle_sigmask = ~((1ull << 31) | (1ull << 32));
+
 int fs__netpoll(struct fs_sched *s, int64_t timeout_ns)
 {
     struct epoll_event evs[FS_EVENTS];
+    const uint64_t *mask = &fs__idle_sigmask;
     long n;
     if (timeout_ns < 0) {
-        n = fs__sys6(SYS_epoll_pwait2, s->epfd, evs, FS_EVENTS, NULL, NULL, 8);
+        n = fs__sys6(SYS_epoll_pwait2, s->epfd, evs, FS_EVENTS, NULL, mask, 8);
     } else {
         struct timespec ts = {timeout_ns / 1000000000, timeout_ns % 1000000000};
-        n = fs__sys6(SYS_epoll_pwait2, s->epfd, evs, FS_EVENTS, &ts, NULL, 8);
+        n = fs__sys6(SYS_epoll_pwait2, s->epfd, evs, FS_EVENTS, &ts, mask, 8);
         if (n == -ENOSYS) /* before Linux 5.11: millisecond timeouts, rounded up */
             n = fs__sys6(SYS_epoll_pwait, s->epfd, evs, FS_EVENTS,
-                         (long)((timeout_ns + 999999) / 1000000), NULL, 8);
+                         (long)((timeout_ns + 999999) / 1000000), mask, 8);
     }
     if (n == -ENOSYS && timeout_ns < 0)
-        n = fs__sys6(SYS_epoll_pwait, s->epfd, evs, FS_EVENTS, -1, NULL, 8);
+        n = fs__sys6(SYS_epoll_pwait, s->epfd, evs, FS_EVENTS, -1, mask, 8);
     fs__stat_inc(&s->st.epoll_waits);
     atomic_store_explicit(&s->last_poll, fs_now(), memory_order_relaxed);
     int woken = 0;

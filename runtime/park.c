@@ -30,6 +30,10 @@
 #define PW_TOK(w) ((w) >> 2)
 #define PW_ST(w) ((int)((w)&3))
 
+/* Set in fiber.why once fs_park is over (see fs__hook_gate): why keeps
+ * the reason of the last park, for dumps, in the other bits. */
+#define FS_WHY_DONE 0x80
+
 int64_t fs_now(void)
 {
     struct timespec ts;
@@ -272,10 +276,13 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
         /* Already due: do not switch at all. */
         bool won;
         fs__park_transition(self, tok, FS_PW_TIMEDOUT, &won);
+        atomic_store_explicit(&self->why, (uint8_t)(why | FS_WHY_DONE), memory_order_relaxed);
         if (commit)
             commit(arg);
         return won ? -ETIMEDOUT : 0;
     }
+    /* Clears FS_WHY_DONE: from here until the end of this function the
+     * interrupt hook is held back (fs__hook_gate). */
     atomic_store_explicit(&self->why, (uint8_t)why, memory_order_relaxed);
     self->wait_obj = wait_obj;
     self->park_since = fs__now_coarse();
@@ -295,9 +302,15 @@ int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_obj, in
         fs__timer_disarm(self);
     uint64_t w = atomic_load_explicit(&self->park, memory_order_acquire);
     FS_CHECK(PW_TOK(w) == tok && PW_ST(w) >= FS_PW_WOKEN);
-    if (PW_ST(w) == FS_PW_TIMEDOUT && atomic_exchange(&self->interrupted, 0))
-        return -EINTR;
-    return PW_ST(w) == FS_PW_TIMEDOUT ? -ETIMEDOUT : 0;
+    int rc = PW_ST(w) == FS_PW_TIMEDOUT ? -ETIMEDOUT : 0;
+    if (rc && atomic_exchange(&self->interrupted, 0))
+        rc = -EINTR;
+    /* The park is over (timer disarmed, outcome read): a signal handler
+     * the hook runs now may park in turn. */
+    atomic_store_explicit(&self->why, (uint8_t)(why | FS_WHY_DONE), memory_order_relaxed);
+    if (FS_UNLIKELY(fs__hook_due(self)))
+        fs__run_interrupt_hook(self);
+    return rc;
 }
 
 int fs_sleep_until(int64_t deadline)
@@ -316,6 +329,27 @@ int fs_sleep_until(int64_t deadline)
 
 void (*fs__interrupt_hook)(struct fs_fiber *f);
 _Atomic bool fs__hook_always;
+static void (*fs__user_hook)(struct fs_fiber *f);
+
+/* The hook the scheduler calls (fs__switch_out, a fiber's first start).
+ * A fiber resumed inside fs_park has not finished its park yet: its
+ * timer may still be armed and its outcome is in the park word, and a
+ * signal handler run by the hook may park again (sleep() in a handler),
+ * which would rearm that timer and overwrite that word. So inside
+ * fs_park (why without FS_WHY_DONE, after a first park) the hook is held
+ * back: the interrupt flag is set again, and fs_park runs the hook once
+ * it is done. Only a park that ended (WOKEN, TIMEDOUT) can be one whose
+ * fs_park has not returned; a fiber that never parked has a zero word. */
+static void fs__hook_gate(struct fs_fiber *f)
+{
+    if (PW_ST(atomic_load_explicit(&f->park, memory_order_relaxed)) >= FS_PW_WOKEN &&
+        !(atomic_load_explicit(&f->why, memory_order_relaxed) & FS_WHY_DONE)) {
+        atomic_store(&f->interrupt, 1);
+        return;
+    }
+    if (fs__user_hook)
+        fs__user_hook(f);
+}
 
 void fs_hook_every_switch(void)
 {
@@ -324,7 +358,8 @@ void fs_hook_every_switch(void)
 
 void fs_set_interrupt_hook(void (*hook)(fs_fiber *f))
 {
-    fs__interrupt_hook = hook;
+    fs__user_hook = hook;
+    fs__interrupt_hook = fs__hook_gate;
 }
 
 /* Ends f's park tok as interrupted, if that park is interruptible and
@@ -336,11 +371,17 @@ static void fs__interrupt_parked(struct fs_fiber *f, fs_park_token tok)
 {
     /* why belongs to park tok while that park lasts: if f has moved on to
      * another park since, the transition fails on the token. */
-    uint8_t why = atomic_load_explicit(&f->why, memory_order_relaxed);
-    /* Locks and joins are not interruptible; semaphore waits are (POSIX
-     * ends sem_wait with EINTR when a handler runs), and so are raw futex
-     * waits (the kernel ends FUTEX_WAIT for a handler). */
-    if (why > FS_PARK_SLEEP && why != FS_PARK_SEM && why != FS_PARK_FUTEX)
+    uint8_t why = atomic_load_explicit(&f->why, memory_order_relaxed) & ~FS_WHY_DONE;
+    /* Every wait a signal handler may run in is ended: I/O, poll and
+     * sleeps fail with EINTR (or restart), semaphore waits too (POSIX ends
+     * sem_wait with EINTR when a handler runs), and so do raw futex waits
+     * (the kernel ends FUTEX_WAIT for a handler). Lock waits (mutex, cond,
+     * rwlock, barrier, once) end too, so that the handler runs during the
+     * wait as POSIX has it; their wait loop (shim/waitq.c) then waits
+     * again, in its place in the queue; a join (fs_join) waits again.
+     * Handed-off calls (FS_PARK_OTHER) are not cut short: the call goes on
+     * on its spare thread. */
+    if (why == FS_PARK_YIELD || why == FS_PARK_OTHER || why >= FS_PARK_NREASONS)
         return;
     bool won;
     if (fs__park_transition(f, tok, FS_PW_TIMEDOUT, &won)) {
@@ -448,5 +489,6 @@ const char *fs_park_reason_name(enum fs_park_reason why)
     static const char *const names[FS_PARK_NREASONS] = {
         "read", "write", "accept", "connect", "poll", "sleep", "mutex", "cond",
         "rwlock", "sem", "barrier", "once", "join", "yield", "other", "futex"};
+    why &= ~FS_WHY_DONE;
     return (unsigned)why < FS_PARK_NREASONS ? names[why] : "?";
 }

@@ -194,6 +194,11 @@ static void shim__dump_signal_check(int sig, const void *h)
             name ? name : "?", sig, SIGRTMAX - 2);
 }
 
+int shim__observe_dump_signal(void)
+{
+    return atomic_load(&shim__dump_taken) ? 0 : shim__dump_sig;
+}
+
 int shim__sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
     if (SHIM_UNLIKELY(act != NULL && shim__dump_sig != 0))

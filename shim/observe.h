@@ -11,6 +11,10 @@
  * and the at-exit stats writer when asked for. */
 int shim__observe_init(char *err, size_t errlen);
 
+/* The signal FIBERSHIM_DUMP_SIGNAL names while the runtime owns it, or 0
+ * (none, or the program took it over). */
+int shim__observe_dump_signal(void);
+
 /* Starts the monitor thread, if tracing or dumps are on (activation). */
 void shim__observe_start(void);
 

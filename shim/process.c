@@ -58,6 +58,7 @@ static void shim__atfork_child(void)
 {
     fs_atfork_child();
     shim__thread_atfork_child();
+    shim__signal_atfork_child();
     shim__observe_atfork_child();
     shim__offload_atfork_child();
     shim__fd_forked();
@@ -123,6 +124,7 @@ static bool shim__env_loads_shim(char *const envp[])
  * the shim (envp: its environment). Returns whether it did. */
 static bool shim__exec_begin(char *const envp[], struct shim_fd_handover *h)
 {
+    shim__sig_exec_begin(); /* the new image gets the fiber's signal mask */
     if (shim__env_loads_shim(envp))
         return false;
     shim__fd_exec_handover(h);
@@ -133,11 +135,11 @@ static bool shim__exec_begin(char *const envp[], struct shim_fd_handover *h)
  * Returns rc, with errno as the exec left it. */
 static int shim__exec_failed(bool handed, const struct shim_fd_handover *h, int rc)
 {
-    if (handed) {
-        int err = errno;
+    int err = errno;
+    if (handed)
         shim__fd_exec_undo(h);
-        errno = err;
-    }
+    shim__sig_exec_end();
+    errno = err;
     return rc;
 }
 
@@ -250,6 +252,7 @@ static int shim__spawn(__typeof__(posix_spawn) *real, pid_t *pid, const char *pa
     struct shim_fd_handover h;
     bool handed = shim__exec_begin(envp, &h);
     int rc = real(pid, path, fa, attr, argv, envp);
+    shim__sig_exec_end();
     shim__fd_forked();
     if (handed && rc != 0)
         shim__fd_exec_undo(&h);

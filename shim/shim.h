@@ -98,6 +98,10 @@ struct shim_sigstate {
     _Atomic int restart;       /* the handlers last run had SA_RESTART */
     _Atomic uint64_t waiting;  /* the set it waits for in sigwait & co., or 0 */
     uint32_t handled;          /* handlers raised by its hook so far; its own */
+    /* Signals pending for the process that the dispatcher chose this
+     * fiber to take (signal.c): it unblocks each on its carrier, and the
+     * kernel delivers it there with its own siginfo. */
+    _Atomic uint64_t ppending;
 };
 
 /* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */
@@ -118,6 +122,23 @@ bool shim__sig_should_restart(void);
  * before, to tell a handler from an interrupt that ran none (an ignored
  * signal). */
 uint32_t shim__sig_handled(void);
+
+/* The calling fiber's mask (pthread_sigmask's contract). */
+int shim__pthread_sigmask(int how, const sigset_t *set, sigset_t *old);
+
+/* The calling fiber ends: its carrier gets the mask it has between
+ * fibers (a handler that called pthread_exit left the kernel's). */
+void shim__sig_fiber_exit(void);
+
+/* A fork child: the dispatcher thread is gone, start another. */
+void shim__signal_atfork_child(void);
+
+/* Around an exec or a spawn from a fiber: the calling kernel thread's
+ * mask becomes the fiber's, which the new image inherits (a carrier
+ * blocks the signals the dispatcher routes); then the carrier's again.
+ * Off a fiber, nothing. */
+void shim__sig_exec_begin(void);
+void shim__sig_exec_end(void);
 
 /* ---- robust.c ----------------------------------------------------------- */
 
@@ -152,6 +173,10 @@ int shim__fiber_running(pthread_t t, fs_fiber **f);
 /* pthread_kill on a handle of an ended thread of the shim (see thread.c);
  * -1 for any other handle. */
 int shim__kill_ended(pthread_t t, int sig);
+
+/* Calls fn(fiber, signal state, arg) for every running thread of the
+ * shim, with a reference held, until fn returns true (see thread.c). */
+bool shim__threads_each(bool (*fn)(fs_fiber *f, struct shim_sigstate *ss, void *arg), void *arg);
 
 /* CPU-time clocks of fibers, for clock_gettime (time.c). Each returns 0
  * with *ts set, a positive errno, or -1 when the clock is not a fiber's

@@ -1,53 +1,87 @@
 /*
- * signal.c - signals aimed at a fiber: pthread_kill, pthread_sigqueue,
- * pthread_sigmask, sigprocmask and sigpending, and EINTR for the waits
- * they interrupt.
+ * signal.c - signals as the kernel delivers them to threads, for fibers:
+ * pthread_kill, pthread_sigqueue, raise, pthread_sigmask, sigprocmask,
+ * sigpending, sigsuspend, pause, sigwait and friends, and the thread that
+ * routes process-directed signals to fibers.
  *
- * Every fiber has a signal mask and a set of pending signals of its own.
- * The carrier's real mask follows the running fiber's: the runtime calls
- * our hook when a fiber resumes (at every resume once any fiber has set a
- * mask of its own), and the hook sets the carrier's mask if it differs.
- * So a process-directed signal reaches a carrier whose current fiber does
- * not block it, and its handler runs in that fiber, as the kernel would
- * pick a thread.
+ * The delivery model. Every fiber has a signal mask and a set of pending
+ * signals of its own (struct shim_sigstate). Carriers never take an
+ * asynchronous signal on their own: each carrier's real mask blocks every
+ * signal the dispatcher routes (shim__routed: all but SIGKILL, SIGSTOP,
+ * glibc's SIGCANCEL and SIGSETXID, the runtime's dump signal and the
+ * signals the kernel sends a thread for what it did, SHIM_THREADSYNC),
+ * whatever fiber runs and also while idle. So a kill(), alarm(), Ctrl-C
+ * or SIGCHLD stays pending for the process, and:
  *
- * pthread_kill(fiber, sig) records sig as pending for that fiber. If the
- * fiber does not block it, fs_interrupt() wakes it from an I/O, poll or
- * sleep wait (not from lock waits, which POSIX does not interrupt), and
- * the hook, running on the fiber's own stack as it resumes, raises the
- * signal on its carrier with tgkill: the handler runs right there, in the
- * fiber. The interrupted wrapper then restarts the call if every handler
- * that ran has SA_RESTART, and fails with EINTR otherwise; poll, select,
- * epoll_wait and sleeps always fail with EINTR, as signal(7) specifies.
+ *  - The dispatcher thread (blocking everything) sees it through a
+ *    signalfd, without reading it (it learns which with sigpending), and
+ *    picks a fiber as the kernel picks a thread: main if it does not block
+ *    the signal, else one waiting for it in sigwait, else the first that
+ *    does not block it. If the action is a handler, it marks the signal in
+ *    that fiber's ppending and interrupts it (fs_interrupt: a blocked
+ *    read, accept, poll, sleep, lock or semaphore wait ends at once). A
+ *    sigwaiter takes the signal itself (its own signalfd wakes it). For a
+ *    default action that stops or ends the process, the dispatcher
+ *    unblocks the signal in itself and the kernel acts (exit status and
+ *    core as without the shim); an ignored one it takes and drops. If
+ *    every fiber blocks it, the signal stays pending for the process
+ *    (sigpending, sigwait and signalfd of any fiber see it), until a fiber
+ *    unblocks it: pthread_sigmask, sigsuspend then take it at once.
  *
- * pthread_sigqueue(fiber, sig, value) does the same, and keeps the value
- * with the pending signal: the hook raises it with rt_tgsigqueueinfo, so
- * the handler and sigwaitinfo see SI_QUEUE and the value. Like a standard
- * signal, one sent again while pending is delivered once (real-time
- * signals are not queued per instance). sigpending reports the fiber's
- * own pending set plus what is pending for the process. The adopted main
- * thread takes its kernel thread's own pending signals into its set as
- * it becomes a fiber, so they stay its own.
+ *  - The fiber, when it resumes (the runtime's interrupt hook, run on its
+ *    own stack once the interrupted park is over) or when it unblocks the
+ *    signal itself, delivers it: it sets the mask its handler must see
+ *    (its own plus sa_mask plus the signal unless SA_NODEFER; what
+ *    pthread_sigmask reports inside the handler), then unblocks just that
+ *    signal on its carrier. The kernel delivers the pending signal right
+ *    there, at that system call's return, with its own siginfo: the
+ *    handler runs in the fiber, on its stack, with its TLS and errno. Then
+ *    the carrier blocks it again and the fiber's mask is restored. The
+ *    interrupted wrapper restarts the call if every handler that ran had
+ *    SA_RESTART, and fails with EINTR otherwise; poll, select, epoll_wait,
+ *    sleeps and timed waits always fail with EINTR, as signal(7) says;
+ *    lock waits go on (cond waits may return, a spurious wake-up).
+ *
+ *  - Signals sent to a fiber (pthread_kill, pthread_sigqueue, raise) are
+ *    pending on the fiber itself, with the value of a sigqueue. They are
+ *    delivered the same way, first sent to the carrier's own kernel thread
+ *    (tgkill or rt_tgsigqueueinfo, so the siginfo is the kernel's for
+ *    those calls) while it blocks them. Like a standard signal, one sent
+ *    again while pending is delivered once.
+ *
+ *  - The kernel's thread-directed signals (a fault, SIGPIPE from a write,
+ *    SIGXFSZ, SHIM_THREADSYNC) go to the kernel thread that caused them,
+ *    which runs the fiber that did; for those the carrier's mask follows
+ *    the running fiber's (the hook checks it at every switch once some
+ *    fiber blocks one of them). Idle carriers block them too (netpoll.c).
+ *
+ * A fiber's mask goes to the new image at exec and posix_spawn
+ * (shim__sig_exec_begin). Plain threads the program has besides fibers
+ * keep the kernel's behaviour: their masks are their own, and the kernel
+ * gives them process signals they do not block.
  *
  * sigwait, sigwaitinfo and sigtimedwait from a fiber park it, not its
  * carrier: signals sent to the fiber are taken from its pending set;
- * signals pending for the process (kill) or the carrier are taken with a
- * zero-timeout sigtimedwait; in between, the fiber waits on a signalfd for
- * the set in the netpoller (a signalfd is readable while a signal of its
- * set is pending for the process or the polling thread). As with threads,
- * the set must be blocked in every thread, or some other fiber's handler
- * (or default action) may take the signal first.
+ * signals pending for the process are taken with a zero-timeout
+ * sigtimedwait; in between, the fiber waits on a signalfd for the set in
+ * the netpoller (readable while a signal of its set is pending for the
+ * process or the polling thread). As with threads, the set must be blocked
+ * in every thread, or some other fiber's handler (or default action) may
+ * take the signal first.
  */
 #include "shim.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "observe.h"
 #include "sys.h"
 
 fs_fiber *shim__fiber_of(pthread_t t);
@@ -61,6 +95,17 @@ fs_fiber *shim__fiber_of(pthread_t t);
 
 #define SHIM_SIGBIT(sig) (1ull << ((sig)-1))
 #define SHIM_UNBLOCKABLE (SHIM_SIGBIT(SIGKILL) | SHIM_SIGBIT(SIGSTOP))
+/* glibc's own: SIGCANCEL (32) and SIGSETXID (33), never blocked. */
+#define SHIM_GLIBC_SIGS (SHIM_SIGBIT(32) | SHIM_SIGBIT(33))
+/* What the kernel sends the thread that caused it: faults, SIGPIPE from
+ * a write to a closed pipe or socket, SIGXFSZ from one past the limit. */
+#define SHIM_THREADSYNC                                                                    \
+    (SHIM_SIGBIT(SIGSEGV) | SHIM_SIGBIT(SIGBUS) | SHIM_SIGBIT(SIGFPE) | SHIM_SIGBIT(SIGILL) |   \
+     SHIM_SIGBIT(SIGTRAP) | SHIM_SIGBIT(SIGSYS) | SHIM_SIGBIT(SIGPIPE) | SHIM_SIGBIT(SIGXFSZ))
+
+/* The signals carriers always block and the dispatcher routes; set once
+ * at activation (0 before: no carrier exists). */
+static uint64_t shim__routed;
 
 static uint64_t shim__set_to_bits(const sigset_t *set)
 {
@@ -79,43 +124,291 @@ static void shim__bits_to_set(uint64_t b, sigset_t *set)
             sigaddset(set, sig);
 }
 
+/* The calling kernel thread's mask, raw (glibc's pthread_sigmask would
+ * leave SIGCANCEL and SIGSETXID out, which we never block anyway). */
+static void shim__real_setmask(uint64_t m)
+{
+    m &= ~SHIM_GLIBC_SIGS;
+    fs__sys4(SYS_rt_sigprocmask, SIG_SETMASK, &m, NULL, sizeof m);
+}
+
+/* A fiber's mask, read by other threads (the dispatcher) too. */
+static uint64_t shim__mask_of(const struct shim_sigstate *ss)
+{
+    return __atomic_load_n(&ss->mask, __ATOMIC_RELAXED);
+}
+
+static void shim__mask_set(struct shim_sigstate *ss, uint64_t m)
+{
+    __atomic_store_n(&ss->mask, m & ~SHIM_UNBLOCKABLE, __ATOMIC_RELAXED);
+    /* Carriers' masks then differ in what they leave to the kernel: the
+     * hook must check the carrier's at every switch from now on. */
+    if (m & SHIM_THREADSYNC)
+        fs_hook_every_switch();
+}
+
+/* The real mask of a carrier running a fiber with mask m. */
+static uint64_t shim__carrier_want(uint64_t m)
+{
+    return shim__routed | (m & SHIM_THREADSYNC);
+}
+
+/* Makes the carrier's real mask the one its fiber needs. */
+static void shim__carrier_follow(const struct shim_sigstate *ss)
+{
+    if (!shim__routed)
+        return;
+    uint64_t *cl = fs_carrier_local(); /* fibers only */
+    uint64_t want = shim__carrier_want(shim__mask_of(ss));
+    if (cl[SHIM_CARRIER_MASK_KNOWN] && cl[SHIM_CARRIER_MASK] == want)
+        return;
+    shim__real_setmask(want);
+    cl[SHIM_CARRIER_MASK] = want;
+    cl[SHIM_CARRIER_MASK_KNOWN] = 1;
+}
+
+/* ---- the dispatcher ------------------------------------------------------ */
+
+static struct {
+    _Atomic int state;        /* 0 not started, 1 starting or running */
+    _Atomic int kickfd;       /* eventfd that wakes it, -1 before */
+    /* Pending for the process, and no fiber would take them: they wait
+     * in the kernel until a fiber unblocks one (shim__take_held). */
+    _Atomic uint64_t held;
+    /* Handed to a fiber (ppending) or left to a sigwaiter, not taken yet:
+     * out of the signalfd's set meanwhile, looked at again at a kick or
+     * every SHIM_DISP_RECHECK_MS. */
+    _Atomic uint64_t assigned;
+} shim__disp = {.kickfd = -1};
+
+#define SHIM_DISP_RECHECK_MS 50
+
+static void shim__disp_kick(void)
+{
+    int fd = atomic_load_explicit(&shim__disp.kickfd, memory_order_acquire);
+    if (fd >= 0) {
+        uint64_t one = 1;
+        fs__sys3(SYS_write, fd, &one, sizeof one);
+    }
+}
+
+/* A fiber is about to stop blocking `unblocked` (its mask already says
+ * so): takes the held ones for itself, as the kernel delivers a pending
+ * process signal to the thread that unblocks it. seq_cst against the
+ * dispatcher, which sets held, then reads the fibers' masks. */
+static void shim__take_held(struct shim_sigstate *ss, uint64_t unblocked)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    uint64_t h = atomic_load(&shim__disp.held) & unblocked;
+    if (!h)
+        return;
+    h = atomic_fetch_and(&shim__disp.held, ~h) & h;
+    if (!h)
+        return;
+    atomic_fetch_or(&shim__disp.assigned, h);
+    atomic_fetch_or(&ss->ppending, h);
+    shim__disp_kick();
+}
+
+/* What the dispatcher decides for one signal. */
+struct shim_pick {
+    uint64_t bit;
+    int pass;      /* 0: the adopted (main) fiber; 1: a sigwaiter; 2: any */
+    bool handler;  /* the action is a handler */
+    bool waiter;   /* out: the one found waits for it in sigwait */
+};
+
+static bool shim__pick_cb(fs_fiber *f, struct shim_sigstate *ss, void *arg)
+{
+    struct shim_pick *p = arg;
+    bool waits = atomic_load(&ss->waiting) & p->bit;
+    if (!waits && (shim__mask_of(ss) & p->bit))
+        return false;
+    if ((p->pass == 0 && !fs_fiber_adopted(f)) || (p->pass == 1 && !waits))
+        return false;
+    p->waiter = waits;
+    if (!waits && p->handler) {
+        /* The reference we hold keeps f alive for the interrupt. */
+        atomic_fetch_or(&ss->ppending, p->bit);
+        fs_interrupt(f);
+    }
+    return true;
+}
+
+static bool shim__pick(struct shim_pick *p)
+{
+    for (p->pass = 0; p->pass < 3; p->pass++)
+        if (shim__threads_each(shim__pick_cb, p))
+            return true;
+    return false;
+}
+
+/* The default action of sig: 0 ignore, 1 stop, 2 terminate (or core). */
+static int shim__default_kind(int sig)
+{
+    switch (sig) {
+    case SIGCHLD:
+    case SIGCONT:
+    case SIGURG:
+    case SIGWINCH:
+        return 0;
+    case SIGTSTP:
+    case SIGTTIN:
+    case SIGTTOU:
+        return 1;
+    default:
+        return 2;
+    }
+}
+
+/* Routes one signal pending for the process (see the header). */
+static void shim__route(int sig)
+{
+    uint64_t bit = SHIM_SIGBIT(sig);
+    struct sigaction sa;
+    if (REAL(sigaction)(sig, NULL, &sa) != 0)
+        return;
+    bool ign = sa.sa_handler == SIG_IGN || (sa.sa_handler == SIG_DFL && !shim__default_kind(sig));
+    struct shim_pick p = {.bit = bit, .handler = sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL};
+    if (!shim__pick(&p)) {
+        /* Every fiber blocks it: held, then a second look, for a fiber
+         * that unblocked it before it could see the held bit. */
+        atomic_fetch_or(&shim__disp.held, bit);
+        atomic_thread_fence(memory_order_seq_cst);
+        if (!shim__pick(&p))
+            return;
+        atomic_fetch_and(&shim__disp.held, ~bit);
+    }
+    if (p.waiter || p.handler) {
+        atomic_fetch_or(&shim__disp.assigned, bit);
+        return;
+    }
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    if (ign) {
+        /* Some fiber would take it and do nothing: do nothing here. */
+        static const struct timespec zero;
+        siginfo_t si;
+        REAL(sigtimedwait)(&one, &si, &zero);
+        return;
+    }
+    /* Stop or terminate the process: the kernel does it, as it would in
+     * the fiber, if we stop blocking it. A stopped process goes on here
+     * once continued. */
+    REAL(pthread_sigmask)(SIG_UNBLOCK, &one, NULL);
+    REAL(pthread_sigmask)(SIG_BLOCK, &one, NULL);
+}
+
+static void *shim__disp_main(void *arg)
+{
+    (void)arg;
+    /* Everything but glibc's own: setuid() waits until every thread of the
+     * process has taken its SIGSETXID. */
+    shim__real_setmask(~0ull);
+    int kfd = atomic_load(&shim__disp.kickfd);
+    sigset_t w;
+    shim__bits_to_set(shim__routed, &w);
+    int sfd = signalfd(-1, &w, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0)
+        return NULL; /* no routing: signals stay pending for the process */
+    uint64_t cur = shim__routed;
+    for (;;) {
+        uint64_t want = shim__routed & ~atomic_load(&shim__disp.held) &
+                        ~atomic_load(&shim__disp.assigned);
+        if (want != cur) {
+            shim__bits_to_set(want, &w);
+            signalfd(sfd, &w, 0);
+            cur = want;
+        }
+        struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = kfd, .events = POLLIN}};
+        int tmo = atomic_load(&shim__disp.assigned) ? SHIM_DISP_RECHECK_MS : -1;
+        if (REAL(poll)(pf, 2, tmo) < 0)
+            continue;
+        uint64_t n;
+        while (REAL(read)(kfd, &n, sizeof n) == sizeof n)
+            ;
+        sigset_t pend;
+        if (REAL(sigpending)(&pend) != 0)
+            continue;
+        uint64_t p = shim__set_to_bits(&pend) & shim__routed;
+        /* Taken by their fiber (or a sigwait, a signalfd) meanwhile. */
+        atomic_fetch_and(&shim__disp.assigned, p);
+        atomic_fetch_and(&shim__disp.held, p);
+        /* Newly pending, plus those assigned still pending at a recheck
+         * (their fiber may have ended), plus held ones whose fiber may
+         * have unblocked them since. */
+        for (uint64_t todo = p; todo; todo &= todo - 1)
+            shim__route(__builtin_ctzll(todo) + 1);
+    }
+    return NULL;
+}
+
+/* Starts the dispatcher (activation, and a fork child's first need). */
+static void shim__disp_start(void)
+{
+    int expect = 0;
+    if (!atomic_compare_exchange_strong(&shim__disp.state, &expect, 1))
+        return;
+    int kfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (kfd < 0) {
+        atomic_store(&shim__disp.state, 0);
+        return;
+    }
+    atomic_store_explicit(&shim__disp.kickfd, kfd, memory_order_release);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    pthread_t t;
+    if (REAL(pthread_create)(&t, &a, shim__disp_main, NULL) != 0) {
+        atomic_store(&shim__disp.kickfd, -1);
+        REAL(close)(kfd);
+        atomic_store(&shim__disp.state, 0);
+    }
+    pthread_attr_destroy(&a);
+}
+
+void shim__signal_atfork_child(void)
+{
+    /* The thread is gone; its descriptors were inherited. */
+    int kfd = atomic_exchange(&shim__disp.kickfd, -1);
+    if (kfd >= 0)
+        REAL(close)(kfd);
+    atomic_store(&shim__disp.held, 0);
+    atomic_store(&shim__disp.assigned, 0);
+    atomic_store(&shim__disp.state, 0);
+    if (shim__routed)
+        shim__disp_start();
+}
+
+/* ---- per-fiber state and delivery --------------------------------------- */
+
 void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
 {
     atomic_store(&ss->pending, 0);
     atomic_store(&ss->queued, 0);
+    atomic_store(&ss->ppending, 0);
     atomic_store(&ss->restart, 1);
     ss->handled = 0;
     atomic_store(&ss->waiting, 0);
     struct shim_sigstate *cur = shim__sigstate(fs_self());
     uint64_t inherited;
     if (cur) {
-        inherited = cur->mask;
+        inherited = shim__mask_of(cur);
     } else {
         sigset_t m;
         REAL(pthread_sigmask)(SIG_BLOCK, NULL, &m);
         inherited = shim__set_to_bits(&m);
     }
-    ss->mask = inherited;
-    if (mask) {
-        ss->mask = shim__set_to_bits(mask) & ~SHIM_UNBLOCKABLE;
-        /* A mask other than its creator's: the carrier's must follow it
-         * from its first run on (set before it can run). */
-        if (ss->mask != inherited)
-            fs_hook_every_switch();
+    uint64_t m = mask ? shim__set_to_bits(mask) : inherited;
+    shim__mask_set(ss, m);
+    /* A mask other than its creator's may let in a held signal: the
+     * dispatcher looks again (it is set before the fiber can run). */
+    if (mask && (inherited & ~m) && atomic_load(&shim__disp.held)) {
+        atomic_thread_fence(memory_order_seq_cst);
+        shim__disp_kick();
     }
-}
-
-/* Makes the carrier's real mask the fiber's. */
-static void shim__carrier_follow(const struct shim_sigstate *ss)
-{
-    uint64_t *cl = fs_carrier_local(); /* the hook runs on fibers only */
-    if (cl[SHIM_CARRIER_MASK_KNOWN] && cl[SHIM_CARRIER_MASK] == ss->mask)
-        return;
-    sigset_t m;
-    shim__bits_to_set(ss->mask, &m);
-    REAL(pthread_sigmask)(SIG_SETMASK, &m, NULL);
-    cl[SHIM_CARRIER_MASK] = ss->mask;
-    cl[SHIM_CARRIER_MASK_KNOWN] = 1;
 }
 
 /* Takes sig off the fiber's pending set: false if another taker had it.
@@ -136,31 +429,80 @@ static bool shim__take_one(struct shim_sigstate *ss, int sig, bool *queued, unio
  * fiber: rt_tgsigqueueinfo with its value (SI_QUEUE), else tgkill. */
 static int shim__raise_on_carrier(int sig, bool queued, union sigval v)
 {
-    if (queued)
-        return REAL(pthread_sigqueue)(REAL(pthread_self)(), sig, v);
-    return REAL(pthread_kill)(REAL(pthread_self)(), sig);
+    long pid = fs__sys0(SYS_getpid), tid = fs__sys0(SYS_gettid);
+    if (queued) {
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        si.si_signo = sig;
+        si.si_code = SI_QUEUE;
+        si.si_pid = (pid_t)pid;
+        si.si_uid = getuid();
+        si.si_value = v;
+        return (int)-fs__sys4(SYS_rt_tgsigqueueinfo, pid, tid, sig, &si);
+    }
+    return (int)-fs__sys3(SYS_tgkill, pid, tid, sig);
 }
 
-/* Raises the fiber's pending, unblocked signals on its carrier, now. */
+/* Delivers sig to the calling fiber, now (see the header): sent to this
+ * carrier first unless it is pending for the process (proc). */
+static void shim__deliver_one(struct shim_sigstate *ss, int sig, bool proc, bool queued,
+                              union sigval v)
+{
+    uint64_t bit = SHIM_SIGBIT(sig);
+    struct sigaction sa;
+    bool handler = false;
+    uint64_t saved = shim__mask_of(ss), during = saved;
+    if (REAL(sigaction)(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN &&
+        sa.sa_handler != SIG_DFL) {
+        handler = true;
+        if (!(sa.sa_flags & SA_RESTART))
+            atomic_store(&ss->restart, 0);
+        ss->handled++;
+        during |= shim__set_to_bits(&sa.sa_mask) | ((sa.sa_flags & SA_NODEFER) ? 0 : bit);
+    }
+    if (!proc)
+        shim__raise_on_carrier(sig, queued, v);
+    /* What pthread_sigmask reports in the handler. */
+    __atomic_store_n(&ss->mask, during & ~SHIM_UNBLOCKABLE, __ATOMIC_RELAXED);
+    /* Forget the cached mask first: a handler that never returns (it
+     * exits the thread, or jumps out) leaves the kernel's mask behind. */
+    fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
+    /* The kernel delivers it as this call returns. The handler may park:
+     * the fiber stays on this kernel thread until it returns, so that
+     * sigreturn restores the frame's mask and alternate stack settings on
+     * the thread they were saved from. */
+    fs_fiber *self = fs_self();
+    fs_pin(self);
+    shim__real_setmask(shim__carrier_want(saved) & ~bit);
+    fs_unpin(self);
+    __atomic_store_n(&ss->mask, saved, __ATOMIC_RELAXED);
+    fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
+    shim__carrier_follow(ss);
+    (void)handler;
+    if (proc)
+        shim__disp_kick(); /* taken: the dispatcher watches for it again */
+}
+
+/* Delivers the fiber's pending signals that its mask lets in, now. */
 static void shim__deliver_pending(struct shim_sigstate *ss)
 {
-    uint64_t p;
-    while ((p = atomic_load(&ss->pending) & ~ss->mask) != 0) {
-        int sig = __builtin_ctzll(p) + 1;
-        bool queued;
+    for (;;) {
+        uint64_t m = shim__mask_of(ss);
+        uint64_t mine = atomic_load(&ss->pending) & ~m;
+        uint64_t proc = atomic_load(&ss->ppending) & ~m;
+        if (!(mine | proc))
+            return;
+        bool queued = false;
         union sigval v = {0};
-        if (!shim__take_one(ss, sig, &queued, &v))
-            continue;
-        struct sigaction sa;
-        if (sigaction(sig, NULL, &sa) == 0) {
-            if (!(sa.sa_flags & SA_RESTART))
-                atomic_store(&ss->restart, 0);
-            if (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)
-                ss->handled++;
+        if (mine) {
+            int sig = __builtin_ctzll(mine) + 1;
+            if (shim__take_one(ss, sig, &queued, &v))
+                shim__deliver_one(ss, sig, false, queued, v);
+        } else {
+            int sig = __builtin_ctzll(proc) + 1;
+            if (atomic_fetch_and(&ss->ppending, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig))
+                shim__deliver_one(ss, sig, true, false, v);
         }
-        /* To ourselves: the kernel delivers it before the call returns,
-         * with the fiber's mask, on the fiber's stack. */
-        shim__raise_on_carrier(sig, queued, v);
     }
 }
 
@@ -170,13 +512,27 @@ static void shim__sig_hook(fs_fiber *f)
     if (!ss)
         return;
     shim__carrier_follow(ss);
-    if (atomic_load_explicit(&ss->pending, memory_order_relaxed))
+    if (atomic_load_explicit(&ss->pending, memory_order_relaxed) |
+        atomic_load_explicit(&ss->ppending, memory_order_relaxed))
         shim__deliver_pending(ss);
 }
 
+/* Activation, on the adopted thread (carrier 0, main's fiber), before
+ * any other carrier starts: they inherit its mask (runtime.c). */
 void shim__signal_activate(void)
 {
+    uint64_t r = ~(SHIM_UNBLOCKABLE | SHIM_GLIBC_SIGS | SHIM_THREADSYNC);
+    int dump = shim__observe_dump_signal();
+    if (dump > 0 && dump <= 64)
+        r &= ~SHIM_SIGBIT(dump);
+    shim__routed = r;
     fs_set_interrupt_hook(shim__sig_hook);
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (ss) {
+        fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
+        shim__carrier_follow(ss);
+    }
+    shim__disp_start();
 }
 
 bool shim__sig_should_restart(void)
@@ -197,7 +553,8 @@ static void shim__post(fs_fiber *f, int sig)
     atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
     if (f == fs_self())
         shim__deliver_pending(ss); /* to ourselves: now, as raise() would */
-    else if (!(ss->mask & SHIM_SIGBIT(sig)) || (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)))
+    else if (!(shim__mask_of(ss) & SHIM_SIGBIT(sig)) ||
+             (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)))
         fs_interrupt(f); /* Dekker with shim__sigwait: pending, then waiting */
 }
 
@@ -293,21 +650,37 @@ int shim__pthread_sigqueue(pthread_t t, int sig, const union sigval value)
 }
 SHIM_ALIAS(pthread_sigqueue)
 
-/* The caller's pending signals: those sent to this fiber, and those
- * pending for the process or its carrier's kernel thread (the shim sends
- * a carrier only signals it takes back at once, see shim__adopt_pending). */
+/* The caller's pending signals, as the kernel reports a thread's: those
+ * sent to this fiber and those pending for the process, that its mask
+ * blocks. */
 int shim__sigpending(sigset_t *set)
 {
-    if (REAL(sigpending)(set) != 0)
-        return -1;
     struct shim_sigstate *ss = shim__sigstate(fs_self());
-    uint64_t p = ss ? atomic_load(&ss->pending) : 0;
-    for (int sig = 1; sig <= 64 && sig < NSIG; sig++)
-        if (p & SHIM_SIGBIT(sig))
-            sigaddset(set, sig);
+    if (!ss)
+        return REAL(sigpending)(set);
+    sigset_t k;
+    if (REAL(sigpending)(&k) != 0)
+        return -1;
+    uint64_t p = (shim__set_to_bits(&k) | atomic_load(&ss->pending)) & shim__mask_of(ss);
+    shim__bits_to_set(p, set);
     return 0;
 }
 SHIM_ALIAS(sigpending)
+
+/* The fiber's mask becomes m: the carrier follows, signals it lets in
+ * that are pending for the fiber, or held for the process, are delivered
+ * before we return (as the kernel delivers them before sigprocmask
+ * returns). */
+static void shim__mask_change(struct shim_sigstate *ss, uint64_t m)
+{
+    uint64_t unblocked = shim__mask_of(ss) & ~m;
+    shim__mask_set(ss, m);
+    shim__carrier_follow(ss);
+    if (unblocked)
+        shim__take_held(ss, unblocked);
+    if ((atomic_load(&ss->pending) | atomic_load(&ss->ppending)) & ~shim__mask_of(ss))
+        shim__deliver_pending(ss);
+}
 
 int shim__pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
 {
@@ -316,29 +689,22 @@ int shim__pthread_sigmask(int how, const sigset_t *set, sigset_t *old)
         return REAL(pthread_sigmask)(how, set, old);
     if (set && how != SIG_BLOCK && how != SIG_UNBLOCK && how != SIG_SETMASK)
         return EINVAL;
+    uint64_t cur = shim__mask_of(ss);
     if (old) {
         /* Signals above 64 do not exist on Linux/x86-64; keep the rest. */
-        shim__bits_to_set(ss->mask, old);
+        shim__bits_to_set(cur, old);
     }
     if (!set)
         return 0;
     uint64_t b = shim__set_to_bits(set);
-    uint64_t m = ss->mask;
+    uint64_t m = cur;
     if (how == SIG_BLOCK)
         m |= b;
     else if (how == SIG_UNBLOCK)
         m &= ~b;
     else
         m = b;
-    m &= ~SHIM_UNBLOCKABLE;
-    if (m != ss->mask) {
-        ss->mask = m;
-        /* From now on the carrier's mask must be checked at every switch. */
-        fs_hook_every_switch();
-    }
-    shim__carrier_follow(ss);
-    if (atomic_load(&ss->pending) & ~ss->mask)
-        shim__deliver_pending(ss);
+    shim__mask_change(ss, m & ~SHIM_UNBLOCKABLE);
     return 0;
 }
 SHIM_ALIAS(pthread_sigmask)
@@ -355,6 +721,89 @@ int shim__sigprocmask(int how, const sigset_t *set, sigset_t *old)
     return 0;
 }
 SHIM_ALIAS(sigprocmask)
+
+/* raise(sig) in a fiber: sent to the fiber, delivered before it returns.
+ * glibc's would send it to the carrier's kernel thread. */
+int shim__raise(int sig)
+{
+    fs_fiber *f = fs_self();
+    if (!f || !shim__sigstate(f))
+        return REAL(raise)(sig);
+    if (sig < 0 || sig >= NSIG || sig > 64) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (sig)
+        shim__post(f, sig);
+    return 0;
+}
+SHIM_ALIAS(raise)
+
+/* sigsuspend from a fiber parks it, not its carrier, with mask `set`
+ * until a handler has run in it (an ignored signal does not end it);
+ * then the mask is restored and it fails with EINTR. */
+static int shim__suspend(struct shim_sigstate *ss, uint64_t m)
+{
+    uint64_t saved = shim__mask_of(ss);
+    uint32_t h0 = ss->handled;
+    shim__mask_change(ss, m & ~SHIM_UNBLOCKABLE);
+    while (ss->handled == h0) {
+        /* Only an interrupt ends this park; one that came before it was
+         * prepared ends it at once (park.c). The handler runs at its end. */
+        fs_park_token tok = fs_park_prepare();
+        fs_park(tok, FS_PARK_SLEEP, NULL, FS_NO_DEADLINE, NULL, NULL);
+    }
+    (void)shim__sig_should_restart(); /* never restarted */
+    shim__mask_change(ss, saved);
+    errno = EINTR;
+    return -1;
+}
+
+int shim__sigsuspend(const sigset_t *set)
+{
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (!ss)
+        return REAL(sigsuspend)(set);
+    return shim__suspend(ss, shim__set_to_bits(set));
+}
+SHIM_ALIAS(sigsuspend)
+
+int shim__pause(void)
+{
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (!ss)
+        return REAL(pause)();
+    return shim__suspend(ss, shim__mask_of(ss));
+}
+SHIM_ALIAS(pause)
+
+void shim__sig_fiber_exit(void)
+{
+    if (!shim__routed || !fs_self())
+        return;
+    uint64_t *cl = fs_carrier_local();
+    shim__real_setmask(shim__routed);
+    cl[SHIM_CARRIER_MASK] = shim__routed;
+    cl[SHIM_CARRIER_MASK_KNOWN] = 1;
+}
+
+void shim__sig_exec_begin(void)
+{
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (!ss || !shim__routed)
+        return;
+    fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
+    shim__real_setmask(shim__mask_of(ss));
+}
+
+void shim__sig_exec_end(void)
+{
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (!ss || !shim__routed)
+        return;
+    fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
+    shim__carrier_follow(ss);
+}
 
 /* ---- sigwait and friends ----------------------------------------------- */
 
@@ -414,7 +863,7 @@ static int shim__sigwait_fiber(const sigset_t *set, siginfo_t *info, const struc
     shim__bits_to_set(bits, &waitset);
     static const struct timespec zero;
     int sfd = -1, rc;
-    uint32_t snap = 0;
+    uint32_t snap = 0, h0 = ss->handled;
     atomic_store(&ss->waiting, bits); /* seq_cst: then we read pending */
     for (;;) {
         if ((rc = shim__take_fiber_pending(ss, bits, info)) > 0)
@@ -452,10 +901,11 @@ static int shim__sigwait_fiber(const sigset_t *set, siginfo_t *info, const struc
                 rc = -EAGAIN;
             break;
         }
-        if (w == -EINTR && !(atomic_load(&ss->pending) & bits)) {
+        if (w == -EINTR && ss->handled != h0) {
             /* A handler of another signal ran in this fiber. The kernel
              * never restarts sigwaitinfo/sigtimedwait, SA_RESTART or not. */
             (void)shim__sig_should_restart();
+            h0 = ss->handled;
             if (!restart) {
                 rc = -EINTR;
                 break;
@@ -464,6 +914,8 @@ static int shim__sigwait_fiber(const sigset_t *set, siginfo_t *info, const struc
         /* Readiness, or an interrupt for a signal of ours: look again. */
     }
     atomic_store(&ss->waiting, 0);
+    if (rc > 0 && (shim__routed & SHIM_SIGBIT(rc)))
+        shim__disp_kick(); /* one it may have assigned to us is taken */
     if (sfd >= 0) {
         fs_fd_close(sfd);
         REAL(close)(sfd);

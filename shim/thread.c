@@ -968,6 +968,7 @@ __attribute__((noreturn)) void shim__thread_exit(void *ret)
     shim__tsd_run_dtors(&st->tsd);
     /* What the kernel does for a thread that exits holding robust mutexes. */
     shim__robust_owner_died(&st->robust);
+    shim__sig_fiber_exit(); /* a handler that exits leaves its mask behind */
     atomic_store(&st->ended, true);
     if (atomic_fetch_sub(&shim__threads_alive, 1) == 1)
         exit(0); /* the last thread is gone: the process ends, as with glibc */
@@ -1763,4 +1764,31 @@ int shim__kill_ended(pthread_t t, int sig)
         return -1;
     }
     return sig == __SIGRTMIN || sig == __SIGRTMIN + 1 ? EINVAL : 0;
+}
+
+/* For signal.c: calls fn(fiber, its signal state, arg) for every thread
+ * of the shim that runs and has a fiber, in creation order of their
+ * records, each while holding a reference (its fiber is not freed during
+ * the call), until fn returns true. Returns whether one did. Any thread. */
+bool shim__threads_each(bool (*fn)(fs_fiber *f, struct shim_sigstate *ss, void *arg), void *arg)
+{
+    uint32_t n = atomic_load_explicit(&shim__nrecords, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++) {
+        struct shim_thread *st =
+            &atomic_load_explicit(&shim__slabs[i / SHIM_SLAB], memory_order_acquire)[i % SHIM_SLAB];
+        int r = atomic_load(&st->refs);
+        do {
+            if (r == 0)
+                break;
+        } while (!atomic_compare_exchange_weak(&st->refs, &r, r + 1));
+        if (r == 0)
+            continue;
+        bool hit = false;
+        if ((atomic_load(&st->word) & SHIM_LIVE) && !atomic_load(&st->ended) && st->fiber)
+            hit = fn(st->fiber, &st->sig, arg);
+        shim__thread_put(st);
+        if (hit)
+            return true;
+    }
+    return false;
 }

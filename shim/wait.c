@@ -82,16 +82,33 @@ int shim__waitid(idtype_t type, id_t id, siginfo_t *info, int options)
 }
 SHIM_ALIAS(waitid)
 
+struct shim_system {
+    const char *cmd;
+    sigset_t mask; /* the calling fiber's */
+};
+
+/* On the spare: the command inherits the spare's mask, which for the call
+ * is the fiber's (a spare otherwise blocks the signals carriers leave to
+ * the dispatcher, see signal.c). */
 static long shim__system_blocking(void *p)
 {
-    return REAL(system)(p);
+    struct shim_system *s = p;
+    sigset_t old;
+    REAL(pthread_sigmask)(SIG_SETMASK, &s->mask, &old);
+    long rc = REAL(system)(s->cmd);
+    REAL(pthread_sigmask)(SIG_SETMASK, &old, NULL);
+    return rc;
 }
 
 /* While the command runs, glibc ignores SIGINT and SIGQUIT in the whole
  * process, as it does for a plain thread. */
 int shim__system(const char *cmd)
 {
-    return (int)shim__offload_blocking(shim__system_blocking, (void *)cmd, FS_PARK_OTHER);
+    if (!fs_self())
+        return REAL(system)(cmd);
+    struct shim_system s = {.cmd = cmd};
+    shim__pthread_sigmask(SIG_BLOCK, NULL, &s.mask);
+    return (int)shim__offload_blocking(shim__system_blocking, &s, FS_PARK_OTHER);
 }
 SHIM_ALIAS(system)
 

@@ -93,14 +93,30 @@ int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_re
         if (rc == 0)
             return 0;
         if (rc == -EINTR) {
-            /* An interruptible park (FS_PARK_SEM) that a signal ended. A
-             * waker that dequeued us lost the race for our park and
-             * wakes the next waiter instead: nothing is owed to us. */
+            /* A signal ended the park, and its handler has run (at the
+             * end of fs_park). A waker that dequeued us meanwhile lost the
+             * race for our park and woke the next waiter instead: nothing
+             * is owed to us. */
             fs__spin_lock(&q->lock);
-            if (shim__waiter_queued(w))
-                shim__waitq_remove_locked(q, w);
+            if (why == FS_PARK_SEM) {
+                /* POSIX ends sem_wait with EINTR: sem.c decides. */
+                if (shim__waiter_queued(w))
+                    shim__waitq_remove_locked(q, w);
+                fs__spin_unlock(&q->lock);
+                return -EINTR;
+            }
+            /* A lock wait goes on after the handler, as a thread's futex
+             * wait is restarted: in place if still queued (re-armed under
+             * the lock, where wakers look), else from the top. */
+            if (shim__waiter_queued(w)) {
+                void *next = w->next, *prev = w->prev;
+                fs_waiter_prepare(w);
+                w->next = next;
+                w->prev = prev;
+                continue;
+            }
             fs__spin_unlock(&q->lock);
-            return -EINTR;
+            return 1;
         }
         /* Timed out: no wake can reach this wait any more. Taking the
          * lock also waits out a waker that dequeued us and is still

@@ -91,10 +91,11 @@ void shim__deadline_refresh(struct shim__deadline *d);
 /* Waits on q with w queued (q->lock held on entry, released inside).
  * Returns 0 when woken, -ETIMEDOUT once the deadline has really passed (w
  * is then out of the queue), or 1 when the deadline fired early on the
- * caller's clock while a waker was handing w a wake that failed: nothing
- * was granted, the caller retries from the top. -EINTR (w out of the
- * queue) when a signal ended a park of an interruptible reason
- * (FS_PARK_SEM; see fs_interrupt). Any thread. */
+ * caller's clock, or a signal handler ran in the waiter (fs_interrupt),
+ * while a waker was handing w a wake that failed: nothing was granted,
+ * the caller retries from the top. A handler that runs while w is still
+ * queued leaves it queued and the wait goes on, except for FS_PARK_SEM:
+ * then -EINTR (w out of the queue), for sem.c to decide. Any thread. */
 int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_reason why,
                      const void *obj, struct shim__deadline *d);
 

@@ -590,14 +590,17 @@ static void *intr_parker(void *arg)
     return NULL;
 }
 
-/* A semaphore park ends with -EINTR at an interrupt, as I/O and sleeps
- * do; a mutex park does not (POSIX does not interrupt lock waits), and
- * ends only at its unpark. */
-Test(park, interrupt_ends_sem_parks_not_lock_parks)
+/* Semaphore, lock and join parks end with -EINTR at an interrupt, as I/O
+ * and sleeps do (a signal handler runs during a lock wait, which the shim
+ * then resumes); a handed-off call's (FS_PARK_OTHER) does not, and ends
+ * only at its unpark. */
+Test(park, interrupt_ends_sem_lock_and_join_parks_not_others)
 {
     start(2);
-    enum fs_park_reason whys[] = {FS_PARK_SEM, FS_PARK_MUTEX};
-    for (int i = 0; i < 2; i++) {
+    enum fs_park_reason whys[] = {FS_PARK_SEM, FS_PARK_MUTEX, FS_PARK_COND, FS_PARK_JOIN,
+                                  FS_PARK_OTHER};
+    for (int i = 0; i < 5; i++) {
+        bool ends = whys[i] != FS_PARK_OTHER;
         struct intr p = {.why = whys[i], .rc = 1};
         fs_fiber *f;
         cr_assert_eq(fs_spawn(&f, intr_parker, &p, NULL), 0);
@@ -606,17 +609,62 @@ Test(park, interrupt_ends_sem_parks_not_lock_parks)
             spin_pause(&n);
         nanosleep(&(struct timespec){0, 20 * MS}, NULL); /* parked, most likely */
         fs_interrupt(atomic_load(&p.self));
-        if (whys[i] == FS_PARK_SEM) {
+        if (ends) {
             /* Up to 5 s for a loaded machine to run it: never hang in join. */
             for (int ms = 0; ms < 5000 && atomic_load(&p.rc) == 1; ms++)
                 nanosleep(&(struct timespec){0, MS}, NULL);
-            cr_assert_eq(atomic_load(&p.rc), -EINTR, "a semaphore park was not interrupted");
+            cr_assert_eq(atomic_load(&p.rc), -EINTR, "a %s park was not interrupted",
+                         fs_park_reason_name(whys[i]));
         } else {
             nanosleep(&(struct timespec){0, 20 * MS}, NULL);
-            cr_assert_eq(atomic_load(&p.rc), 1, "a mutex park was interrupted");
+            cr_assert_eq(atomic_load(&p.rc), 1, "a %s park was interrupted",
+                         fs_park_reason_name(whys[i]));
             cr_assert(fs_unpark(f, atomic_load(&p.tok)));
         }
         cr_assert_eq(fs_join(f, NULL, FS_NO_DEADLINE), 0);
-        cr_assert_eq(atomic_load(&p.rc), whys[i] == FS_PARK_SEM ? -EINTR : 0);
+        cr_assert_eq(atomic_load(&p.rc), ends ? -EINTR : 0);
     }
+}
+
+/* A hook run while a fiber is inside fs_park is held back until the park
+ * is over, so a hook that parks (a signal handler calling sleep()) leaves
+ * the interrupted park's outcome and timer alone. */
+static _Atomic int hook_parks;
+static void parking_hook(fs_fiber *f)
+{
+    (void)f;
+    atomic_fetch_add(&hook_parks, 1);
+    fs_sleep_until(fs_now() + 2 * MS);
+}
+
+static void *timed_parker(void *arg)
+{
+    struct intr *p = arg;
+    atomic_store(&p->self, fs_self());
+    fs_park_token tok = fs_park_prepare();
+    atomic_store(&p->tok, tok);
+    atomic_store(&p->rc, fs_park(tok, p->why, NULL, fs_now() + 60000 * MS, NULL, NULL));
+    /* The outer park's timer is gone: a later park is not cut short. */
+    int64_t t0 = fs_now();
+    fs_sleep_until(t0 + 30 * MS);
+    if (fs_now() - t0 < 30 * MS)
+        atomic_store(&p->rc, 99);
+    return NULL;
+}
+
+Test(park, hook_that_parks_runs_after_the_park)
+{
+    start(1);
+    fs_set_interrupt_hook(parking_hook);
+    struct intr p = {.why = FS_PARK_RWLOCK, .rc = 1};
+    fs_fiber *f;
+    cr_assert_eq(fs_spawn(&f, timed_parker, &p, NULL), 0);
+    unsigned n = 0;
+    while (!atomic_load(&p.tok))
+        spin_pause(&n);
+    nanosleep(&(struct timespec){0, 20 * MS}, NULL);
+    fs_interrupt(atomic_load(&p.self));
+    cr_assert_eq(fs_join(f, NULL, FS_NO_DEADLINE), 0);
+    cr_assert_eq(atomic_load(&p.rc), -EINTR);
+    cr_assert_geq(atomic_load(&hook_parks), 1);
 }
