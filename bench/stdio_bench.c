@@ -192,8 +192,8 @@ static int clients(void)
     int64_t total = now_ns() - fast_t0;
     size_t n = (size_t)nfast * (size_t)ntrips;
     qsort(lat_ns, n, sizeof *lat_ns, cmp64);
-    printf("worst_ms=%.2f median_ms=%.3f total_ms=%.1f\n", lat_ns[n - 1] / 1e6,
-           lat_ns[n / 2] / 1e6, total / 1e6);
+    printf("worst_ms=%.2f median_ms=%.3f total_ms=%.1f\n", lat_ns[n - 1] / 1e6, lat_ns[n / 2] / 1e6,
+           total / 1e6);
     fflush(stdout);
     for (int i = 0; i < nslow; i++)
         pthread_join(st[i], NULL);
@@ -224,8 +224,8 @@ int main(int argc, char **argv)
     struct sockaddr_in a = {.sin_family = AF_INET};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t len = sizeof a;
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        listen(lfd, 4096) < 0 || getsockname(lfd, (struct sockaddr *)&a, &len) < 0)
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 4096) < 0 ||
+        getsockname(lfd, (struct sockaddr *)&a, &len) < 0)
         die("listen");
     port = ntohs(a.sin_port);
     spawn(acceptor, NULL, NULL);

@@ -89,12 +89,12 @@ struct shim_stream {
 
 /* Set once at start (shim__stdio_init), read-only after. */
 static struct {
-    bool on;                 /* streams are wrapped */
+    bool on;                   /* streams are wrapped */
     const void *cookie_vtable; /* glibc's _IO_cookie_jumps */
-    uintptr_t mangled_read;  /* our read function as stored (mangled) in a cookie FILE */
-    size_t wide_size;        /* sizeof(struct _IO_wide_data), 0: unknown */
-    size_t wide_vtable_off;  /* offsetof(struct _IO_wide_data, _wide_vtable) */
-    FILE *std[3];            /* the streams that replaced stdin, stdout, stderr */
+    uintptr_t mangled_read;    /* our read function as stored (mangled) in a cookie FILE */
+    size_t wide_size;          /* sizeof(struct _IO_wide_data), 0: unknown */
+    size_t wide_vtable_off;    /* offsetof(struct _IO_wide_data, _wide_vtable) */
+    FILE *std[3];              /* the streams that replaced stdin, stdout, stderr */
 } shim__stdio;
 
 /* The popen streams that are open, newest first, as glibc's
@@ -109,6 +109,20 @@ static struct shim_stream *shim__popen_chain;
 
 /* ---- the cookie functions ----------------------------------------------------- */
 
+/* Whether the calling thread may park inside a stream: glibc holds the
+ * stream's lock across our functions, and its lock is recursive for the
+ * owner it records, the caller's thread control block. Fibers that share
+ * their carrier's (no per-fiber TLS: FIBERSHIM_FIBER_TLS=0, a sanitizer
+ * build, an unknown glibc) would all pass as that owner, so a second
+ * fiber on the carrier would enter the stream while the first is parked
+ * in it. Such fibers make the plain call and hold the carrier, as before
+ * the shim wrapped streams. Plain threads go straight to the C library
+ * in either case. */
+static inline bool shim__stream_may_park(void)
+{
+    return !fs_self() || fs_fiber_tls();
+}
+
 /* As glibc's _IO_file_read: one read. A read that succeeds leaves errno
  * as it was, as the kernel's does (the shim's may have seen an EAGAIN
  * before it parked): programs test errno after fgets returned NULL at
@@ -117,7 +131,7 @@ static ssize_t shim__stream_read(void *cookie, char *buf, size_t len)
 {
     struct shim_stream *s = cookie;
     int saved = errno;
-    ssize_t n = shim__read(s->fd, buf, len);
+    ssize_t n = shim__stream_may_park() ? shim__read(s->fd, buf, len) : REAL(read)(s->fd, buf, len);
     if (n >= 0)
         errno = saved;
     return n;
@@ -132,9 +146,11 @@ static ssize_t shim__stream_write(void *cookie, const char *buf, size_t len)
 {
     struct shim_stream *s = cookie;
     int saved = errno;
+    bool park = shim__stream_may_park();
     size_t done = 0;
     while (done < len) {
-        ssize_t n = shim__write(s->fd, buf + done, len - done);
+        ssize_t n = park ? shim__write(s->fd, buf + done, len - done)
+                         : REAL(write)(s->fd, buf + done, len - done);
         if (n <= 0)
             return (ssize_t)done;
         done += (size_t)n;
@@ -262,16 +278,26 @@ static void shim__stream_buffer(FILE *fp, const struct stat *st, bool unbuffered
  * _IO_NO_WRITES, _IO_IS_APPENDING as glibc's fdopen/popen set them).
  * wide: give it an unset orientation (fdopen, fopen, std streams), else
  * it is byte-only (popen, as glibc's). NULL on allocation failure. */
-static FILE *shim__stream_new(int fd, int mode, const struct stat *st, bool wide,
-                              bool unbuffered, struct shim_stream **out)
+static FILE *shim__stream_new(int fd, int mode, const struct stat *st, bool wide, bool unbuffered,
+                              struct shim_stream **out)
 {
     const char *m;
     switch (mode & SHIM_IO_MODE_BITS) {
-    case SHIM_IO_NO_WRITES: m = "r"; break;
-    case SHIM_IO_NO_READS: m = "w"; break;
-    case SHIM_IO_NO_READS | SHIM_IO_IS_APPENDING: m = "a"; break;
-    case SHIM_IO_IS_APPENDING: m = "a+"; break;
-    default: m = "r+"; break;
+    case SHIM_IO_NO_WRITES:
+        m = "r";
+        break;
+    case SHIM_IO_NO_READS:
+        m = "w";
+        break;
+    case SHIM_IO_NO_READS | SHIM_IO_IS_APPENDING:
+        m = "a";
+        break;
+    case SHIM_IO_IS_APPENDING:
+        m = "a+";
+        break;
+    default:
+        m = "r+";
+        break;
     }
     struct shim_stream *s = calloc(1, sizeof *s);
     if (!s)
@@ -328,10 +354,20 @@ static int shim__fopen_flags(const char *mode)
 {
     int omode, oflags = 0;
     switch (*mode) {
-    case 'r': omode = O_RDONLY; break;
-    case 'w': omode = O_WRONLY; oflags = O_CREAT | O_TRUNC; break;
-    case 'a': omode = O_WRONLY; oflags = O_CREAT | O_APPEND; break;
-    default: errno = EINVAL; return -1;
+    case 'r':
+        omode = O_RDONLY;
+        break;
+    case 'w':
+        omode = O_WRONLY;
+        oflags = O_CREAT | O_TRUNC;
+        break;
+    case 'a':
+        omode = O_WRONLY;
+        oflags = O_CREAT | O_APPEND;
+        break;
+    default:
+        errno = EINVAL;
+        return -1;
     }
     for (int i = 1; i < 7 && mode[i]; i++) {
         if (mode[i] == '+')
@@ -352,8 +388,8 @@ static FILE *shim__fopen_common(const char *path, const char *mode, __typeof__(f
 {
     struct stat st;
     int saved = errno;
-    if (!shim__stdio.on || !path || !mode || strstr(mode, ",ccs=") ||
-        stat(path, &st) != 0 || !S_ISFIFO(st.st_mode)) {
+    if (!shim__stdio.on || !path || !mode || strstr(mode, ",ccs=") || stat(path, &st) != 0 ||
+        !S_ISFIFO(st.st_mode)) {
         errno = saved;
         return real(path, mode);
     }
@@ -417,8 +453,8 @@ FILE *shim__popen(const char *command, const char *mode)
     struct shim_stream *s;
     FILE *fp = NULL;
     if (fstat(parent, &st) == 0)
-        fp = shim__stream_new(parent, rd ? SHIM_IO_NO_WRITES : SHIM_IO_NO_READS, &st, false,
-                              false, &s);
+        fp = shim__stream_new(parent, rd ? SHIM_IO_NO_WRITES : SHIM_IO_NO_READS, &st, false, false,
+                              &s);
     if (!fp) {
         shim__close(p[0]);
         shim__close(p[1]);
@@ -484,8 +520,8 @@ bool shim__stdio_owns(FILE *f)
 int shim__fclose(FILE *fp)
 {
     struct shim_stream *s = shim__stream_of(fp);
-    bool std = fp && (fp == shim__stdio.std[0] || fp == shim__stdio.std[1] ||
-                      fp == shim__stdio.std[2]);
+    bool std =
+        fp && (fp == shim__stdio.std[0] || fp == shim__stdio.std[1] || fp == shim__stdio.std[2]);
     if (!s && !std)
         return REAL(fclose)(fp);
     if (std) {
@@ -617,8 +653,8 @@ static void shim__stdio_replace(int i, FILE **slot, FILE *orig, int mode)
 {
     struct stat st;
     FILE *old = *slot;
-    if (old != orig || old->_IO_buf_base || (old->_flags & SHIM_IO_USER_BUF) ||
-        old->_mode != 0 || !shim__stream_fd(i, &st))
+    if (old != orig || old->_IO_buf_base || (old->_flags & SHIM_IO_USER_BUF) || old->_mode != 0 ||
+        !shim__stream_fd(i, &st))
         return;
     struct shim_stream *s;
     bool unbuffered = old->_flags & SHIM_IO_UNBUFFERED;

@@ -127,7 +127,8 @@ int main(void)
 
     FILE *first = popen("cat >/dev/null", "w");
     char cmd[128], line[64];
-    snprintf(cmd, sizeof cmd, "if [ -e /proc/self/fd/%d ]; then echo inherited; else echo closed; fi",
+    snprintf(cmd, sizeof cmd,
+             "if [ -e /proc/self/fd/%d ]; then echo inherited; else echo closed; fi",
              fileno(first));
     FILE *second = popen(cmd, "r");
     if (!fgets(line, sizeof line, second))

@@ -109,8 +109,8 @@ static void reads(void)
     close(rp[0]);
     errno = 0;
     c = fgetc(in);
-    printf("fgetc on a closed fd: %s ferror %d errno %s\n", c == EOF ? "EOF" : "char",
-           ferror(in), errname(errno));
+    printf("fgetc on a closed fd: %s ferror %d errno %s\n", c == EOF ? "EOF" : "char", ferror(in),
+           errname(errno));
     errno = 0;
     fclose(in); /* closes nothing that is open */
     close(rp[1]);
@@ -195,8 +195,7 @@ static void writes(void)
     static char huge[100000];
     errno = 0;
     size_t n = fwrite(huge, 1, sizeof huge, out);
-    printf("O_NONBLOCK write of 100000: fwrite %zu ferror %d %s\n", n, ferror(out),
-           errname(errno));
+    printf("O_NONBLOCK write of 100000: fwrite %zu ferror %d %s\n", n, ferror(out), errname(errno));
     fclose(in);
     fclose(out);
 }
@@ -218,8 +217,7 @@ static void sockets(void)
     char *l = NULL;
     size_t cap = 0;
     ssize_t len = getline(&l, &cap, b_in);
-    printf("socket: fscanf %d (%d %s), getline %zd \"%.*s\"", k, num, word, len,
-           (int)len - 1, l);
+    printf("socket: fscanf %d (%d %s), getline %zd \"%.*s\"", k, num, word, len, (int)len - 1, l);
     len = getdelim(&l, &cap, ';', b_in);
     printf(", getdelim %zd \"%s\"", len, l);
     len = getdelim(&l, &cap, ';', b_in);
@@ -334,8 +332,8 @@ static void others(void)
     FILE *f = freopen(file, "w+", s);
     char got[64] = {0};
     read_full(p[0], got, (size_t)pending(p[0]));
-    printf("freopen onto a file: same FILE %s, same fd %s; the pipe got \"%.*s\"\n",
-           yesno(f == s), yesno(f && fileno(f) == p[1]), (int)strlen(got) - 1, got);
+    printf("freopen onto a file: same FILE %s, same fd %s; the pipe got \"%.*s\"\n", yesno(f == s),
+           yesno(f && fileno(f) == p[1]), (int)strlen(got) - 1, got);
     fprintf(f, "now in a file");
     printf("  ftell %ld, ", ftell(f));
     rewind(f);

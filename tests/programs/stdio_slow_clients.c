@@ -25,9 +25,9 @@
 static int port, listen_fd;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-static int reading;      /* server threads that have entered their first fgets */
-static int slow_sent;    /* slow clients that sent half a line */
-static int released;     /* main let the slow clients finish their line */
+static int reading;   /* server threads that have entered their first fgets */
+static int slow_sent; /* slow clients that sent half a line */
+static int released;  /* main let the slow clients finish their line */
 static atomic_int slow_done, eof_threads, echoed_lines;
 
 static void bump(int *v)
@@ -153,8 +153,8 @@ int main(void)
             FAIL("pthread_create");
     for (int i = 0; i < NFAST; i++)
         pthread_join(fast[i], NULL);
-    printf("fast clients done: %d x %d lines, slow clients finished meanwhile: %d\n", NFAST,
-           NLINES, atomic_load(&slow_done));
+    printf("fast clients done: %d x %d lines, slow clients finished meanwhile: %d\n", NFAST, NLINES,
+           atomic_load(&slow_done));
     fflush(stdout);
 
     pthread_mutex_lock(&mu);
