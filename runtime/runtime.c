@@ -27,6 +27,8 @@ void fs__panic(const char *file, int line, const char *what)
     abort();
 }
 
+#define FS_DEFAULT_HANDOFF_MAX 64
+
 static int fs__init_locked(const struct fs_config *cfg)
 {
     struct fs_config c;
@@ -53,7 +55,16 @@ static int fs__init_locked(const struct fs_config *cfg)
     fs__g.cfg = c;
     fs__tls_init(&c);
     fs__g.migrate = c.migrate == FS_MIGRATE_ON || (c.migrate == FS_MIGRATE_AUTO && fs__tls.on);
-    fs__g.nextra_max = c.handoff_off ? 0 : c.handoff_max ? c.handoff_max : c.carriers;
+    /* Spares: a carrier blocked in a call the runtime cannot see holds one
+     * kernel thread until the call returns, so a team whose members wait
+     * for each other that way (libgomp's barriers, inline futex waits)
+     * needs a kernel thread per waiter plus one. Go bounds its threads at
+     * 10,000; the default here is 64 (or the carrier count, if larger),
+     * each spare costing a kernel thread and a timer heap. */
+    fs__g.nextra_max = c.handoff_off ? 0
+                       : c.handoff_max ? c.handoff_max
+                       : c.carriers > FS_DEFAULT_HANDOFF_MAX ? c.carriers
+                                                             : FS_DEFAULT_HANDOFF_MAX;
     if (fs__g.nextra_max > FS_MAX_CARRIERS)
         fs__g.nextra_max = FS_MAX_CARRIERS;
 

@@ -70,7 +70,8 @@ struct fs_config {
     /* Handoff: while carriers are stuck (a CPU-bound fiber, a call the
      * runtime cannot see) and work waits that no other carrier takes, the
      * monitor adds a spare carrier thread, at most handoff_max of them
-     * (0: as many as carriers). They retire when the stuck ones return. */
+     * (0: 64, or as many as carriers if more). They retire when the stuck
+     * ones return. */
     unsigned handoff_max;
     bool handoff_off;   /* no spare carriers at all */
     /* Fibers share their carrier's TLS (__thread variables, errno, glibc's

@@ -1,10 +1,10 @@
 // fibershim-carriers: 1 2
-/* Pending (issue 14 part 2): libgomp 12 waits for its team with inline
- * syscall instructions (FUTEX_WAIT), which block the carrier; the other
- * team members are fibers on it, so under the shim this hangs at 1 and 2
- * carriers until a stuck carrier hands off all its fibers. Then move this
- * file to tests/programs/ and omp_team.out to tests/programs/expected/
- * (the CMake hooks for omp_* programs are in place).
+/* libgomp 12 waits for its team with inline syscall instructions
+ * (FUTEX_WAIT), which block whatever kernel thread runs the waiter: under
+ * the shim each waiting member holds a carrier until it is woken, so the
+ * team needs the monitor's spare carriers, one per waiter (hung at 1 and
+ * 2 carriers while started fibers were pinned and spares were capped at
+ * the carrier count).
  *
  * An OpenMP program (libgomp, OMP_NUM_THREADS=8 from the test's
  * environment): a parallel for with a reduction, explicit barriers
