@@ -13,8 +13,10 @@
  * real call without waiting, then parks on the netpoller until the
  * instance becomes readable.
  *
- * Signal masks passed to ppoll/pselect/epoll_pwait are not applied to the
- * fiber's carrier (it runs other fibers): the README lists this.
+ * Signal masks passed to ppoll/pselect/epoll_pwait/epoll_pwait2 are the
+ * fiber's for the wait (signal.c, shim__sig_mask_push): a signal they let
+ * in ends the wait with EINTR after its handler ran, with that mask, as
+ * the kernel does; the fiber's own mask is back when the call returns.
  */
 #include "shim.h"
 #include "fd.h"
@@ -200,6 +202,22 @@ static int64_t shim__ts_ns(const struct timespec *ts)
     return (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec;
 }
 
+/* After a wait with a mask of the caller's: its own mask back, errno kept. */
+static void shim__masked_end(uint64_t saved)
+{
+    int e = errno;
+    shim__sig_mask_pop(saved);
+    errno = e;
+}
+
+/* A handler ran as the mask was applied: no wait, EINTR. */
+static int shim__masked_eintr(uint64_t saved)
+{
+    shim__sig_mask_pop(saved);
+    errno = EINTR;
+    return -1;
+}
+
 int shim__ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask)
 {
     if (!fs_self())
@@ -208,7 +226,13 @@ int shim__ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const s
         errno = EINVAL;
         return -1;
     }
-    return shim__fiber_poll(fds, n, ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+    uint64_t saved;
+    if (mask && shim__sig_mask_push(mask, &saved))
+        return shim__masked_eintr(saved);
+    int rc = shim__fiber_poll(fds, n, ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+    if (mask)
+        shim__masked_end(saved);
+    return rc;
 }
 SHIM_ALIAS(ppoll)
 
@@ -324,8 +348,14 @@ int shim__pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timesp
         errno = EINVAL;
         return -1;
     }
-    return shim__fiber_select(nfds, r, w, x,
-                              ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+    uint64_t saved;
+    if (mask && shim__sig_mask_push(mask, &saved))
+        return shim__masked_eintr(saved);
+    int rc = shim__fiber_select(nfds, r, w, x,
+                                ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+    if (mask)
+        shim__masked_end(saved);
+    return rc;
 }
 SHIM_ALIAS(pselect)
 
@@ -369,23 +399,36 @@ SHIM_ALIAS(epoll_wait)
 
 int shim__epoll_pwait(int ep, struct epoll_event *ev, int max, int timeout, const sigset_t *mask)
 {
-    if (!fs_self() || timeout == 0)
+    if (!fs_self() || (timeout == 0 && !mask))
         return REAL(epoll_pwait)(ep, ev, max, timeout, mask);
-    return shim__fiber_epoll_wait(
-        ep, ev, max, timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000));
+    uint64_t saved;
+    if (mask && shim__sig_mask_push(mask, &saved))
+        return shim__masked_eintr(saved);
+    int rc = shim__fiber_epoll_wait(
+        ep, ev, max,
+        timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000));
+    if (mask)
+        shim__masked_end(saved);
+    return rc;
 }
 SHIM_ALIAS(epoll_pwait)
 
 int shim__epoll_pwait2(int ep, struct epoll_event *ev, int max, const struct timespec *ts,
                        const sigset_t *mask)
 {
-    if (!fs_self() || (ts && ts->tv_sec == 0 && ts->tv_nsec == 0))
+    if (!fs_self() || (ts && ts->tv_sec == 0 && ts->tv_nsec == 0 && !mask))
         return REAL(epoll_pwait2)(ep, ev, max, ts, mask);
     if (ts && !shim__ts_valid(ts)) {
         errno = EINVAL;
         return -1;
     }
-    return shim__fiber_epoll_wait(ep, ev, max,
-                                  ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+    uint64_t saved;
+    if (mask && shim__sig_mask_push(mask, &saved))
+        return shim__masked_eintr(saved);
+    int rc = shim__fiber_epoll_wait(ep, ev, max,
+                                    ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
+    if (mask)
+        shim__masked_end(saved);
+    return rc;
 }
 SHIM_ALIAS(epoll_pwait2)

@@ -126,6 +126,13 @@ uint32_t shim__sig_handled(void);
 /* The calling fiber's mask (pthread_sigmask's contract). */
 int shim__pthread_sigmask(int how, const sigset_t *set, sigset_t *old);
 
+/* ppoll, pselect and epoll_pwait from a fiber: the fiber's mask is mask
+ * for the wait (*saved gets the old one, for shim__sig_mask_pop). Signals
+ * it lets in that are pending run their handlers at once: then it returns
+ * 1, and the call fails with EINTR without waiting (after the pop). */
+int shim__sig_mask_push(const sigset_t *mask, uint64_t *saved);
+void shim__sig_mask_pop(uint64_t saved);
+
 /* The calling fiber ends: its carrier gets the mask it has between
  * fibers (a handler that called pthread_exit left the kernel's). */
 void shim__sig_fiber_exit(void);

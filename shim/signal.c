@@ -777,6 +777,29 @@ int shim__pause(void)
 }
 SHIM_ALIAS(pause)
 
+int shim__sig_mask_push(const sigset_t *mask, uint64_t *saved)
+{
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (!ss) {
+        *saved = 0;
+        return 0;
+    }
+    uint32_t h0 = ss->handled;
+    *saved = shim__mask_of(ss);
+    shim__mask_change(ss, shim__set_to_bits(mask) & ~SHIM_UNBLOCKABLE);
+    if (ss->handled == h0)
+        return 0;
+    (void)shim__sig_should_restart(); /* these calls are never restarted */
+    return 1;
+}
+
+void shim__sig_mask_pop(uint64_t saved)
+{
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (ss)
+        shim__mask_change(ss, saved);
+}
+
 void shim__sig_fiber_exit(void)
 {
     if (!shim__routed || !fs_self())
