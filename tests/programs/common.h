@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -357,6 +358,20 @@ static TP_UNUSED int create_thread(pthread_t *t, size_t stack, void *(*fn)(void 
         rc = pthread_create(t, &a, fn, arg);
     pthread_attr_destroy(&a);
     return rc;
+}
+
+/* read(2) made with an inline syscall instruction, as libraries with their
+ * own system-call stubs make it (liburing, some runtimes): no wrapper, the
+ * shim's included, can see it, so it blocks whatever kernel thread runs
+ * it. Returns the raw result (-errno on failure). */
+static TP_UNUSED long inline_read(int fd, void *buf, size_t n)
+{
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "0"((long)SYS_read), "D"((long)fd), "S"(buf), "d"(n)
+                     : "rcx", "r11", "memory");
+    return ret;
 }
 
 #endif

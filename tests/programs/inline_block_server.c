@@ -23,16 +23,6 @@ static int pipe_fd[2];
 static pthread_t handlers[NCONNS];
 static atomic_int blocker_entered;
 
-static long inline_read(int fd, void *buf, size_t n)
-{
-    long ret;
-    __asm__ volatile("syscall"
-                     : "=a"(ret)
-                     : "0"((long)SYS_read), "D"((long)fd), "S"(buf), "d"(n)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-
 static void *handle(void *arg)
 {
     int fd = (int)(intptr_t)arg;

@@ -16,16 +16,6 @@
 
 static int pipe_fd[2];
 
-static long inline_read(int fd, void *buf, size_t n)
-{
-    long ret;
-    __asm__ volatile("syscall"
-                     : "=a"(ret)
-                     : "0"((long)SYS_read), "D"((long)fd), "S"(buf), "d"(n)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-
 static void *blocker(void *arg)
 {
     (void)arg;
