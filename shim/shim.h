@@ -102,6 +102,7 @@ struct shim_sigstate {
      * fiber to take (signal.c): it unblocks each on its carrier, and the
      * kernel delivers it there with its own siginfo. */
     _Atomic uint64_t ppending;
+    _Atomic int repoke;        /* a poke found it inside the runtime: again later */
 };
 
 /* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */

@@ -72,11 +72,13 @@
 #include "shim.h"
 
 #include <fcntl.h>
+#include <link.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/ucontext.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -167,6 +169,150 @@ static void shim__carrier_follow(const struct shim_sigstate *ss)
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
 }
 
+/* ---- pokes: delivery to a fiber that runs ---------------------------------
+ *
+ * A fiber that runs (a CPU loop, code that makes no blocking call) would
+ * see a signal only at its next switch. A poke makes it see it now: glibc's
+ * SIGCANCEL (never blocked on carriers, and unused by fibers, whose
+ * cancellation is the shim's) sent with rt_tgsigqueueinfo, SI_QUEUE and a
+ * value of ours, to the carrier running it. Our handler, on the fiber's
+ * stack, delivers the fiber's due signals right there (the handler then
+ * runs nested in ours: its ucontext is our handler's), unless the fiber
+ * was interrupted inside the runtime or the shim (a spin lock held, a park
+ * half made: the program counter is in this library or the vDSO), where
+ * no handler may run: then the dispatcher pokes it again a millisecond
+ * later. glibc's own SIGCANCEL (SI_TKILL, for a plain thread) never comes
+ * here: glibc installs its handler over ours in pthread_cancel, and pokes
+ * then do nothing (delivery at the next switch). */
+
+int fs_fiber_running_tid(const fs_fiber *f); /* runtime/fiber.c */
+
+#define SHIM_SIGPOKE 32
+#define SHIM_SA_RESTORER 0x04000000 /* the kernel's, which glibc does not export */
+#define SHIM_POKE_VALUE ((void *)0x66697373706f6b65ull) /* "fisspoke" */
+
+/* Where the program counter must not be for a poke to deliver: our text
+ * and the vDSO's (clock_gettime called from inside the runtime). */
+static struct {
+    uintptr_t lo, hi;
+} shim__no_poke[2];
+static _Atomic uint32_t shim__repokes; /* fibers marked for a later poke */
+
+static int shim__find_text(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    uintptr_t want = (uintptr_t)arg, lo = UINTPTR_MAX, hi = 0;
+    bool vdso = want == 0 && info->dlpi_name && strstr(info->dlpi_name, "linux-vdso");
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X))
+            continue;
+        uintptr_t a = info->dlpi_addr + ph->p_vaddr;
+        if (a < lo)
+            lo = a;
+        if (a + ph->p_memsz > hi)
+            hi = a + ph->p_memsz;
+    }
+    if (lo >= hi || !(vdso || (want >= lo && want < hi)))
+        return 0;
+    shim__no_poke[want ? 0 : 1].lo = lo;
+    shim__no_poke[want ? 0 : 1].hi = hi;
+    return 1;
+}
+
+static bool shim__pc_unsafe(uintptr_t pc)
+{
+    for (int i = 0; i < 2; i++)
+        if (pc >= shim__no_poke[i].lo && pc < shim__no_poke[i].hi)
+            return true;
+    return false;
+}
+
+static void shim__deliver_pending(struct shim_sigstate *ss);
+static void shim__disp_kick(void);
+
+static bool shim__due(struct shim_sigstate *ss)
+{
+    return (atomic_load(&ss->pending) | atomic_load(&ss->ppending)) & ~shim__mask_of(ss);
+}
+
+static void shim__poke_handler(int sig, siginfo_t *si, void *ucv)
+{
+    (void)sig;
+    if (si->si_code != SI_QUEUE || si->si_value.sival_ptr != SHIM_POKE_VALUE)
+        return;
+    int e = errno;
+    ucontext_t *uc = ucv;
+    fs_fiber *f = fs_self();
+    struct shim_sigstate *ss = f ? shim__sigstate(f) : NULL;
+    if (ss && shim__due(ss)) {
+        if (shim__pc_unsafe((uintptr_t)uc->uc_mcontext.gregs[REG_RIP])) {
+            if (!atomic_exchange(&ss->repoke, 1))
+                atomic_fetch_add(&shim__repokes, 1);
+            shim__disp_kick();
+        } else {
+            shim__deliver_pending(ss);
+        }
+    }
+    errno = e;
+}
+
+/* Installs the poke handler, with glibc's signal return trampoline (the
+ * one its SIGSETXID action has). Without one, no pokes. */
+static bool shim__poke_install(void)
+{
+    struct {
+        void *handler;
+        unsigned long flags;
+        void *restorer;
+        uint64_t mask;
+    } cur, ours;
+    if (fs__sys4(SYS_rt_sigaction, 33, NULL, &cur, 8) != 0 || !(cur.flags & SHIM_SA_RESTORER) ||
+        !cur.restorer)
+        return false;
+    ours.handler = (void *)shim__poke_handler;
+    ours.flags = SA_SIGINFO | SHIM_SA_RESTORER | SA_RESTART;
+    ours.restorer = cur.restorer;
+    ours.mask = ~0ull;
+    if (fs__sys4(SYS_rt_sigaction, SHIM_SIGPOKE, NULL, &cur, 8) != 0 ||
+        cur.handler != (void *)SIG_DFL)
+        return false; /* glibc's own is there: leave it */
+    dl_iterate_phdr(shim__find_text, (void *)(uintptr_t)shim__poke_install);
+    dl_iterate_phdr(shim__find_text, NULL);
+    return fs__sys4(SYS_rt_sigaction, SHIM_SIGPOKE, &ours, NULL, 8) == 0;
+}
+
+static _Atomic bool shim__poke_on;
+
+/* Pokes f if it runs now (see above). Any thread. */
+static void shim__poke(fs_fiber *f)
+{
+    if (!atomic_load_explicit(&shim__poke_on, memory_order_relaxed))
+        return;
+    int tid = fs_fiber_running_tid(f);
+    if (!tid)
+        return;
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    si.si_signo = SHIM_SIGPOKE;
+    si.si_code = SI_QUEUE;
+    si.si_pid = (pid_t)fs__sys0(SYS_getpid);
+    si.si_uid = getuid();
+    si.si_value.sival_ptr = SHIM_POKE_VALUE;
+    fs__sys4(SYS_rt_tgsigqueueinfo, si.si_pid, tid, SHIM_SIGPOKE, &si);
+}
+
+static bool shim__repoke_cb(fs_fiber *f, struct shim_sigstate *ss, void *arg)
+{
+    (void)arg;
+    if (atomic_load(&ss->repoke) && atomic_exchange(&ss->repoke, 0)) {
+        atomic_fetch_sub(&shim__repokes, 1);
+        if (shim__due(ss))
+            shim__poke(f);
+    }
+    return false;
+}
+
 /* ---- the dispatcher ------------------------------------------------------ */
 
 static struct {
@@ -231,6 +377,7 @@ static bool shim__pick_cb(fs_fiber *f, struct shim_sigstate *ss, void *arg)
         /* The reference we hold keeps f alive for the interrupt. */
         atomic_fetch_or(&ss->ppending, p->bit);
         fs_interrupt(f);
+        shim__poke(f);
     }
     return true;
 }
@@ -322,12 +469,19 @@ static void *shim__disp_main(void *arg)
             cur = want;
         }
         struct pollfd pf[2] = {{.fd = sfd, .events = POLLIN}, {.fd = kfd, .events = POLLIN}};
-        int tmo = atomic_load(&shim__disp.assigned) ? SHIM_DISP_RECHECK_MS : -1;
+        int tmo = atomic_load(&shim__repokes)            ? 1
+                  : atomic_load(&shim__disp.assigned) ? SHIM_DISP_RECHECK_MS
+                                                      : -1;
         if (REAL(poll)(pf, 2, tmo) < 0)
             continue;
         uint64_t n;
         while (REAL(read)(kfd, &n, sizeof n) == sizeof n)
             ;
+        if (atomic_load(&shim__repokes)) {
+            struct timespec ms = {0, 1000000};
+            REAL(nanosleep)(&ms, NULL); /* let it leave the runtime first */
+            shim__threads_each(shim__repoke_cb, NULL);
+        }
         sigset_t pend;
         if (REAL(sigpending)(&pend) != 0)
             continue;
@@ -532,7 +686,12 @@ void shim__signal_activate(void)
         fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
         shim__carrier_follow(ss);
     }
-    shim__disp_start();
+    shim__disp_start(); /* a first pthread_create: glibc's SIGSETXID action is set */
+#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+    /* Sanitizer runtimes keep their own books of signal handlers. */
+    if (shim__poke_install())
+        atomic_store(&shim__poke_on, true);
+#endif
 }
 
 bool shim__sig_should_restart(void)
@@ -553,9 +712,12 @@ static void shim__post(fs_fiber *f, int sig)
     atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
     if (f == fs_self())
         shim__deliver_pending(ss); /* to ourselves: now, as raise() would */
-    else if (!(shim__mask_of(ss) & SHIM_SIGBIT(sig)) ||
-             (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)))
+    else if (!(shim__mask_of(ss) & SHIM_SIGBIT(sig))) {
+        fs_interrupt(f);
+        shim__poke(f); /* if it runs: now, not at its next switch */
+    } else if (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)) {
         fs_interrupt(f); /* Dekker with shim__sigwait: pending, then waiting */
+    }
 }
 
 /* Moves the signals pending for the calling kernel thread alone (SigPnd
