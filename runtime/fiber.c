@@ -332,10 +332,8 @@ bool fs_fiber_adopted(const fs_fiber *f)
     return f->is_adopted;
 }
 
-/* The thread id of the carrier running f at this moment, or 0 when f is
- * not running. A snapshot: f may switch out at once (shim/signal.c pokes
- * that thread, and the poke finds whatever fiber runs there then). Any
- * thread. (Declared in shim/signal.c, its only user.) */
+/* A snapshot: f may switch out at once (shim/signal.c pokes that thread,
+ * and the poke finds whatever fiber runs there then). */
 int fs_fiber_running_tid(const fs_fiber *f)
 {
     if (atomic_load_explicit(&f->state, memory_order_relaxed) != FS_F_RUNNING)

@@ -185,8 +185,6 @@ static void shim__carrier_follow(const struct shim_sigstate *ss)
  * here: glibc installs its handler over ours in pthread_cancel, and pokes
  * then do nothing (delivery at the next switch). */
 
-int fs_fiber_running_tid(const fs_fiber *f); /* runtime/fiber.c */
-
 #define SHIM_SIGPOKE 32
 #define SHIM_SA_RESTORER 0x04000000 /* the kernel's, which glibc does not export */
 #define SHIM_POKE_VALUE ((void *)0x66697373706f6b65ull) /* "fisspoke" */

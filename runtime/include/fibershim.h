@@ -196,6 +196,10 @@ FS_API bool fs_fiber_adopted(const fs_fiber *f);
  * glibc thread on a cached stack does. Any thread. */
 FS_API void *fs_fiber_tcb(const fs_fiber *f);
 
+/* The thread id of the carrier running f at this moment, or 0 when f is
+ * not running: a snapshot, f may switch out at once. Any thread. */
+FS_API int fs_fiber_running_tid(const fs_fiber *f);
+
 /* Keeps f on the kernel thread it runs on until as many fs_unpin(f): for
  * a fiber that holds something the kernel ties to a thread id (a robust
  * or priority-inheritance mutex of glibc's, a PI futex), as Go's
@@ -302,16 +306,19 @@ FS_API int fs_park(fs_park_token tok, enum fs_park_reason why, const void *wait_
  * is asleep. */
 FS_API bool fs_unpark(fs_fiber *f, fs_park_token tok);
 
-/* Interrupts f, as a signal interrupts a thread: if f is parked for I/O,
- * poll, sleep (FS_PARK_READ .. FS_PARK_SLEEP), a semaphore (FS_PARK_SEM)
- * or a futex word (FS_PARK_FUTEX), that park ends at once and fs_park() returns -EINTR;
- * other parks (locks, joins) are not cut short. Either way f's switch
- * hook runs when f next runs. Any thread. */
+/* Interrupts f, as a signal interrupts a thread: if f is parked (I/O,
+ * poll, sleep, a lock, condition, semaphore, barrier, once, futex or join
+ * wait), that park ends at once and fs_park() returns -EINTR (lock and
+ * join waits then wait again: shim/waitq.c, fs_join); a park for a
+ * handed-off call (FS_PARK_OTHER) is not cut short. Either way f's hook
+ * runs when f next runs, once the park is over. Any thread. */
 FS_API void fs_interrupt(fs_fiber *f);
 
 /* Installs a hook the runtime calls on the fiber's own stack each time a
- * fiber resumes (or first starts) with an interrupt pending. The shim uses
- * it to deliver signals sent to a fiber. Set once, before fibers exist. */
+ * fiber resumes (or first starts) with an interrupt pending; a fiber that
+ * resumes inside fs_park() runs it as fs_park() returns, once the park is
+ * over, so the hook may park in turn. The shim uses it to deliver signals
+ * sent to a fiber. Set once, before fibers exist. */
 FS_API void fs_set_interrupt_hook(void (*hook)(fs_fiber *f));
 
 /* From now on, run the hook at every resume, not only with an interrupt

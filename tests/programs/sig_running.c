@@ -3,7 +3,7 @@
  * with no system call): the kernel interrupts it at once, so the loop,
  * which waits for its own handler to run, ends. Sent to the thread
  * (pthread_kill), then to the process (kill, with every other thread
- * blocking the signal), then as a stop-the-world round over four spinning
+ * blocking the signal), then as a stop-the-world round over two spinning
  * threads that acknowledge through a semaphore. */
 #include "common.h"
 
@@ -94,7 +94,7 @@ int main(void)
     run("pthread_kill");
     run("kill");
 
-    enum { N = 4 };
+    enum { N = 2 };
     atomic_int ready = 0;
     pthread_t t[N];
     for (int i = 0; i < N; i++)
