@@ -118,6 +118,7 @@ void fs__fiber_start_hook(void);
 void fs__fiber_entry(void *arg)
 {
     struct fs_fiber *f = arg;
+    fs__asan_finish(NULL); /* a new context (asan.h) */
     if (f->tls_live)
         fs__tls_first_run(); /* before the hook: it may run a signal handler */
     fs__fiber_start_hook();
@@ -187,6 +188,9 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
     }
     if (run_top)
         run_size = run_top - (uintptr_t)f->stack.lo;
+    /* A reused stack still has the shadow of the frames its last fiber
+     * left when it switched away for good (asan.h). */
+    fs__asan_unpoison(f->stack.lo, run_size);
     if (attr && attr->detached)
         f->join = FS_J_DETACHED;
     if (attr)
@@ -252,6 +256,9 @@ void fs_exit(void *ret)
     self->ret = ret;
     s->after_fn = fs__after_exit;
     s->after_prev = self;
+#ifdef FS_ASAN
+    self->asan_exiting = true; /* its fake stack goes with it (asan.h) */
+#endif
     fs__switch_out(s, self, true); /* exit completes after the switch; no lock held */
     FS_CHECK(!"a dead fiber was resumed");
     __builtin_unreachable();

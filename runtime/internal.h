@@ -40,6 +40,7 @@
 #include "stack.h"
 #include "timer_heap.h"
 #include "tls.h"
+#include "asan.h"
 #include "tsan.h"
 
 #include <pthread.h>
@@ -133,6 +134,10 @@ struct fs_fiber {
 #ifdef FS_TSAN
     void *tsan;                  /* its TSan fiber; an adopted one's is its thread's (tsan.h) */
 #endif
+#ifdef FS_ASAN
+    void *asan_fake;             /* its fake stack while switched out (asan.h) */
+    bool asan_exiting;           /* its next switch is its last (fs_exit) */
+#endif
 };
 
 /* ---- scheds (carriers) ------------------------------------------------- */
@@ -218,6 +223,11 @@ struct fs_sched {
     struct fs_sched_stats st;
 #ifdef FS_TSAN
     void *tsan;                  /* TSan fiber of the idle loop (tsan.h) */
+#endif
+#ifdef FS_ASAN
+    void *asan_fake;             /* the idle loop's fake stack while a fiber runs (asan.h) */
+    const void *asan_idle_lo;    /* the stack the idle loop runs on */
+    size_t asan_idle_size;
 #endif
 } __attribute__((aligned(64)));
 

@@ -389,6 +389,27 @@ static inline void fs__run_prepare(struct fs_sched *s, struct fs_fiber *f)
     fs__stat_inc(&s->st.switches);
 }
 
+/* Where the leaving fiber's fake stack is kept across the switch, or NULL
+ * on its last switch (asan.h); the idle loop's stack (asan.h). */
+#ifdef FS_ASAN
+static inline void **fs__asan_save(struct fs_fiber *self)
+{
+    return self->asan_exiting ? NULL : &self->asan_fake;
+}
+static inline const void *fs__asan_idle_lo(struct fs_sched *s)
+{
+    return s->asan_idle_lo;
+}
+static inline size_t fs__asan_idle_size(struct fs_sched *s)
+{
+    return s->asan_idle_size;
+}
+#else
+#define fs__asan_save(self) ((void **)0)
+#define fs__asan_idle_lo(s) ((const void *)0)
+#define fs__asan_idle_size(s) ((size_t)0)
+#endif
+
 /* Switches the calling fiber out; returns when it is resumed. The caller
  * set s->after_fn to whatever must happen once its stack is free (queue
  * it, commit a park, free it). may_poll: the caller holds no lock that
@@ -415,14 +436,17 @@ void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
         fs__run_prepare(s, next);
         fs__cpu_start(next, now);
         fs__tsan_switch_to(FS_TSAN_FIBER(next));
+        fs__asan_start(fs__asan_save(self), next->stack.lo, next->stack.size);
         fs__tls_switch(s, atomic_load_explicit(&s->tid, memory_order_relaxed), self->tp, next->tp);
         fs__context_switch(&self->ctx, &next->ctx);
     } else {
         s->cur = NULL;
         fs__tsan_switch_to(FS_TSAN_FIBER(s));
+        fs__asan_start(fs__asan_save(self), fs__asan_idle_lo(s), fs__asan_idle_size(s));
         fs__tls_switch(s, atomic_load_explicit(&s->tid, memory_order_relaxed), self->tp, s->idle_tp);
         fs__context_switch(&self->ctx, &s->idle_ctx);
     }
+    fs__asan_finish(FS_ASAN_SAVED(self));
     /* Resumed: possibly on another sched if migration is on. Whoever
      * switched to us loaded our thread pointer and wrote our copy of
      * fs__tls_sched (tls.h). */
@@ -464,8 +488,10 @@ static void fs__idle_loop(struct fs_sched *s)
         fs__run_prepare(s, f);
         fs__cpu_start(f, fs__cputicks());
         fs__tsan_switch_to(FS_TSAN_FIBER(f));
+        fs__asan_start(FS_ASAN_SLOT(s), f->stack.lo, f->stack.size);
         fs__tls_switch(s, atomic_load_explicit(&s->tid, memory_order_relaxed), s->idle_tp, f->tp);
         fs__context_switch(&s->idle_ctx, &f->ctx);
+        fs__asan_finish(FS_ASAN_SAVED(s));
         s = fs__cur_sched();
     }
 }
@@ -474,6 +500,7 @@ static void fs__idle_loop(struct fs_sched *s)
  * running on the idle loop's own TCB when per-fiber TLS is on. */
 static void fs__idle_entry(void *arg)
 {
+    fs__asan_finish(NULL); /* a new context (asan.h) */
     if (fs__tls.on)
         fs__tls_first_run();
     fs__idle_loop((struct fs_sched *)arg);
@@ -484,6 +511,15 @@ void fs__carrier_main_loop(struct fs_sched *s)
     fs__tls_sched = s;
     if (fs__tls.on)
         s->idle_tp = fs__tls_tp(); /* the idle loop runs as the thread itself */
+#ifdef FS_ASAN
+    pthread_attr_t a;
+    if (pthread_getattr_np(pthread_self(), &a) == 0) {
+        void *lo;
+        pthread_attr_getstack(&a, &lo, &s->asan_idle_size);
+        s->asan_idle_lo = lo;
+        pthread_attr_destroy(&a);
+    }
+#endif
     atomic_store(&s->tid, (int)fs__sys0(SYS_gettid));
     s->busy_since = fs_now();
     /* The idle loop runs on this thread's stack: as the thread itself. */
@@ -509,6 +545,10 @@ int fs__sched_make_idle_stack(struct fs_sched *s)
     }
     fs__context_make(&s->idle_ctx, s->idle_stack.lo, top - (uintptr_t)s->idle_stack.lo,
                      fs__idle_entry, s);
+#ifdef FS_ASAN
+    s->asan_idle_lo = s->idle_stack.lo;
+    s->asan_idle_size = top - (uintptr_t)s->idle_stack.lo;
+#endif
     FS_TSAN_SET_FIBER(s, fs__tsan_create());
     return 0;
 }
