@@ -339,10 +339,17 @@ static void (*fs__user_hook)(struct fs_fiber *f);
  * fs_park (why without FS_WHY_DONE, after a first park) the hook is held
  * back: the interrupt flag is set again, and fs_park runs the hook once
  * it is done. Only a park that ended (WOKEN, TIMEDOUT) can be one whose
- * fs_park has not returned; a fiber that never parked has a zero word. */
+ * fs_park has not returned. A fiber that never parked is in none, though
+ * its word reads WOKEN (fs__fiber_init starts it at token id << 24) and
+ * its why lacks FS_WHY_DONE: at its first start (or a yield before its
+ * first park) it gets the hook. Held back there, the flag would stay set
+ * with no fs_park to run the hook, and end the fiber's first
+ * interruptible park at once as if a handler had run: a spurious EINTR,
+ * or a handed-off call returning while its spare still runs it. */
 static void fs__hook_gate(struct fs_fiber *f)
 {
-    if (PW_ST(atomic_load_explicit(&f->park, memory_order_relaxed)) >= FS_PW_WOKEN &&
+    uint64_t w = atomic_load_explicit(&f->park, memory_order_relaxed);
+    if (PW_ST(w) >= FS_PW_WOKEN && PW_TOK(w) != (uint64_t)f->id << 24 &&
         !(atomic_load_explicit(&f->why, memory_order_relaxed) & FS_WHY_DONE)) {
         atomic_store(&f->interrupt, 1);
         return;

@@ -57,6 +57,7 @@ struct shim_offload_req {
     void *ctx;             /* its arguments and outputs */
     long ret;              /* fn's result, stored by the spare */
     int err;               /* errno: the caller's going in, fn's coming out */
+    bool done;             /* the spare is finished with it (shim__pool.lock) */
     struct fs_waiter w;    /* the parked requester; links in shim__pool.pending */
 };
 
@@ -132,7 +133,9 @@ static void *shim__spare_main(void *unused)
              * (idle, or on the next request) before the requester can
              * call again: a fiber making call after call uses one spare,
              * not a new one each time. The requester may return (and r
-             * die) as soon as the wake lands: nothing touches r after. */
+             * die) as soon as the wake lands, or once it sees done:
+             * nothing touches r after. */
+            r->done = true;
             fs_waiter_wake(&r->w);
             continue;
         }
@@ -177,9 +180,13 @@ static void shim__spare_start(void)
     fs__spin_unlock(&shim__pool.lock);
     struct fs_waiter *w;
     while ((w = shim__waitq_pop_locked(&orphans))) {
-        shim__offload_call((struct shim_offload_req *)((char *)w -
-                                                       offsetof(struct shim_offload_req, w)));
+        struct shim_offload_req *r =
+            (struct shim_offload_req *)((char *)w - offsetof(struct shim_offload_req, w));
+        shim__offload_call(r);
+        fs__spin_lock(&shim__pool.lock); /* as in shim__spare_main */
+        r->done = true;
         fs_waiter_wake(w);
+        fs__spin_unlock(&shim__pool.lock);
     }
 }
 
@@ -205,8 +212,22 @@ long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reaso
     fs__spin_unlock(&shim__pool.lock);
     if (start)
         shim__spare_start();
-    /* A spare may finish before we park: fs_park then returns at once. */
-    fs_waiter_wait(&r.w, why, (const void *)fn, FS_NO_DEADLINE, NULL, NULL);
+    /* A spare may finish before we park: fs_park then returns at once.
+     * A signal handler may end the park (every park reason but
+     * FS_PARK_OTHER is interruptible, and why is the caller's): the
+     * handler has run by then, but the call goes on on its spare, which
+     * will write r and wake r.w. Handed-off calls are not cut short, so
+     * wait again, under a new token the spare's wake will carry (it reads
+     * it under the lock), until the spare is done with r. */
+    while (fs_waiter_wait(&r.w, why, (const void *)fn, FS_NO_DEADLINE, NULL, NULL) != 0) {
+        fs__spin_lock(&shim__pool.lock);
+        bool done = r.done;
+        if (!done)
+            r.w.tok = fs_park_prepare();
+        fs__spin_unlock(&shim__pool.lock);
+        if (done)
+            break;
+    }
     errno = r.err;
     return r.ret;
 }
