@@ -259,6 +259,10 @@ static void shim__poke_handler(int sig, siginfo_t *si, void *ucv)
  * one its SIGSETXID action has). Without one, no pokes. */
 static bool shim__poke_install(void)
 {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    /* Sanitizer runtimes keep their own books of signal handlers. */
+    return false;
+#endif
     struct {
         void *handler;
         unsigned long flags;
@@ -685,11 +689,8 @@ void shim__signal_activate(void)
         shim__carrier_follow(ss);
     }
     shim__disp_start(); /* a first pthread_create: glibc's SIGSETXID action is set */
-#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
-    /* Sanitizer runtimes keep their own books of signal handlers. */
     if (shim__poke_install())
         atomic_store(&shim__poke_on, true);
-#endif
 }
 
 bool shim__sig_should_restart(void)
