@@ -205,6 +205,10 @@ int shim__sigaction(int sig, const struct sigaction *act, struct sigaction *old)
         shim__dump_signal_check(sig, (act->sa_flags & SA_SIGINFO)
                                          ? (const void *)act->sa_sigaction
                                          : (const void *)act->sa_handler);
+    /* Handlers behind signal.c's trampoline, so that they see their
+     * fiber's masks. */
+    if (shim__sig_wraps(sig))
+        return shim__sigaction_wrapped(sig, act, old);
     return REAL(sigaction)(sig, act, old);
 }
 SHIM_ALIAS(sigaction)
@@ -213,6 +217,16 @@ sighandler_t shim__signal(int sig, sighandler_t h)
 {
     if (SHIM_UNLIKELY(shim__dump_sig != 0))
         shim__dump_signal_check(sig, (const void *)h);
+    if (shim__sig_wraps(sig)) {
+        /* glibc's signal(): BSD semantics, the signal itself blocked in
+         * its handler, calls restarted. */
+        struct sigaction sa = {.sa_handler = h, .sa_flags = SA_RESTART}, old;
+        sigemptyset(&sa.sa_mask);
+        sigaddset(&sa.sa_mask, sig);
+        if (shim__sigaction_wrapped(sig, &sa, &old) != 0)
+            return SIG_ERR;
+        return old.sa_handler;
+    }
     return REAL(signal)(sig, h);
 }
 SHIM_ALIAS(signal)

@@ -103,6 +103,11 @@ struct shim_sigstate {
      * kernel delivers it there with its own siginfo. */
     _Atomic uint64_t ppending;
     _Atomic int repoke;        /* a poke found it inside the runtime: again later */
+    /* Between shim__deliver_one and the handler trampoline (signal.c),
+     * both on the fiber: the mask the handler interrupted, and the one the
+     * handler left in its ucontext (uc_sigmask) for after it. */
+    uint64_t h_outer, h_after;
+    bool h_outer_set, h_after_set;
 };
 
 /* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */
@@ -123,6 +128,12 @@ bool shim__sig_should_restart(void);
  * before, to tell a handler from an interrupt that ran none (an ignored
  * signal). */
 uint32_t shim__sig_handled(void);
+
+/* sigaction for a signal whose handler the shim wraps (shim__sig_wraps):
+ * the program's handler runs behind a trampoline that gives it its
+ * fiber's masks (signal.c). */
+bool shim__sig_wraps(int sig);
+int shim__sigaction_wrapped(int sig, const struct sigaction *act, struct sigaction *old);
 
 /* The calling fiber's mask (pthread_sigmask's contract). */
 int shim__pthread_sigmask(int how, const sigset_t *set, sigset_t *old);

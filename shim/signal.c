@@ -169,6 +169,112 @@ static void shim__carrier_follow(const struct shim_sigstate *ss)
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
 }
 
+/* ---- the program's handlers: what they see of the mask ---------------------
+ *
+ * A handler runs with the kernel's mask of its carrier, which is not its
+ * fiber's (carriers block every routed signal; see the header), and the
+ * kernel saves that carrier mask in the ucontext, to be installed again
+ * at sigreturn. Without help a handler would see neither of its fiber's
+ * masks: pthread_sigmask inside it reports the fiber's mask, but for a
+ * fault or trap (SIGSEGV, SIGTRAP...), which the kernel delivers to the
+ * carrier directly, the shim never added sa_mask and the signal (SBCL
+ * checks in its pending-interrupt trap, an int3, that every blockable
+ * signal is blocked, and dies with "blockables unblocked"); and a handler
+ * that edits uc_sigmask to choose the mask it returns to (SBCL defers a
+ * signal that way: it blocks the deferrable signals in the frame, and
+ * checks later that all of them are blocked) would edit the carrier's,
+ * which the shim then overrides. So every handler the program installs
+ * (sigaction, signal) is installed behind a trampoline, which, in a fiber:
+ *  - shows the interrupted fiber mask in uc_sigmask: the one
+ *    shim__deliver_one recorded (h_outer) for a signal it delivers, else,
+ *    for a fault or trap, the fiber's mask;
+ *  - makes the fiber's mask what a thread's is in the handler (that mask,
+ *    plus sa_mask, plus the signal unless SA_NODEFER);
+ *  - pins the fiber while the handler runs (it may block; sigreturn must
+ *    happen on the kernel thread that saved the frame);
+ *  - afterwards takes uc_sigmask, as the handler left it, as the fiber's
+ *    mask from then on (h_after, for shim__deliver_one), and puts in the
+ *    frame the carrier mask that this fiber mask needs, which sigreturn
+ *    installs.
+ * Off a fiber the trampoline only calls the handler. sigaction answers
+ * with the program's own action. */
+
+static struct sigaction shim__wrapped_act[65]; /* the program's, where wrapped */
+
+static void shim__wrapped_call(int sig, siginfo_t *si, void *uc)
+{
+    const struct sigaction *pa = &shim__wrapped_act[sig];
+    if (pa->sa_flags & SA_SIGINFO)
+        pa->sa_sigaction(sig, si, uc);
+    else
+        pa->sa_handler(sig);
+}
+
+static void shim__trampoline(int sig, siginfo_t *si, void *ucv)
+{
+    fs_fiber *self = fs_self();
+    struct shim_sigstate *ss = self ? shim__sigstate(self) : NULL;
+    if (!ss || !shim__routed) {
+        shim__wrapped_call(sig, si, ucv);
+        return;
+    }
+    int saved_errno = errno;
+    ucontext_t *uc = ucv;
+    const struct sigaction *pa = &shim__wrapped_act[sig];
+    uint64_t outer = ss->h_outer_set ? ss->h_outer : shim__mask_of(ss);
+    ss->h_outer_set = false;
+    uint64_t inner = outer | shim__set_to_bits(&pa->sa_mask);
+    if (!(pa->sa_flags & SA_NODEFER))
+        inner |= SHIM_SIGBIT(sig);
+    shim__mask_set(ss, inner);
+    shim__bits_to_set(outer, &uc->uc_sigmask);
+    /* The kernel changed the carrier's mask: our record of it is stale. */
+    fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
+    fs_pin(self);
+    errno = saved_errno;
+    shim__wrapped_call(sig, si, ucv);
+    saved_errno = errno;
+    fs_unpin(self);
+    uint64_t after = shim__set_to_bits(&uc->uc_sigmask) & ~SHIM_UNBLOCKABLE;
+    shim__mask_set(ss, after);
+    ss->h_after = after;
+    ss->h_after_set = true;
+    uint64_t want = shim__carrier_want(after);
+    shim__bits_to_set(want, &uc->uc_sigmask);
+    uint64_t *cl = fs_carrier_local(); /* sigreturn installs want */
+    cl[SHIM_CARRIER_MASK] = want;
+    cl[SHIM_CARRIER_MASK_KNOWN] = 1;
+    errno = saved_errno;
+}
+
+bool shim__sig_wraps(int sig)
+{
+    return sig >= 1 && sig <= 64 && !(SHIM_SIGBIT(sig) & (SHIM_UNBLOCKABLE | SHIM_GLIBC_SIGS));
+}
+
+int shim__sigaction_wrapped(int sig, const struct sigaction *act, struct sigaction *old)
+{
+    struct sigaction prev = shim__wrapped_act[sig], kold;
+    int rc;
+    if (act && act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN) {
+        struct sigaction k = *act;
+        k.sa_flags |= SA_SIGINFO;
+        k.sa_sigaction = shim__trampoline;
+        /* Recorded before it is installed: a signal right after finds it. */
+        shim__wrapped_act[sig] = *act;
+        rc = REAL(sigaction)(sig, &k, &kold);
+        if (rc != 0)
+            shim__wrapped_act[sig] = prev;
+    } else {
+        rc = REAL(sigaction)(sig, act, &kold);
+    }
+    if (rc == 0 && old) {
+        bool ours = (kold.sa_flags & SA_SIGINFO) && kold.sa_sigaction == shim__trampoline;
+        *old = ours ? prev : kold;
+    }
+    return rc;
+}
+
 /* ---- pokes: delivery to a fiber that runs ---------------------------------
  *
  * A fiber that runs (a CPU loop, code that makes no blocking call) would
@@ -628,9 +734,19 @@ static void shim__deliver_one(struct shim_sigstate *ss, int sig, bool proc, bool
      * sigreturn restores the frame's mask and alternate stack settings on
      * the thread they were saved from. */
     fs_fiber *self = fs_self();
+    ss->h_outer = saved; /* the mask the handler interrupts (the trampoline) */
+    ss->h_outer_set = true;
+    ss->h_after_set = false;
     fs_pin(self);
     shim__real_setmask(shim__carrier_want(saved) & ~bit);
     fs_unpin(self);
+    ss->h_outer_set = false;
+    /* The fiber's mask after the handler: what the handler left in its
+     * frame's uc_sigmask (the trampoline), else the one it interrupted. */
+    if (ss->h_after_set) {
+        saved = ss->h_after;
+        ss->h_after_set = false;
+    }
     __atomic_store_n(&ss->mask, saved, __ATOMIC_RELAXED);
     fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
     shim__carrier_follow(ss);

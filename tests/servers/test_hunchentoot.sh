@@ -33,17 +33,12 @@
 # quiet 2-core machine (2.5 min at a load average of 100).
 set -u
 
-# Causes (shim/signal.c, issue #13; shim/futex.c, issue #14); see README:
-# - pthread_sigmask in a fiber answers the fiber's stored mask, not the
-#   kernel's: inside a handler the sa_mask the kernel added is missing, so
-#   SBCL's check "blockables unblocked" kills it at its first GC trigger;
-# - a fiber parked in a condition wait (SBCL's finalizer thread) or an
-#   offloaded futex wait (a Lisp mutex or semaphore) does not run the
-#   SIGUSR2 handler SBCL's stop-the-world GC sends, so the GC waits forever;
-# - a process-directed SIGTERM lands on a spare or idle carrier (no Lisp
-#   thread there): SBCL blocks it in that thread and re-raises it until
-#   every kernel thread blocks it, and it is never handled.
-XFAIL="shim-source/* shim-core*/load-* shim-core*/alive shim-core*/idle shim-core*/stop"
+# Known failure (see README): the server loaded from source (ASDF compiled
+# it in this process) sometimes dies with SIGSEGV while it stops on SIGTERM
+# under the shim; the one from a saved core stops cleanly. Cause not found
+# yet. (SBCL's GC signals, its handlers' masks and uc_sigmask edits, and
+# SIGTERM delivery, which killed or hung every shim run before, work.)
+XFAIL="shim-source/stop"
 
 lib=${1:-}
 srv=${2:-}

@@ -4,8 +4,7 @@
 // the handler of a synchronous trap (SBCL's pending-interrupt trap is an
 // int3, SIGTRAP, handled with every blockable signal in sa_mask).
 // Plain pthread program; the output must be the same with and without the
-// shim. Not in tests/programs yet: it fails under the shim until
-// shim/signal.c (issue #13) answers pthread_sigmask from the kernel's mask.
+// shim (tests/programs/sig_handler_frame.c runs it in ctest).
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
