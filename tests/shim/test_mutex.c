@@ -391,14 +391,24 @@ Test(mutex, no_waiter_starves)
     for (int i = 0; i < 6; i++)
         f[i] = spawn(fair_hog, (void *)(intptr_t)i);
     pthread_t t[2] = {plain_thread(fair_hog, (void *)6), plain_thread(fair_hog, (void *)7)};
-    sleep_ns(500000000);
+    /* Until every contender got it more than 20 times, for 10 s at most
+     * (a loaded machine gives this process little CPU: 500 ms was not
+     * always enough there). A starved contender stays near 0. */
+    for (int waited = 0; waited < 200; waited++) {
+        sleep_ns(50000000);
+        bool all = true;
+        for (int i = 0; i < 8; i++)
+            all = all && atomic_load(&fair_count[i]) > 20;
+        if (all && waited >= 9)
+            break;
+    }
     atomic_store(&fair_stop, 1);
     for (int i = 0; i < 6; i++)
         join(f[i]);
     plain_join(t[0]);
     plain_join(t[1]);
-    /* Starvation mode hands the lock to anyone who waited > 1 ms, so in
-     * 500 ms each contender gets it far more than this. */
+    /* Starvation mode hands the lock to anyone who waited > 1 ms, so each
+     * contender gets it far more than this. */
     for (int i = 0; i < 8; i++)
         cr_expect_gt(atomic_load(&fair_count[i]), 20, "contender %d got the lock %ld times", i,
                      atomic_load(&fair_count[i]));
