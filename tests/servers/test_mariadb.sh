@@ -323,7 +323,7 @@ after_load() {
 # stop HOW: admin (mariadb-admin shutdown) or term (SIGTERM, with an idle
 # connection and a running query open).
 stop() {
-    local how=$1 i=0 rc cl1= cl2=
+    local how=$1 i=0 rc cl1='' cl2=''
     if ! alive; then
         result "$tag/stop" 0 "server not running: $(log_tail)"
         wait "$pid" 2>/dev/null
