@@ -478,6 +478,65 @@ static void *stuck_s(void *arg)
     return NULL;
 }
 
+/* 7b: a fiber that loops between an unseen blocking call (an inline
+ * nanosleep of 1 ms) and waking a worker, as InnoDB's io_uring completion
+ * thread does: how long each woken worker waits to run. */
+enum { LOOP_N = 300 };
+
+struct stuck_loop {
+    struct fs_waiter *_Atomic slot;
+    _Atomic int done;
+    int64_t t_wake;
+    double lat[LOOP_N];
+};
+
+static void *loop_worker(void *arg)
+{
+    struct stuck_loop *l = arg;
+    for (int i = 0; i < LOOP_N; i++) {
+        struct fs_waiter w;
+        fs_waiter_prepare(&w);
+        atomic_store(&l->slot, &w);
+        fs_waiter_wait(&w, FS_PARK_OTHER, NULL, FS_NO_DEADLINE, NULL, NULL);
+        l->lat[i] = (double)(fs_now() - l->t_wake) / 1e6;
+    }
+    atomic_store(&l->done, 1);
+    return NULL;
+}
+
+static void *loop_blocker(void *arg)
+{
+    struct stuck_loop *l = arg;
+    struct timespec ts = {0, 1000000};
+    while (!atomic_load(&l->done)) {
+        long ret;
+        __asm__ volatile("syscall"
+                         : "=a"(ret)
+                         : "0"((long)SYS_nanosleep), "D"(&ts), "S"(NULL)
+                         : "rcx", "r11", "memory");
+        (void)ret;
+        struct fs_waiter *w = atomic_exchange(&l->slot, NULL);
+        if (w) {
+            l->t_wake = fs_now();
+            fs_waiter_wake(w);
+        }
+    }
+    return NULL;
+}
+
+/* Median ms from the wake to the worker running. */
+static double bench_stuck_loop(void)
+{
+    static struct stuck_loop l;
+    memset(&l, 0, sizeof l);
+    fs_fiber *w, *b;
+    if (fs_spawn(&w, loop_worker, &l, NULL) || fs_spawn(&b, loop_blocker, &l, NULL))
+        die("fs_spawn", EAGAIN);
+    fs_join(w, NULL, FS_NO_DEADLINE);
+    fs_join(b, NULL, FS_NO_DEADLINE);
+    return median(l.lat, LOOP_N);
+}
+
 /* ms from the block to the run of the runnext fiber (*runnext) and of
  * the slowest ring fiber (*ring). */
 static void bench_stuck(double *runnext, double *ring)
@@ -879,6 +938,14 @@ int main(int argc, char **argv)
                          "carrier steals)",
                      STUCK_MS, STUCK_F - 1),
             FMT(a, "%.2f / %.2f", median(v, REPS), median(w, REPS)), "-", "-", "-", "info");
+    }
+    {
+        char wt[400];
+        row("7b", FMT(wt, "stuck carrier, ms median from a wake to the woken fiber running, when "
+                          "the waker loops between an inline-syscall nanosleep of 1 ms and "
+                          "the wake (InnoDB's io_uring completion thread), %d wakes",
+                      LOOP_N),
+            FMT(a, "%.3f", bench_stuck_loop()), "-", "-", "-", "info");
     }
     printf("\n%d target(s) missed\n", misses);
     return 0;

@@ -215,6 +215,11 @@ struct fs_sched {
      * work, steals nothing, gets no wakep token (cfg.adopt_exclusive).
      * Set before the sched is published (fs_adopt_thread, fork child). */
     bool exclusive;
+    /* The monitor judged this carrier stuck at its last sample (no switch
+     * for 10 ms, computing or blocked in the kernel); cleared at the next
+     * sample that sees a switch. While set, what its fiber wakes goes to
+     * the global queue, not to this carrier's runnext (monitor.c). */
+    _Atomic bool mon_stuck;
     _Atomic int retired;
     _Atomic int defunct;         /* its thread could not be started */
 

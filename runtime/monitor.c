@@ -213,6 +213,8 @@ static void *fs__monitor(void *arg)
                 busy = true;
                 v[i].stuck = now - v[i].since >= FS_STUCK_NS && fs__mon_judge(&v[i], s, now);
             }
+            if (atomic_load_explicit(&s->mon_stuck, memory_order_relaxed) != v[i].stuck)
+                atomic_store_explicit(&s->mon_stuck, v[i].stuck, memory_order_relaxed);
             if (v[i].stuck) {
                 /* An exclusive sched (main's) holds no work others may
                  * take, but its epoll may hold others' readiness. */

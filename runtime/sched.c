@@ -97,7 +97,17 @@ void fs__ready(struct fs_fiber *f)
     struct fs_sched *s = fs__cur_sched();
     atomic_store_explicit(&f->state, FS_F_RUNNABLE, memory_order_relaxed);
     /* An exclusive sched keeps only its own pinned fibers; what it wakes
-     * or spawns goes to the others, through the global queue. */
+     * or spawns goes to the others, through the global queue. So does what
+     * a fiber wakes while its carrier is judged stuck: a fiber that loops
+     * between an unseen blocking call and waking others (InnoDB's io_uring
+     * completion thread signalling a worker, then back in io_uring_enter)
+     * would otherwise leave each woken fiber in runnext until the monitor
+     * takes it, up to a 5 ms sample later. */
+    if (s && atomic_load_explicit(&s->mon_stuck, memory_order_relaxed) && fs__movable(f)) {
+        fs__global_push(f);
+        fs__wakep();
+        return;
+    }
     if (s && (s->exclusive ? f->home == s && !fs__movable(f) : fs__movable(f) || f->home == s)) {
         struct fs_fiber *old =
             atomic_exchange_explicit(&s->runnext, f, memory_order_acq_rel);
