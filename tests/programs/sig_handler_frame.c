@@ -3,7 +3,7 @@
  * leaves behind by editing its ucontext (uc_sigmask), are the kernel's,
  * also in the handler of a synchronous trap (int3, SIGTRAP). Reduced from
  * SBCL's "blockables unblocked" death under the shim
- * (tests/servers/repro/handler_mask.c, the same program). */
+ * (it was tests/servers/repro/handler_mask.c). */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
