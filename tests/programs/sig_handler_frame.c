@@ -1,5 +1,5 @@
 // fibershim-carriers: 1 2
-/* handler_frame_mask.c - the signal mask a handler sees, and the one it
+/* sig_handler_frame.c - the signal mask a handler sees, and the one it
  * leaves behind by editing its ucontext (uc_sigmask), are the kernel's,
  * also in the handler of a synchronous trap (int3, SIGTRAP). Reduced from
  * SBCL's "blockables unblocked" death under the shim

@@ -1,3 +1,4 @@
+// fibershim-carriers: 1 2
 // cond_wait_handler.c - SBCL's stop-the-world GC under the shim (issue
 // #15), reduced: a thread waiting in pthread_cond_wait (SBCL's finalizer
 // thread) must run a handler for a signal sent to it, as a kernel thread
@@ -5,8 +6,8 @@
 // SBCL's GC sends SIGUSR2 and waits until every thread's handler ran; under
 // the shim the handler waits until the condition is signalled, and the GC
 // waits forever. Plain pthread program; same output with and without the
-// shim. Not in tests/programs yet: fails under the shim until a signal to a
-// fiber parked in a lock or condition wait runs its handler (issue #13).
+// shim.
+// It failed under the shim before issue 13's delivery model.
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>

@@ -1,11 +1,12 @@
+// fibershim-carriers: 1 2
 // join_handler.c - SBCL's GC deadlock in pthread_join (issue #15): SBCL
 // joins the OS thread of a Lisp thread that ended, and a GC that starts
 // meanwhile sends the joiner SIGUSR2 and waits for its handler. A thread
 // waiting in pthread_join runs a handler for a signal sent to it (then goes
 // on waiting); under the shim a join park is not interrupted and the
 // handler waits until the join ends. Plain pthread program; same output
-// with and without the shim. Not in tests/programs yet: fails until every
-// park lets a handler run (runtime/park.c fs__interrupt_parked, issue #13).
+// with and without the shim. It failed under the shim before every park
+// let a handler run (issue 13).
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>

@@ -1,12 +1,12 @@
+// fibershim-carriers: 1 2
 // blocking_handler.c - SBCL's stop-the-world GC handler blocks (it waits
 // in sem_wait until the GC is over) in a thread it interrupted in a read,
 // poll or sleep (issue #15). Under the shim the handler runs from the
 // interrupt hook inside the interrupted park, its own wait parks the fiber
 // again, and when it returns the outer park finds another park's token:
 // "internal error at runtime/park.c:297" and SIGABRT. Plain pthread
-// program; same output with and without the shim. Not in tests/programs
-// yet: fails until the hook runs after the park has ended (runtime/sched.c
-// fs__switch_out, runtime/park.c fs_park).
+// program; same output with and without the shim. It failed under the
+// shim before the hook ran after the park ended (issue 13).
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>

@@ -1,3 +1,4 @@
+// fibershim-carriers: 1 2
 // process_signal.c - SBCL ignoring SIGTERM under the shim (issue #15),
 // reduced. Like SBCL, the handler knows the program's own threads by a
 // thread-local flag: taken by any other thread (one a library created), it
@@ -7,8 +8,8 @@
 // first delivery is handled. Under the shim the signal lands on a kernel
 // thread that runs no fiber (an idle carrier, an offload spare) and is
 // passed on until every kernel thread blocks it: never handled.
-// Plain pthread program; same output with and without the shim. Not in
-// tests/programs yet: fails under the shim (issue #13).
+// Plain pthread program; same output with and without the shim.
+// It failed under the shim before issue 13's delivery model.
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
