@@ -110,6 +110,7 @@ static bool wait_retired(unsigned i)
 Test(handoff, spare_runs_new_fibers_while_the_only_carrier_spins, .timeout = 60)
 {
     cr_assert_eq(fs_init(&(struct fs_config){.carriers = 1}), 0);
+    unsigned spares_round1 = 0;
     for (int round = 1; round <= 2; round++) {
         fs_fiber *s = start_spinner();
         struct quick q[NQUICK];
@@ -122,9 +123,18 @@ Test(handoff, spare_runs_new_fibers_while_the_only_carrier_spins, .timeout = 60)
         struct fs_stats st;
         fs_stats_get(&st);
         cr_assert_eq(st.carriers, 1);
-        /* Reused, not a second one: one spare for one stuck carrier. */
-        cr_assert_eq(st.extra_carriers, 1, "round %d: %u spares", round, st.extra_carriers);
+        /* Round 2 reuses the retired spare(s) of round 1 instead of starting
+         * new ones. (Usually one spare for one stuck carrier; a slow build,
+         * ASan, can make a spare running the quick fibers look stuck too,
+         * and the default cap lets the monitor add another.) */
+        cr_assert_geq(st.extra_carriers, 1, "round %d: no spare", round);
         cr_assert_geq(st.handoffs, (uint64_t)round);
+        if (round == 1)
+            spares_round1 = st.extra_carriers;
+        else /* some activation of round 2 was a reuse */
+            cr_assert_gt(st.handoffs, (uint64_t)st.extra_carriers,
+                         "round 2: %u spares (%u after round 1), %lu activations: none reused",
+                         st.extra_carriers, spares_round1, (unsigned long)st.handoffs);
     }
 }
 
