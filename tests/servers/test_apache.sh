@@ -58,8 +58,8 @@ lib=${1:-}
 conf=${2:-}
 fails=0
 
-say() { printf '%s\n' "$*"; }
-die() { say "FAIL: $*"; exit 1; }
+# shellcheck source=tests/servers/lib.sh disable=SC1091
+. "$(dirname "$0")/lib.sh"
 
 if [ -z "$lib" ] || [ ! -f "$lib" ]; then die "the shim library '$lib' is not built"; fi
 [ -f "$conf" ] || die "Apache config '$conf' not found"
@@ -110,38 +110,6 @@ trap 'exit 143' TERM
 chmod 755 "$tmp"
 printf 'Hello from Apache httpd under test\n' >"$tmp/hello.txt"
 
-is_xfail() {
-    local p
-    for p in $XFAIL; do
-        # shellcheck disable=SC2053 # $p is a glob on purpose
-        [[ $1 == $p ]] && return 0
-    done
-    return 1
-}
-
-# result NAME OK MESSAGE: reports one check.
-result() {
-    local name=$1 ok=$2 msg=$3
-    if is_xfail "$name" && [ "${FIBERSHIM_SERVERS_STRICT:-0}" != 1 ]; then
-        if [ "$ok" = 1 ]; then
-            say "XPASS $name (listed in XFAIL: remove it)"
-        else
-            say "XFAIL $name: $msg"
-        fi
-    elif [ "$ok" = 1 ]; then
-        say "ok    $name"
-    else
-        say "FAIL  $name: $msg"
-        fails=$((fails + 1))
-    fi
-}
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo -1; }
-# Voluntary context switches of every thread of process $1.
-wakeups() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '$1 == "voluntary_ctxt_switches:" { s += $2 } END { print s + 0 }'; }
-rss_kib() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null || echo -1; }
-running() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-alive() { [ -n "$pid" ] && running "$pid"; }
 children() { pgrep -P "$pid" 2>/dev/null | sort -n | tr '\n' ' ' | sed 's/ $//'; }
 log_tail() {
     grep -v -e AH00094 -e AH00128 -e AH00292 -e AH00293 "$tmp/$tag/error.log" 2>/dev/null |

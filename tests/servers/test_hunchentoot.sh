@@ -44,8 +44,8 @@ lib=${1:-}
 srv=${2:-}
 fails=0
 
-say() { printf '%s\n' "$*"; }
-die() { say "FAIL: $*"; exit 1; }
+# shellcheck source=tests/servers/lib.sh disable=SC1091
+. "$(dirname "$0")/lib.sh"
 
 if [ -z "$lib" ] || [ ! -f "$lib" ]; then die "the shim library '$lib' is not built"; fi
 [ -f "$srv" ] || die "server script '$srv' not found"
@@ -72,34 +72,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 export HOME=$tmp
 
-is_xfail() {
-    local p
-    for p in $XFAIL; do
-        # shellcheck disable=SC2053 # $p is a glob on purpose
-        [[ $1 == $p ]] && return 0
-    done
-    return 1
-}
-
-# result NAME OK MESSAGE: reports one check.
-result() {
-    local name=$1 ok=$2 msg=$3
-    if is_xfail "$name" && [ "${FIBERSHIM_SERVERS_STRICT:-0}" != 1 ]; then
-        if [ "$ok" = 1 ]; then
-            say "XPASS $name (listed in XFAIL: remove it) [${SECONDS}s]"
-        else
-            say "XFAIL $name: $msg [${SECONDS}s]"
-        fi
-    elif [ "$ok" = 1 ]; then
-        say "ok    $name [${SECONDS}s]"
-    else
-        say "FAIL  $name: $msg [${SECONDS}s]"
-        fails=$((fails + 1))
-    fi
-}
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo -1; }
-alive() { [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; }
 err_tail() { tail -c 400 "$tmp/$tag.err" 2>/dev/null | grep -v 'fp=0x' | tail -3 | tr '\n' ' '; }
 
 # start TAG LIMIT_S ENV... : starts the server, sets pid and port.

@@ -64,8 +64,8 @@ lib=${1:-}
 fails=0
 t0=$(date +%s)
 
-say() { printf '%s\n' "$*"; }
-die() { say "FAIL: $*"; exit 1; }
+# shellcheck source=tests/servers/lib.sh disable=SC1091
+. "$(dirname "$0")/lib.sh"
 
 if [ -z "$lib" ] || [ ! -f "$lib" ]; then die "the shim library '$lib' is not built"; fi
 need_pkg() { # COMMAND PACKAGE
@@ -91,37 +91,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-is_xfail() {
-    local p
-    for p in $XFAIL; do
-        # shellcheck disable=SC2053 # $p is a glob on purpose
-        [[ $1 == $p ]] && return 0
-    done
-    return 1
-}
-
-# result NAME OK MESSAGE: reports one check.
-result() {
-    local name=$1 ok=$2 msg=$3 at
-    at=$(($(date +%s) - t0))
-    if is_xfail "$name" && [ "${FIBERSHIM_SERVERS_STRICT:-0}" != 1 ]; then
-        if [ "$ok" = 1 ]; then
-            say "[${at}s] XPASS $name (listed in XFAIL: remove it)"
-        else
-            say "[${at}s] XFAIL $name: $msg"
-        fi
-    elif [ "$ok" = 1 ]; then
-        say "[${at}s] ok    $name${msg:+ ($msg)}"
-    else
-        say "[${at}s] FAIL  $name: $msg"
-        fails=$((fails + 1))
-    fi
-}
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo -1; }
-wakeups() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '$1 == "voluntary_ctxt_switches:" { s += $2 } END { print s + 0 }'; }
-running() { kill -0 "$1" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-alive() { [ -n "$pid" ] && running "$pid"; }
 log_tail() {
     grep -E 'ERROR|got signal|Warning: InnoDB' "$tmp/$tag/err.log" 2>/dev/null | tail -3 | cut -c1-200 | tr '\n' ' '
     tail -c 300 "$tmp/$tag.out" 2>/dev/null | tr '\n' ' '
