@@ -9,6 +9,16 @@
 
 /* ---- the queue ------------------------------------------------------------ */
 
+
+/* Makes a queued waiter (under the queue lock) wait again for a new park,
+ * keeping its place in the queue: wakers see it only under the lock. */
+static void shim__waiter_rearm_locked(struct fs_waiter *w)
+{
+    void *next = w->next, *prev = w->prev;
+    fs_waiter_prepare(w);
+    w->next = next;
+    w->prev = prev;
+}
 /* Stores to head use release and the lock-free emptiness checks of the
  * wrappers (cond signal, sem post) read len; both only ever change under
  * q->lock. */
@@ -109,10 +119,7 @@ int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_re
              * wait is restarted: in place if still queued (re-armed under
              * the lock, where wakers look), else from the top. */
             if (shim__waiter_queued(w)) {
-                void *next = w->next, *prev = w->prev;
-                fs_waiter_prepare(w);
-                w->next = next;
-                w->prev = prev;
+                shim__waiter_rearm_locked(w);
                 continue;
             }
             fs__spin_unlock(&q->lock);
@@ -128,10 +135,7 @@ int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_re
             shim__deadline_refresh(d);
             if (shim__waiter_queued(w)) {
                 /* Re-arm in place; wakers see it only under the lock. */
-                void *next = w->next, *prev = w->prev;
-                fs_waiter_prepare(w);
-                w->next = next;
-                w->prev = prev;
+                shim__waiter_rearm_locked(w);
                 continue;
             }
             fs__spin_unlock(&q->lock);
