@@ -9,7 +9,6 @@
 
 /* ---- the queue ------------------------------------------------------------ */
 
-
 /* Makes a queued waiter (under the queue lock) wait again for a new park,
  * keeping its place in the queue: wakers see it only under the lock. */
 static void shim__waiter_rearm_locked(struct fs_waiter *w)
@@ -19,6 +18,7 @@ static void shim__waiter_rearm_locked(struct fs_waiter *w)
     w->next = next;
     w->prev = prev;
 }
+
 /* Stores to head use release and the lock-free emptiness checks of the
  * wrappers (cond signal, sem post) read len; both only ever change under
  * q->lock. */
