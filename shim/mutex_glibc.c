@@ -31,10 +31,14 @@
  *    relock is kept from glibc: it would block the carrier for good, so
  *    the fiber parks for good instead (or until its deadline).
  *  - A fiber that owns the entry but finds glibc's lock busy (another
- *    process, a plain thread of this one) polls it with a non-blocking
- *    lock and sleeps 50 us .. 1 ms between attempts, on the runtime's
- *    timers; the other fibers wait behind it in the queue. A trylock
- *    meanwhile gets EBUSY: the mutex is busy.
+ *    process, a plain thread of this one) sleeps in the kernel on the
+ *    lock word, on a spare thread, and takes it with glibc's protocol
+ *    (mutex_word.c): the holder's unlock, wherever it runs, wakes it.
+ *    The other fibers wait behind it in the queue. A trylock meanwhile
+ *    gets EBUSY: the mutex is busy. Priority-inheritance and -protect
+ *    mutexes are the exception: the fiber polls those with a
+ *    non-blocking lock, sleeping 50 us .. 1 ms between attempts on the
+ *    runtime's timers.
  *  - Plain threads (no fiber) use glibc directly: their kernel thread id is
  *    their own.
  *  - Keyed by address in this process only: a mutex mapped at different
@@ -416,7 +420,7 @@ static bool shim__gm_counted_again(const pthread_mutex_t *m)
 }
 
 /* The caller owns entry e, in state "acquiring": takes glibc's lock,
- * polling while it is busy. On failure hands e on and returns the error.
+ * waiting in the kernel while it is busy (polling a PI or PP one). On failure hands e on and returns the error.
  * rc is the result of a first try, or -1 for none yet. e stays valid
  * throughout: an entry whose owner is acquiring is freed only after its
  * owner hands it on (shim__mutex_glibc_forget spares it).
@@ -459,6 +463,19 @@ static int shim__gm_acquire(pthread_mutex_t *m, struct shim__gm_bucket *b, struc
             rc = ETIMEDOUT;
         else
             rc = 0;
+        if (!rc && shim__mutex_word_waitable(m)) {
+            /* Sleep in the kernel on the lock word, where the holder's
+             * unlock wakes us, and take it there (mutex_word.c). */
+            rc = shim__mutex_word_lock(m, c->clock, c->mode == SHIM_TIMEDLOCK ? c->abs : NULL,
+                                       &c->d);
+            if (rc == 0 || rc == EOWNERDEAD) {
+                fs__spin_lock(&b->q.lock);
+                shim__gm_hold_locked(e);
+                fs__spin_unlock(&b->q.lock);
+                shim__robust_locked(m, rc);
+                return rc;
+            }
+        }
         if (rc) {
             shim__gm_release(b, m, self, false);
             return rc;

@@ -32,6 +32,26 @@ void shim__mutex_glibc_forget(pthread_mutex_t *m);
 bool shim__mutex_glibc_held(const pthread_mutex_t *m);
 void shim__mutex_glibc_abandon(pthread_mutex_t *m);
 
+/* ---- mutex_word.c ---- */
+
+/* Whether a fiber may wait for m in the kernel on its lock word
+ * (shim__mutex_word_lock): any glibc mutex but a priority-inheritance or
+ * priority-protect one. */
+bool shim__mutex_word_waitable(const pthread_mutex_t *m);
+
+/* Acquires m, which glibc's non-blocking lock just found busy, for the
+ * calling fiber (which owns m's entry in mutex_glibc.c's table, so no
+ * other fiber of this process is acquiring it), following glibc's
+ * lock-word protocol and sleeping in FUTEX_WAIT on a spare thread between
+ * attempts. clock and abs: the caller's timeout (abs NULL: none), already
+ * checked, and d its translation. Returns 0 or EOWNERDEAD (acquired, with
+ * __owner, __count, __nusers and the robust list as glibc's lock leaves
+ * them), ENOTRECOVERABLE or ETIMEDOUT. Fiber only; the fiber may come
+ * back on another carrier, and does not switch from its acquisition to
+ * the return. */
+int shim__mutex_word_lock(pthread_mutex_t *m, clockid_t clock, const struct timespec *abs,
+                          const struct shim__deadline *d);
+
 /* Stops the program with one line on stderr: the calling fiber holds m,
  * which glibc ties to the kernel thread that locked it, and
  * FIBERSHIM_MIGRATE=1 moved the fiber to another one. */

@@ -74,15 +74,33 @@ static struct robust_list_head *shim__robust_kernel_head(void)
     return head;
 }
 
+/* glibc's ENQUEUE_MUTEX_BOTH onto the list kh: m at the front (forward
+ * links are what the kernel reads, each complete before it is published,
+ * and bit 0 of a forward link marks a PI mutex). m's own links are
+ * overwritten, never read. */
+static void shim__robust_enqueue(struct robust_list_head *kh, pthread_mutex_t *m)
+{
+    __pthread_list_t *l = &m->__data.__list;
+    const uintptr_t adjust = offsetof(__pthread_list_t, __next);
+    uintptr_t pi = (__atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) & SHIM_PI_NP) != 0;
+    struct robust_list *first = kh->list.next;
+    __pthread_list_t *next = (__pthread_list_t *)(((uintptr_t)first & ~1ul) - adjust);
+    next->__prev = (void *)&l->__next;
+    l->__next = (void *)first;
+    l->__prev = (void *)kh;
+    /* The kernel may read the list at any instant (a signal may kill the
+     * process): m is whole before the head points at it. */
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    kh->list.next = (struct robust_list *)((uintptr_t)&l->__next | pi);
+}
+
 /*
  * glibc has just linked m at the front of the robust list of its running
  * thread control block. With per-fiber thread control blocks
  * (runtime/tls.c) that is the fiber's own list, which the kernel does not
  * walk: a process killed while a fiber holds m would leave it locked for
  * good in the other processes. So m moves to the front of the list the
- * kernel knows (glibc's ENQUEUE_MUTEX_BOTH there: forward links are what
- * the kernel reads, each complete before it is published, and bit 0 of a
- * forward link marks a PI mutex). Only fibers running on this carrier
+ * kernel knows. Only fibers running on this carrier
  * touch that list, never in the middle of one of glibc's operations,
  * which do not yield. Without per-fiber thread control blocks m is
  * already there.
@@ -93,18 +111,28 @@ static void shim__robust_onto_kernel_list(pthread_mutex_t *m)
     __pthread_list_t *l = &m->__data.__list;
     if (!kh || ((uintptr_t)l->__prev & ~1ul) == (uintptr_t)kh)
         return;
-    const uintptr_t adjust = offsetof(__pthread_list_t, __next);
-    uintptr_t pi = (__atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED) & SHIM_PI_NP) != 0;
     shim__robust_dequeue(m);
-    struct robust_list *first = kh->list.next;
-    __pthread_list_t *next = (__pthread_list_t *)(((uintptr_t)first & ~1ul) - adjust);
-    next->__prev = (void *)&l->__next;
-    l->__next = (void *)first;
-    l->__prev = (void *)kh;
-    /* The kernel may read the list at any instant (a signal may kill the
-     * process): m is whole before the head points at it. */
+    shim__robust_enqueue(kh, m);
+}
+
+void shim__robust_enqueue_kernel(pthread_mutex_t *m)
+{
+    struct robust_list_head *kh = shim__robust_kernel_head();
+    if (kh)
+        shim__robust_enqueue(kh, m);
+}
+
+void shim__robust_pending(pthread_mutex_t *m)
+{
+    struct robust_list_head *kh = shim__robust_kernel_head();
+    if (!kh)
+        return;
+    /* Ordered against the lock word's compare-and-swap by the caller's
+     * atomics; against the kernel, which reads it only when this thread
+     * dies, by program order: a signal fence suffices. */
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    kh->list.next = (struct robust_list *)((uintptr_t)&l->__next | pi);
+    kh->list_op_pending = m ? (struct robust_list *)&m->__data.__list.__next : NULL;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
 }
 
 /* The calling fiber has just acquired m (glibc said rc: 0 or EOWNERDEAD),

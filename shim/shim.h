@@ -170,6 +170,13 @@ struct shim_robust_set {
 /* Bookkeeping around glibc's lock/unlock of a robust mutex by a fiber. */
 void shim__robust_locked(pthread_mutex_t *m, int rc);
 void shim__robust_unlocked(pthread_mutex_t *m, int rc);
+/* For a fiber that takes a robust mutex itself (mutex_glibc.c, after a
+ * wait in the kernel), glibc's steps on the list the kernel walks for the
+ * calling kernel thread: list_op_pending names m (NULL: nothing) while
+ * the lock word changes hands; m, just acquired, goes at the front of the
+ * list. Neither yields. */
+void shim__robust_pending(pthread_mutex_t *m);
+void shim__robust_enqueue_kernel(pthread_mutex_t *m);
 /* At fiber exit: mark the ones still held owner-dead, as the kernel would. */
 void shim__robust_owner_died(struct shim_robust_set *s);
 
