@@ -28,7 +28,6 @@
 #define FS_ALTSTACK_SIZE (64 * 1024)
 
 static struct sigaction fs__prev_segv;
-static __thread void *fs__altstack;
 
 static size_t fs__fmt_u64(char *p, uint64_t v)
 {
@@ -148,18 +147,30 @@ void fs__fault_init(void)
     sigaction(SIGSEGV, &sa, &fs__prev_segv);
 }
 
-/* Gives the calling carrier thread an alternate signal stack, unless it
- * already has one of the program's. */
-int fs__fault_thread_init(void)
+/* Gives the calling carrier thread s an alternate signal stack of the
+ * runtime's, recorded in s (fs_carrier_altstack), and installs it unless
+ * the thread already has one of the program's (an adopted main that set
+ * its own: that one is main's fiber's, the shim's business). Raw
+ * syscalls: inside libfibershim.so a plain sigaltstack() call would bind
+ * to the shim's per-fiber one. */
+int fs__fault_thread_init(struct fs_sched *s)
 {
     stack_t cur;
-    if (sigaltstack(NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE))
-        return 0;
-    if (!fs__altstack) {
-        fs__altstack = malloc(FS_ALTSTACK_SIZE);
-        if (!fs__altstack)
+    if (!s->altstack) {
+        s->altstack = malloc(FS_ALTSTACK_SIZE);
+        if (!s->altstack)
             return -ENOMEM;
     }
-    stack_t ss = {.ss_sp = fs__altstack, .ss_size = FS_ALTSTACK_SIZE, .ss_flags = 0};
-    return sigaltstack(&ss, NULL) ? -1 : 0;
+    if (fs__sys2(SYS_sigaltstack, NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE))
+        return 0;
+    stack_t ss = {.ss_sp = s->altstack, .ss_size = FS_ALTSTACK_SIZE, .ss_flags = 0};
+    long rc = fs__sys2(SYS_sigaltstack, &ss, NULL);
+    return rc < 0 ? (int)rc : 0;
+}
+
+void fs_carrier_altstack(void **sp, size_t *size)
+{
+    struct fs_sched *s = fs__cur_sched();
+    *sp = s ? s->altstack : NULL;
+    *size = s && s->altstack ? FS_ALTSTACK_SIZE : 0;
 }

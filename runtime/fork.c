@@ -86,10 +86,14 @@ void fs_atfork_child(void)
     fs__spin_unlock(&fs__g.start_lock);
 
     /* Fresh scheds (the old ones are leaked with the dead fibers). */
+    void *fork_alt = old ? old->altstack : NULL;
     for (unsigned i = 0; i < fs__g.nsched; i++) {
         struct fs_sched *s = aligned_alloc(64, sizeof *s);
         if (!s || fs__sched_init(s, i) != 0)
             fs__panic(__FILE__, __LINE__, "cannot rebuild the runtime after fork");
+        /* Sched 0 is the forking thread's: its runtime alternate stack
+         * came along with the memory. */
+        s->altstack = i == 0 ? fork_alt : NULL;
         fs__g.scheds[i] = s;
     }
     fs__tls_sched = NULL;

@@ -167,7 +167,10 @@ struct fs_sched {
      * which glibc lists as that thread's; NULL for a started carrier. For
      * the SIGSETXID handler (tls.c). Written before the sched starts. */
     void *adopted_tp;
-    uint64_t user_local[2];      /* fs_carrier_local(); owner only */
+    uint64_t user_local[FS_CARRIER_LOCAL_WORDS]; /* fs_carrier_local(); owner only */
+    /* The runtime's own alternate signal stack for this carrier (fault.c),
+     * FS_ALTSTACK_SIZE bytes, or NULL; set before the carrier runs fibers. */
+    void *altstack;
 
     /* Run queues. local and tick: owner only. runnext: set and taken by
      * the owner with atomic exchanges, so that the monitor can take a
@@ -414,6 +417,6 @@ void fs__futex_atfork_child(void);
 
 /* fault.c */
 void fs__fault_init(void);
-int fs__fault_thread_init(void);
+int fs__fault_thread_init(struct fs_sched *s);
 
 #endif

@@ -114,7 +114,7 @@ int fs__ensure_init(void)
 static void *fs__carrier_thread(void *arg)
 {
     struct fs_sched *s = arg;
-    fs__fault_thread_init();
+    fs__fault_thread_init(s);
     fs__carrier_main_loop(s);
 }
 
@@ -292,7 +292,7 @@ int fs_adopt_thread(fs_fiber **out)
     s->cur = f;
     atomic_store_explicit(&fs__g.nstarted, i + 1, memory_order_release);
     fs__spin_unlock(&fs__g.start_lock);
-    fs__fault_thread_init();
+    fs__fault_thread_init(s);
     *out = f;
     return 0;
 }

@@ -89,6 +89,15 @@ int shim__activate(void);
 
 /* ---- signal.c ----------------------------------------------------------- */
 
+/* A fiber's alternate signal stack (sigaltstack.c): as the kernel keeps a
+ * thread's (size 0 and no sp when disabled; flags as set, SS_AUTODISARM
+ * included). The fiber's own; other threads never read it. */
+struct shim_altstack {
+    void *sp;
+    size_t size;
+    int flags;
+};
+
 /* Signal state of a fiber (inside its struct shim_thread). */
 struct shim_sigstate {
     _Atomic uint64_t pending;  /* signals sent to this fiber, bit sig-1 */
@@ -108,6 +117,7 @@ struct shim_sigstate {
      * handler left in its ucontext (uc_sigmask) for after it. */
     uint64_t h_outer, h_after;
     bool h_outer_set, h_after_set;
+    struct shim_altstack alt; /* its sigaltstack (sigaltstack.c) */
 };
 
 /* Runtime interrupt hook and signal setup for a new fiber / the adopted one. */
@@ -115,8 +125,8 @@ void shim__signal_activate(void);
 /* mask: the new fiber's (pthread_attr_setsigmask_np), NULL for the
  * caller's. */
 void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask);
-/* For the adopted thread: its kernel thread's own pending signals become
- * its fiber's. */
+/* For the adopted thread: its kernel thread's own pending signals and
+ * alternate signal stack become its fiber's. */
 void shim__adopt_pending(struct shim_sigstate *ss);
 
 /* After a wait returned -EINTR: true if the call should be restarted
@@ -158,6 +168,34 @@ void shim__signal_atfork_child(void);
  * Off a fiber, nothing. */
 void shim__sig_exec_begin(void);
 void shim__sig_exec_end(void);
+
+/* ---- sigaltstack.c ------------------------------------------------------ */
+
+/* A new fiber's setting (none), or the adopted thread's (its kernel
+ * thread's, unless that is the runtime's own). */
+void shim__alt_init(struct shim_altstack *a, bool adopted);
+/* The calling carrier gets the kernel alternate stack the running fiber
+ * with setting a needs (the runtime's where a has none; a NULL: between
+ * fibers). At every switch once some fiber has one. */
+void shim__alt_follow(const struct shim_altstack *a);
+void shim__alt_carrier_reset(void);
+/* Before the shim lets the kernel deliver a signal with an SA_ONSTACK
+ * handler to the calling fiber with setting a: a fiber without one gets
+ * none, not the runtime's (shim__alt_follow puts that back after). */
+void shim__alt_for_delivery(const struct shim_altstack *a);
+/* In the poke handler before it delivers: a self-disarming setting the
+ * poke's delivery disarmed is armed again (the poke is not the
+ * program's). */
+void shim__alt_rearm(const struct shim_altstack *a);
+/* Around a program handler, in the trampoline (signal.c): the frame shows
+ * the fiber's setting, SS_AUTODISARM acts on it; after the handler,
+ * sigreturn's restore of uc_stack is mirrored on the fiber's setting and
+ * the frame gets the carrier setting that needs. */
+struct ucontext_t;
+void shim__alt_handler_enter(struct shim_altstack *a, struct ucontext_t *uc);
+void shim__alt_handler_leave(struct shim_altstack *a, struct ucontext_t *uc);
+/* A frame of the shim's own (a poke) gets the carrier setting a needs. */
+void shim__alt_frame_set(const struct shim_altstack *a, struct ucontext_t *uc);
 
 /* ---- robust.c ----------------------------------------------------------- */
 

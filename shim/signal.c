@@ -228,6 +228,7 @@ static void shim__trampoline(int sig, siginfo_t *si, void *ucv)
         inner |= SHIM_SIGBIT(sig);
     shim__mask_set(ss, inner);
     shim__bits_to_set(outer, &uc->uc_sigmask);
+    shim__alt_handler_enter(&ss->alt, uc);
     /* The kernel changed the carrier's mask: our record of it is stale. */
     fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
     fs_pin(self);
@@ -241,6 +242,7 @@ static void shim__trampoline(int sig, siginfo_t *si, void *ucv)
     ss->h_after_set = true;
     uint64_t want = shim__carrier_want(after);
     shim__bits_to_set(want, &uc->uc_sigmask);
+    shim__alt_handler_leave(&ss->alt, uc);
     uint64_t *cl = fs_carrier_local(); /* sigreturn installs want */
     cl[SHIM_CARRIER_MASK] = want;
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
@@ -355,7 +357,9 @@ static void shim__poke_handler(int sig, siginfo_t *si, void *ucv)
                 atomic_fetch_add(&shim__repokes, 1);
             shim__disp_kick();
         } else {
+            shim__alt_rearm(&ss->alt);
             shim__deliver_pending(ss);
+            shim__alt_frame_set(&ss->alt, uc);
         }
     }
     errno = e;
@@ -654,6 +658,7 @@ void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
     atomic_store(&ss->restart, 1);
     ss->handled = 0;
     atomic_store(&ss->waiting, 0);
+    shim__alt_init(&ss->alt, false);
     struct shim_sigstate *cur = shim__sigstate(fs_self());
     uint64_t inherited;
     if (cur) {
@@ -721,6 +726,8 @@ static void shim__deliver_one(struct shim_sigstate *ss, int sig, bool proc, bool
             atomic_store(&ss->restart, 0);
         ss->handled++;
         during |= shim__set_to_bits(&sa.sa_mask) | ((sa.sa_flags & SA_NODEFER) ? 0 : bit);
+        if (sa.sa_flags & SA_ONSTACK)
+            shim__alt_for_delivery(&ss->alt); /* the fiber's, not the carrier's */
     }
     if (!proc)
         shim__raise_on_carrier(sig, queued, v);
@@ -750,7 +757,8 @@ static void shim__deliver_one(struct shim_sigstate *ss, int sig, bool proc, bool
     __atomic_store_n(&ss->mask, saved, __ATOMIC_RELAXED);
     fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
     shim__carrier_follow(ss);
-    (void)handler;
+    if (handler)
+        shim__alt_follow(&ss->alt);
     if (proc)
         shim__disp_kick(); /* taken: the dispatcher watches for it again */
 }
@@ -784,6 +792,7 @@ static void shim__sig_hook(fs_fiber *f)
     if (!ss)
         return;
     shim__carrier_follow(ss);
+    shim__alt_follow(&ss->alt);
     if (atomic_load_explicit(&ss->pending, memory_order_relaxed) |
         atomic_load_explicit(&ss->ppending, memory_order_relaxed))
         shim__deliver_pending(ss);
@@ -843,6 +852,7 @@ static void shim__post(fs_fiber *f, int sig)
  * already a fiber, whose open and read the shim would park. */
 void shim__adopt_pending(struct shim_sigstate *ss)
 {
+    shim__alt_init(&ss->alt, true);
     char buf[2048];
     long fd = fs__sys4(SYS_openat, AT_FDCWD, "/proc/thread-self/status", O_RDONLY | O_CLOEXEC, 0);
     long n = fd < 0 ? -1 : fs__sys3(SYS_read, fd, buf, sizeof buf - 1);
@@ -1085,6 +1095,7 @@ void shim__sig_fiber_exit(void)
     shim__real_setmask(shim__routed);
     cl[SHIM_CARRIER_MASK] = shim__routed;
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
+    shim__alt_carrier_reset(); /* its memory may go with it */
 }
 
 void shim__sig_exec_begin(void)

@@ -240,12 +240,22 @@ FS_API bool fs_fiber_tls(void);
  * No-op off a fiber, on an adopted fiber and without per-fiber TLS. */
 FS_API void fs_tls_run_dtors(void);
 
-/* Two words of per-carrier storage for the layer above, or NULL on a
- * thread that is not a carrier. A carrier keeps its kernel thread for
+/* FS_CARRIER_LOCAL_WORDS words of per-carrier storage for the layer
+ * above, or NULL on a thread that is not a carrier. A carrier keeps its kernel thread for
  * life, so this is per kernel thread, as a __thread variable is only
  * without per-fiber TLS (the shim caches the carrier's real signal mask
  * here). Only the carrier itself (its fibers, its idle loop) may use it. */
+#define FS_CARRIER_LOCAL_WORDS 5
 FS_API uint64_t *fs_carrier_local(void);
+
+/* The runtime's own alternate signal stack of the calling carrier (the
+ * one its stack-overflow report runs on): *sp and *size, or NULL and 0
+ * where it has none. What a carrier's kernel thread has as its
+ * alternate stack is the layer above's business once fibers run (the
+ * shim gives each fiber its own); it must leave this one installed while
+ * a fiber without one of its own runs, or guard faults go unreported.
+ * Carriers only. */
+FS_API void fs_carrier_altstack(void **sp, size_t *size);
 
 /* Gives up the carrier to other runnable fibers. Fiber: yields; plain
  * thread: sched_yield(). */
