@@ -213,21 +213,13 @@ int shim__sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 }
 SHIM_ALIAS(sigaction)
 
+sighandler_t shim__bsd_signal(int sig, sighandler_t handler);
+
+/* glibc's signal() is its BSD one, over sigaction (sigcompat.c), where
+ * the dump signal is checked. */
 sighandler_t shim__signal(int sig, sighandler_t h)
 {
-    if (SHIM_UNLIKELY(shim__dump_sig != 0))
-        shim__dump_signal_check(sig, (const void *)h);
-    if (shim__sig_wraps(sig)) {
-        /* glibc's signal(): BSD semantics, the signal itself blocked in
-         * its handler, calls restarted. */
-        struct sigaction sa = {.sa_handler = h, .sa_flags = SA_RESTART}, old;
-        sigemptyset(&sa.sa_mask);
-        sigaddset(&sa.sa_mask, sig);
-        if (shim__sigaction_wrapped(sig, &sa, &old) != 0)
-            return SIG_ERR;
-        return old.sa_handler;
-    }
-    return REAL(signal)(sig, h);
+    return shim__bsd_signal(sig, h);
 }
 SHIM_ALIAS(signal)
 
