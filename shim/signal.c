@@ -905,7 +905,8 @@ int shim__pthread_kill(pthread_t t, int sig)
     fs_fiber *f = shim__fiber_of(t);
     if (!f)
         return REAL(pthread_kill)(t, sig);
-    if (sig < 0 || sig >= NSIG || sig > 64)
+    /* glibc 2.36 refuses its own SIGCANCEL and SIGSETXID to any thread. */
+    if (sig < 0 || sig >= NSIG || sig > 64 || sig == __SIGRTMIN || sig == __SIGRTMIN + 1)
         return EINVAL;
     if (sig == 0)
         return 0; /* it exists: its handle has not been released by a join */
