@@ -34,11 +34,13 @@
  *    process, a plain thread of this one) sleeps in the kernel on the
  *    lock word, on a spare thread, and takes it with glibc's protocol
  *    (mutex_word.c): the holder's unlock, wherever it runs, wakes it.
- *    The other fibers wait behind it in the queue. A trylock meanwhile
- *    gets EBUSY: the mutex is busy. Priority-inheritance and -protect
- *    mutexes are the exception: the fiber polls those with a
- *    non-blocking lock, sleeping 50 us .. 1 ms between attempts on the
- *    runtime's timers.
+ *    A priority-inheritance one it cannot take there (the kernel would
+ *    make the spare its owner): it is woken when the holder lets go and
+ *    competes for it with glibc's lock. The other fibers wait behind it
+ *    in the queue. A trylock meanwhile gets EBUSY: the mutex is busy.
+ *    Priority-protect mutexes are the exception: the fiber polls those
+ *    with a non-blocking lock, sleeping 50 us .. 1 ms between attempts
+ *    on the runtime's timers.
  *  - Plain threads (no fiber) use glibc directly: their kernel thread id is
  *    their own.
  *  - Keyed by address in this process only: a mutex mapped at different
@@ -420,7 +422,7 @@ static bool shim__gm_counted_again(const pthread_mutex_t *m)
 }
 
 /* The caller owns entry e, in state "acquiring": takes glibc's lock,
- * waiting in the kernel while it is busy (polling a PI or PP one). On failure hands e on and returns the error.
+ * waiting in the kernel while it is busy (polling a PP one). On failure hands e on and returns the error.
  * rc is the result of a first try, or -1 for none yet. e stays valid
  * throughout: an entry whose owner is acquiring is freed only after its
  * owner hands it on (shim__mutex_glibc_forget spares it).
@@ -475,6 +477,10 @@ static int shim__gm_acquire(pthread_mutex_t *m, struct shim__gm_bucket *b, struc
                 shim__robust_locked(m, rc);
                 return rc;
             }
+            if (rc < 0)
+                continue; /* a PI mutex's holder let go: glibc's lock again */
+            if (rc == EDEADLK)
+                rc = shim__gm_wait_for_self(m, c);
         }
         if (rc) {
             shim__gm_release(b, m, self, false);

@@ -34,9 +34,8 @@ void shim__mutex_glibc_abandon(pthread_mutex_t *m);
 
 /* ---- mutex_word.c ---- */
 
-/* Whether a fiber may wait for m in the kernel on its lock word
- * (shim__mutex_word_lock): any glibc mutex but a priority-inheritance or
- * priority-protect one. */
+/* Whether a fiber may wait for m in the kernel (shim__mutex_word_lock):
+ * any glibc mutex but a priority-protect one. */
 bool shim__mutex_word_waitable(const pthread_mutex_t *m);
 
 /* Acquires m, which glibc's non-blocking lock just found busy, for the
@@ -46,9 +45,12 @@ bool shim__mutex_word_waitable(const pthread_mutex_t *m);
  * attempts. clock and abs: the caller's timeout (abs NULL: none), already
  * checked, and d its translation. Returns 0 or EOWNERDEAD (acquired, with
  * __owner, __count, __nusers and the robust list as glibc's lock leaves
- * them), ENOTRECOVERABLE or ETIMEDOUT. Fiber only; the fiber may come
- * back on another carrier, and does not switch from its acquisition to
- * the return. */
+ * them), ENOTRECOVERABLE or ETIMEDOUT; for a priority-inheritance mutex,
+ * which it does not take, -1 once its holder let go (try glibc's lock
+ * again), ETIMEDOUT, or EDEADLK: its owner died and nobody will let go
+ * (wait until the deadline, as glibc does). Fiber only; the fiber may
+ * come back on another carrier, and does not switch from its acquisition
+ * to the return. */
 int shim__mutex_word_lock(pthread_mutex_t *m, clockid_t clock, const struct timespec *abs,
                           const struct shim__deadline *d);
 

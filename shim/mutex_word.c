@@ -33,9 +33,31 @@
  * __nusers, __count; glibc's unlock, trylock and relock see a mutex their
  * own lock could have taken.
  *
- * Not here: priority-inheritance mutexes (the kernel owns their waiters:
- * FUTEX_LOCK_PI) and priority-protect ones (the word carries the
- * ceiling): mutex_glibc.c still polls those.
+ *  - priority-inheritance mutexes (robust or not): the word is the
+ *    holder's thread id | FUTEX_WAITERS | FUTEX_OWNER_DIED, and the kernel
+ *    keeps their waiters: an unlock with FUTEX_WAITERS clear is a bare
+ *    compare-and-swap that wakes nobody, and a FUTEX_WAIT on the word
+ *    would make the holder's FUTEX_UNLOCK_PI fail. The only way to sleep
+ *    until the holder lets go is FUTEX_LOCK_PI, which makes the sleeper
+ *    the owner, and only the fiber's carrier may own it (glibc's unlock
+ *    and the kernel check the thread id). So the spare takes the lock in
+ *    FUTEX_LOCK_PI and at once lets go of it again as glibc's unlock
+ *    does, and the fiber then competes for it with glibc's trylock (a
+ *    wake, then a race: it may lose to a newcomer, then it sleeps again).
+ *    While the spare holds it (microseconds) the mutex is on the spare's
+ *    robust list (list_op_pending), so a death of the process meanwhile
+ *    marks it owner-dead for the others. If the spare got it from a dead
+ *    owner (FUTEX_OWNER_DIED), it puts the owner-dead word back (0 |
+ *    FUTEX_OWNER_DIED), so the fiber's trylock gets EOWNERDEAD. Not
+ *    exact there: when FUTEX_WAITERS is set too (the kernel sets it on
+ *    every hand-over), the letting go goes through FUTEX_UNLOCK_PI, which
+ *    hands the lock to another sleeper if there is one, or frees it
+ *    before the mark is put back: that sleeper, or a thread that takes
+ *    the free word in that instant, gets 0 instead of EOWNERDEAD.
+ *    A non-robust one whose owner died (ESRCH) waits forever, or until
+ *    the deadline, as glibc's does.
+ * Not here: priority-protect mutexes (the word carries the ceiling):
+ * mutex_glibc.c still polls those.
  */
 #include "mutex_glibc.h"
 #include "offload.h"
@@ -186,16 +208,105 @@ acquired:
     return 0;
 }
 
+/* One FUTEX_LOCK_PI (or _PI2) and its immediate release, on a spare. */
+struct shim__mw_pi {
+    pthread_mutex_t *m;
+    bool robust;
+    int private_flag;           /* 0 or FUTEX_PRIVATE_FLAG */
+    clockid_t clock;
+    const struct timespec *abs; /* NULL: none */
+};
+
+/* The spare's robust list head (glibc registered it when the spare
+ * started), or NULL. */
+static struct robust_list_head *shim__mw_own_robust_head(void)
+{
+    struct robust_list_head *head;
+    size_t len;
+    if (REAL(syscall)(SYS_get_robust_list, 0, &head, &len) != 0)
+        return NULL;
+    return head;
+}
+
+/* Runs on the spare. Returns 0 (the holder let go: compete for it now),
+ * or -errno from FUTEX_LOCK_PI: -ETIMEDOUT, -ESRCH (a non-robust mutex's
+ * owner died: nobody will let go), or a retry (-EAGAIN, -EINTR). */
+static long shim__mw_pi_blocking(void *p)
+{
+    struct shim__mw_pi *k = p;
+    unsigned *word = (unsigned *)&k->m->__data.__lock;
+    struct robust_list_head *head = k->robust ? shim__mw_own_robust_head() : NULL;
+    /* glibc marks a PI entry of the robust list with bit 0. */
+    if (head)
+        head->list_op_pending =
+            (struct robust_list *)((uintptr_t)&k->m->__data.__list.__next | 1);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    /* FUTEX_LOCK_PI measures its deadline on CLOCK_REALTIME, _PI2 on
+     * CLOCK_MONOTONIC (Linux 5.14+), as glibc's __futex_lock_pi64. */
+    int op = (k->abs && k->clock == CLOCK_MONOTONIC ? FUTEX_LOCK_PI2 : FUTEX_LOCK_PI) |
+             k->private_flag;
+    long rc = REAL(syscall)(SYS_futex, word, op, 0, k->abs, NULL, 0);
+    if (rc != 0) {
+        rc = -errno;
+    } else {
+        /* Ours now: let go as glibc's unlock does (a compare-and-swap while
+         * nobody sleeps, else the kernel), keeping an owner-death mark. */
+        unsigned v = __atomic_load_n(word, __ATOMIC_RELAXED);
+        unsigned died = v & FUTEX_OWNER_DIED;
+        if ((v & FUTEX_WAITERS) ||
+            !__atomic_compare_exchange_n(word, &v, died, false, __ATOMIC_RELEASE,
+                                         __ATOMIC_RELAXED)) {
+            REAL(syscall)(SYS_futex, word, FUTEX_UNLOCK_PI | k->private_flag, 0, NULL, NULL, 0);
+            if (died) {
+                unsigned free_word = 0;
+                __atomic_compare_exchange_n(word, &free_word, FUTEX_OWNER_DIED, false,
+                                            __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+            }
+        }
+    }
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (head)
+        head->list_op_pending = NULL;
+    return rc;
+}
+
+/* Sleeps until m's holder lets go (see the top of the file). */
+static int shim__mw_wait_pi(pthread_mutex_t *m, int kind, clockid_t clock,
+                            const struct timespec *abs, const struct shim__deadline *d)
+{
+    if (shim__deadline_passed(d))
+        return ETIMEDOUT;
+    bool robust = kind & SHIM_MW_ROBUST;
+    struct shim__mw_pi k = {
+        .m = m,
+        .robust = robust,
+        /* glibc's PTHREAD_ROBUST_MUTEX_PSHARED and PTHREAD_MUTEX_PSHARED. */
+        .private_flag = robust || (kind & SHIM_MW_PSHARED) ? 0 : FUTEX_PRIVATE_FLAG,
+        .clock = clock,
+        .abs = abs,
+    };
+    int saved = errno;
+    long rc = shim__offload_blocking(shim__mw_pi_blocking, &k, FS_PARK_MUTEX);
+    errno = saved;
+    if (rc == -ETIMEDOUT)
+        return ETIMEDOUT;
+    if (rc == -ESRCH || rc == -EDEADLK)
+        return EDEADLK;
+    return -1;
+}
+
 bool shim__mutex_word_waitable(const pthread_mutex_t *m)
 {
     int kind = __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED);
-    return kind >= 0 && !(kind & (SHIM_MW_PI | SHIM_MW_PP));
+    return kind >= 0 && !(kind & SHIM_MW_PP);
 }
 
 int shim__mutex_word_lock(pthread_mutex_t *m, clockid_t clock, const struct timespec *abs,
                           const struct shim__deadline *d)
 {
     int kind = __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED);
+    if (kind & SHIM_MW_PI)
+        return shim__mw_wait_pi(m, kind, clock, abs, d);
     if (kind & SHIM_MW_ROBUST)
         return shim__mw_lock_robust(m, clock, abs, d);
     return shim__mw_lock_simple(m, kind, clock, abs, d);

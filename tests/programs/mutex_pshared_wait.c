@@ -1,6 +1,8 @@
 // fibershim-carriers: 1 2
-/* Process-shared mutexes (normal and robust) contended by threads of two
- * processes, each thread waiting for the other process's holder:
+/* Process-shared mutexes (normal, robust, priority-inheritance, and
+ * robust priority-inheritance as Apache's APR makes its accept mutex)
+ * contended by threads of two processes, each thread waiting for the
+ * other process's holder:
  *  - mutual exclusion: threads of a parent and a forked child increment a
  *    counter in shared memory under the mutex, some holding it across a
  *    sleep, and the count comes out exact;
@@ -32,13 +34,15 @@ struct shared {
 };
 static struct shared *sh;
 
-static void mutex_setup(int robust)
+static void mutex_setup(int robust, int pi)
 {
     pthread_mutexattr_t a;
     CHECK_RC(pthread_mutexattr_init(&a));
     CHECK_RC(pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED));
     if (robust)
         CHECK_RC(pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST));
+    if (pi)
+        CHECK_RC(pthread_mutexattr_setprotocol(&a, PTHREAD_PRIO_INHERIT));
     CHECK_RC(pthread_mutex_init(&sh->m, &a));
     CHECK_RC(pthread_mutexattr_destroy(&a));
     sh->counter = 0;
@@ -267,7 +271,7 @@ static void child_drops_inconsistent(void)
     CHECK_RC(pthread_join(t, NULL));
 }
 
-static void owner_death(const char *what, void (*child)(void))
+static void owner_death(const char *name, const char *what, void (*child)(void))
 {
     int fds[2];
     CHECK(pipe(fds) == 0);
@@ -286,7 +290,7 @@ static void owner_death(const char *what, void (*child)(void))
     int st;
     CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
     close(fds[0]), close(fds[1]);
-    printf("robust: %s: the waiter's lock returns %s\n", what, errname(rc));
+    printf("%s: %s: the waiter's lock returns %s\n", name, what, errname(rc));
 }
 
 int main(void)
@@ -294,25 +298,30 @@ int main(void)
     setvbuf(stdout, NULL, _IOLBF, 0);
     sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(sh != MAP_FAILED);
-    for (int robust = 0; robust <= 1; robust++) {
-        const char *name = robust ? "robust" : "normal";
-        mutex_setup(robust);
+    static const struct {
+        const char *name;
+        int robust, pi;
+    } kinds[] = {{"normal", 0, 0}, {"robust", 1, 0}, {"pi", 0, 1}, {"robust pi", 1, 1}};
+    for (unsigned k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        const char *name = kinds[k].name;
+        mutex_setup(kinds[k].robust, kinds[k].pi);
         contention(name);
         hold_against_child(name, long_waiter, 1, false, 1000000);
         hold_against_child(name, timed_waiter, 2, true, 200000);
         printf("%s: timedlock and clocklock time out while the other process holds it, "
                "succeed when it unlocks\n",
                name);
+        if (!kinds[k].robust)
+            continue;
+        owner_death(name, "a thread of the other process ends holding it", child_thread_dies);
+        owner_death(name, "the other process dies holding it", child_process_dies);
+        owner_death(name, "its next owner unlocks it without making it consistent",
+                    child_drops_inconsistent);
+        int rc = -1;
+        pthread_t t;
+        CHECK_RC(pthread_create(&t, NULL, parent_locker, &rc));
+        CHECK_RC(pthread_join(t, NULL));
+        printf("%s: afterwards, lock returns %s\n", name, errname(rc));
     }
-    mutex_setup(1);
-    owner_death("a thread of the other process ends holding it", child_thread_dies);
-    owner_death("the other process dies holding it", child_process_dies);
-    owner_death("its next owner unlocks it without making it consistent",
-                child_drops_inconsistent);
-    int rc = -1;
-    pthread_t t;
-    CHECK_RC(pthread_create(&t, NULL, parent_locker, &rc));
-    CHECK_RC(pthread_join(t, NULL));
-    printf("robust: afterwards, lock returns %s\n", errname(rc));
     return 0;
 }

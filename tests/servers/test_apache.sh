@@ -46,13 +46,10 @@
 # naming it. Every wait is bounded; the whole test takes about a minute.
 set -u
 
-# Causes (see README):
-# - shim/mutex_glibc.c, shim__gm_acquire: a fiber waiting for a glibc mutex
-#   that another process holds polls it (trylock, then a 50 us .. 1 ms sleep
-#   on the runtime's timers) instead of sleeping on the lock word: the child
-#   whose listener waits for the accept mutex, while the other child's
-#   listener holds it in epoll_wait, wakes about 800 times a second forever.
-XFAIL="shim-2l-pthread/wakeups"
+# Causes (see README): none at present. (shim-2l-pthread/wakeups was one
+# until shim/mutex_word.c: the waiting child's listener polled APR's robust
+# priority-inheritance accept mutex about 900 times a second.)
+XFAIL=""
 
 lib=${1:-}
 conf=${2:-}
