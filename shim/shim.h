@@ -101,8 +101,11 @@ struct shim_altstack {
 /* Signal state of a fiber (inside its struct shim_thread). */
 struct shim_sigstate {
     _Atomic uint64_t pending;  /* signals sent to this fiber, bit sig-1 */
-    _Atomic uint64_t queued;   /* of those, the ones pthread_sigqueue sent */
-    union sigval value[64];    /* their values, [sig-1]; written before queued */
+    /* The instances sent, in order, each with its siginfo (signal.c):
+     * one per pending standard signal, each one sent of a real-time
+     * signal. Under qlock. */
+    struct shim_siginst *qhead, *qtail;
+    _Atomic int qlock;
     uint64_t mask;             /* its blocked signals, bit sig-1 (signals 1..64) */
     _Atomic int restart;       /* the handlers last run had SA_RESTART */
     _Atomic uint64_t waiting;  /* the set it waits for in sigwait & co., or 0 */

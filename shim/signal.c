@@ -43,11 +43,14 @@
  *    lock waits go on (cond waits may return, a spurious wake-up).
  *
  *  - Signals sent to a fiber (pthread_kill, pthread_sigqueue, raise) are
- *    pending on the fiber itself, with the value of a sigqueue. They are
- *    delivered the same way, first sent to the carrier's own kernel thread
- *    (tgkill or rt_tgsigqueueinfo, so the siginfo is the kernel's for
- *    those calls) while it blocks them. Like a standard signal, one sent
- *    again while pending is delivered once.
+ *    pending on the fiber itself, queued as the kernel queues them for a
+ *    thread: a standard signal sent again while pending is dropped (the
+ *    first siginfo stays), each instance of a real-time signal is kept,
+ *    in order, with its si_code, si_value, si_pid and si_uid, up to
+ *    RLIMIT_SIGPENDING (then EAGAIN). They are delivered the same way,
+ *    lowest signal first, one instance at a time, each first sent to the
+ *    carrier's own kernel thread (tgkill or rt_tgsigqueueinfo, so the
+ *    siginfo is the kernel's for those calls) while it blocks them.
  *
  *  - The kernel's thread-directed signals (a fault, SIGPIPE from a write,
  *    SIGXFSZ, SHIM_THREADSYNC) go to the kernel thread that caused them,
@@ -77,6 +80,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/ucontext.h>
 #include <stdatomic.h>
@@ -84,6 +89,7 @@
 #include <unistd.h>
 
 #include "observe.h"
+#include "spinlock.h"
 #include "sys.h"
 
 fs_fiber *shim__fiber_of(pthread_t t);
@@ -653,7 +659,8 @@ void shim__signal_atfork_child(void)
 void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
 {
     atomic_store(&ss->pending, 0);
-    atomic_store(&ss->queued, 0);
+    ss->qhead = ss->qtail = NULL;
+    atomic_store(&ss->qlock, 0);
     atomic_store(&ss->ppending, 0);
     atomic_store(&ss->restart, 1);
     ss->handled = 0;
@@ -678,42 +685,239 @@ void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
     }
 }
 
-/* Takes sig off the fiber's pending set: false if another taker had it.
- * *queued says whether pthread_sigqueue sent it, *v with what value. A
- * sender writes the value, then queued, then pending; we clear pending,
- * then queued, so a value we read belongs to a send of sig. */
-static bool shim__take_one(struct shim_sigstate *ss, int sig, bool *queued, union sigval *v)
+/* ---- the instances queued to a fiber --------------------------------------
+ *
+ * One node per instance, in the fiber's list in the order sent. Nodes
+ * come from a pool carved from mmap'ed chunks (pthread_kill and raise are
+ * async-signal-safe: no malloc), never returned to the system. The
+ * kernel counts a user's queued signals against RLIMIT_SIGPENDING (SigQ
+ * in /proc/PID/status); ours are not in its count, so a real-time
+ * instance is refused with EAGAIN when ours plus its reach the limit, as
+ * the kernel refuses a thread's. */
+
+struct shim_siginst {
+    struct shim_siginst *next;
+    int sig, code;
+    union sigval value;
+    pid_t pid;
+    uid_t uid;
+};
+
+static fs_spinlock shim__inst_lock = FS_SPINLOCK_INIT;
+static struct shim_siginst *shim__inst_free;
+static _Atomic long shim__inst_held; /* in fibers' lists, all fibers */
+
+#define SHIM_INST_CHUNK (64 * 1024)
+
+static struct shim_siginst *shim__inst_alloc(void)
 {
-    if (!(atomic_fetch_and(&ss->pending, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig)))
+    fs__spin_lock(&shim__inst_lock);
+    struct shim_siginst *n = shim__inst_free;
+    if (n)
+        shim__inst_free = n->next;
+    fs__spin_unlock(&shim__inst_lock);
+    if (n)
+        return n;
+    long p = fs__sys6(SYS_mmap, 0, SHIM_INST_CHUNK, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p < 0 && p > -4096)
+        return NULL;
+    struct shim_siginst *v = (struct shim_siginst *)p;
+    size_t cnt = SHIM_INST_CHUNK / sizeof *v;
+    for (size_t i = 1; i + 1 < cnt; i++)
+        v[i].next = &v[i + 1];
+    fs__spin_lock(&shim__inst_lock);
+    v[cnt - 1].next = shim__inst_free;
+    shim__inst_free = &v[1];
+    fs__spin_unlock(&shim__inst_lock);
+    return &v[0];
+}
+
+static void shim__inst_put(struct shim_siginst *n)
+{
+    fs__spin_lock(&shim__inst_lock);
+    n->next = shim__inst_free;
+    shim__inst_free = n;
+    fs__spin_unlock(&shim__inst_lock);
+}
+
+static void shim__q_lock(struct shim_sigstate *ss)
+{
+    while (atomic_exchange_explicit(&ss->qlock, 1, memory_order_acquire))
+        while (atomic_load_explicit(&ss->qlock, memory_order_relaxed))
+            __builtin_ia32_pause();
+}
+
+static void shim__q_unlock(struct shim_sigstate *ss)
+{
+    atomic_store_explicit(&ss->qlock, 0, memory_order_release);
+}
+
+/* Whether one more queued signal would pass the caller's
+ * RLIMIT_SIGPENDING: ours held plus the kernel's count for the user.
+ * With none of ours held the kernel's own count decides alone, which it
+ * does at delivery anyway: not read then. */
+static bool shim__inst_over_limit(void)
+{
+    long held = atomic_load(&shim__inst_held);
+    if (held == 0)
         return false;
-    *queued = atomic_fetch_and(&ss->queued, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig);
-    if (*queued) /* relaxed: a sender racing to queue sig again may change it */
-        v->sival_ptr = __atomic_load_n(&ss->value[sig - 1].sival_ptr, __ATOMIC_RELAXED);
+    struct rlimit rl;
+    if (fs__sys4(SYS_prlimit64, 0, RLIMIT_SIGPENDING, NULL, &rl) != 0 ||
+        rl.rlim_cur == RLIM_INFINITY)
+        return false;
+    if ((unsigned long)held >= rl.rlim_cur)
+        return true;
+    char buf[2048];
+    long fd = fs__sys4(SYS_openat, AT_FDCWD, "/proc/self/status", O_RDONLY | O_CLOEXEC, 0);
+    long n = fd < 0 ? -1 : fs__sys3(SYS_read, fd, buf, sizeof buf - 1);
+    if (fd >= 0)
+        fs__sys1(SYS_close, fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    const char *p = strstr(buf, "\nSigQ:");
+    if (!p)
+        return false;
+    unsigned long k = 0;
+    for (p += 6; *p == ' ' || *p == '\t'; p++) {
+    }
+    for (; *p >= '0' && *p <= '9'; p++)
+        k = k * 10 + (unsigned long)(*p - '0');
+    return (unsigned long)held + k >= rl.rlim_cur;
+}
+
+/* Queues one instance of sig (with its siginfo fields) to ss, as the
+ * kernel queues one to a thread: a standard signal already pending is
+ * dropped. 0 or EAGAIN. Any thread; signals are blocked around the list
+ * for a plain thread (a handler of its own could send to the same fiber
+ * while it holds the lock); fibers run no handler inside the shim. */
+static int shim__enqueue(struct shim_sigstate *ss, int sig, int code, union sigval v)
+{
+    uint64_t bit = SHIM_SIGBIT(sig);
+    bool rt = sig >= __SIGRTMIN;
+    if (!rt && (atomic_load(&ss->pending) & bit))
+        return 0;
+    if (rt && shim__inst_over_limit())
+        return EAGAIN;
+    struct shim_siginst *n = shim__inst_alloc();
+    if (!n && rt)
+        return EAGAIN;
+    if (n) {
+        n->next = NULL;
+        n->sig = sig;
+        n->code = code;
+        n->value = v;
+        n->pid = (pid_t)fs__sys0(SYS_getpid);
+        n->uid = (uid_t)fs__sys0(SYS_getuid);
+    }
+    uint64_t all = ~0ull, old;
+    bool plain = !fs_self();
+    if (plain)
+        fs__sys4(SYS_rt_sigprocmask, SIG_BLOCK, &all, &old, sizeof all);
+    shim__q_lock(ss);
+    if (!rt && (atomic_load(&ss->pending) & bit)) {
+        shim__q_unlock(ss); /* a racing sender's came first */
+    } else {
+        if (n) {
+            if (ss->qtail)
+                ss->qtail->next = n;
+            else
+                ss->qhead = n;
+            ss->qtail = n;
+            atomic_fetch_add(&shim__inst_held, 1);
+            n = NULL;
+        }
+        atomic_fetch_or(&ss->pending, bit);
+        shim__q_unlock(ss);
+    }
+    if (plain)
+        fs__sys4(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof old);
+    if (n)
+        shim__inst_put(n);
+    return 0;
+}
+
+/* The fiber's queued instances are dropped (it ends). Its own. */
+static void shim__queue_drop(struct shim_sigstate *ss)
+{
+    shim__q_lock(ss);
+    struct shim_siginst *n = ss->qhead;
+    ss->qhead = ss->qtail = NULL;
+    atomic_store(&ss->pending, 0);
+    shim__q_unlock(ss);
+    while (n) {
+        struct shim_siginst *next = n->next;
+        atomic_fetch_sub(&shim__inst_held, 1);
+        shim__inst_put(n);
+        n = next;
+    }
+}
+
+/* Takes the first instance of sig off the fiber's queue into *out: false
+ * if another taker had the last one. sig stays pending while instances
+ * of it remain. */
+static bool shim__take_one(struct shim_sigstate *ss, int sig, struct shim_siginst *out)
+{
+    uint64_t bit = SHIM_SIGBIT(sig);
+    shim__q_lock(ss);
+    if (!(atomic_load(&ss->pending) & bit)) {
+        shim__q_unlock(ss);
+        return false;
+    }
+    struct shim_siginst **pp = &ss->qhead, *prev = NULL, *found = NULL;
+    while (*pp && (*pp)->sig != sig) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if ((found = *pp) != NULL) {
+        *pp = found->next;
+        if (ss->qtail == found)
+            ss->qtail = prev;
+    }
+    bool more = false;
+    for (struct shim_siginst *n = found ? found->next : NULL; n && !more; n = n->next)
+        more = n->sig == sig;
+    if (!more)
+        atomic_fetch_and(&ss->pending, ~bit);
+    shim__q_unlock(ss);
+    if (found) {
+        *out = *found;
+        atomic_fetch_sub(&shim__inst_held, 1);
+        shim__inst_put(found);
+    } else {
+        /* Pending without a node (none could be had): the kernel loses
+         * the siginfo that way too. */
+        memset(out, 0, sizeof *out);
+        out->sig = sig;
+        out->code = SI_USER;
+    }
     return true;
 }
 
 /* Sends sig to the calling carrier's kernel thread as it was sent to the
- * fiber: rt_tgsigqueueinfo with its value (SI_QUEUE), else tgkill. */
-static int shim__raise_on_carrier(int sig, bool queued, union sigval v)
+ * fiber: tgkill for a pthread_kill or raise of this process, else
+ * rt_tgsigqueueinfo with the instance's siginfo fields (the kernel lets
+ * a process queue any to its own threads). */
+static int shim__raise_on_carrier(const struct shim_siginst *in)
 {
     long pid = fs__sys0(SYS_getpid), tid = fs__sys0(SYS_gettid);
-    if (queued) {
-        siginfo_t si;
-        memset(&si, 0, sizeof si);
-        si.si_signo = sig;
-        si.si_code = SI_QUEUE;
-        si.si_pid = (pid_t)pid;
-        si.si_uid = getuid();
-        si.si_value = v;
-        return (int)-fs__sys4(SYS_rt_tgsigqueueinfo, pid, tid, sig, &si);
-    }
-    return (int)-fs__sys3(SYS_tgkill, pid, tid, sig);
+    if (in->code == SI_TKILL && in->pid == (pid_t)pid && in->uid == (uid_t)fs__sys0(SYS_getuid))
+        return (int)-fs__sys3(SYS_tgkill, pid, tid, in->sig);
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    si.si_signo = in->sig;
+    si.si_code = in->code;
+    si.si_pid = in->pid;
+    si.si_uid = in->uid;
+    si.si_value = in->value;
+    return (int)-fs__sys4(SYS_rt_tgsigqueueinfo, pid, tid, in->sig, &si);
 }
 
 /* Delivers sig to the calling fiber, now (see the header): sent to this
  * carrier first unless it is pending for the process (proc). */
-static void shim__deliver_one(struct shim_sigstate *ss, int sig, bool proc, bool queued,
-                              union sigval v)
+static void shim__deliver_one(struct shim_sigstate *ss, int sig, bool proc,
+                              const struct shim_siginst *in)
 {
     uint64_t bit = SHIM_SIGBIT(sig);
     struct sigaction sa;
@@ -730,7 +934,7 @@ static void shim__deliver_one(struct shim_sigstate *ss, int sig, bool proc, bool
             shim__alt_for_delivery(&ss->alt); /* the fiber's, not the carrier's */
     }
     if (!proc)
-        shim__raise_on_carrier(sig, queued, v);
+        shim__raise_on_carrier(in);
     /* What pthread_sigmask reports in the handler. */
     __atomic_store_n(&ss->mask, during & ~SHIM_UNBLOCKABLE, __ATOMIC_RELAXED);
     /* Forget the cached mask first: a handler that never returns (it
@@ -772,16 +976,15 @@ static void shim__deliver_pending(struct shim_sigstate *ss)
         uint64_t proc = atomic_load(&ss->ppending) & ~m;
         if (!(mine | proc))
             return;
-        bool queued = false;
-        union sigval v = {0};
+        struct shim_siginst in;
         if (mine) {
             int sig = __builtin_ctzll(mine) + 1;
-            if (shim__take_one(ss, sig, &queued, &v))
-                shim__deliver_one(ss, sig, false, queued, v);
+            if (shim__take_one(ss, sig, &in))
+                shim__deliver_one(ss, sig, false, &in);
         } else {
             int sig = __builtin_ctzll(proc) + 1;
             if (atomic_fetch_and(&ss->ppending, ~SHIM_SIGBIT(sig)) & SHIM_SIGBIT(sig))
-                shim__deliver_one(ss, sig, true, false, v);
+                shim__deliver_one(ss, sig, true, NULL);
         }
     }
 }
@@ -826,14 +1029,17 @@ bool shim__sig_should_restart(void)
     return atomic_exchange(&ss->restart, 1) != 0;
 }
 
-/* Makes sig (valid, not 0) pending on f and gets it delivered: at once
- * if f is the caller, else by interrupting f if it does not block sig or
- * waits for it in sigwait. f may not have run yet: its local word (its
- * signal state) is set before it can run (thread.c). */
-static void shim__post(fs_fiber *f, int sig)
+/* Queues one instance of sig (valid, not 0; si_code code, value v) to f
+ * and gets it delivered: at once if f is the caller, else by interrupting
+ * f if it does not block sig or waits for it in sigwait. f may not have
+ * run yet: its local word (its signal state) is set before it can run
+ * (thread.c). 0, or EAGAIN past RLIMIT_SIGPENDING. */
+static int shim__post(fs_fiber *f, int sig, int code, union sigval v)
 {
     struct shim_sigstate *ss = shim__sigstate(f);
-    atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
+    int rc = shim__enqueue(ss, sig, code, v);
+    if (rc)
+        return rc;
     if (f == fs_self())
         shim__deliver_pending(ss); /* to ourselves: now, as raise() would */
     else if (!(shim__mask_of(ss) & SHIM_SIGBIT(sig))) {
@@ -842,6 +1048,7 @@ static void shim__post(fs_fiber *f, int sig)
     } else if (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)) {
         fs_interrupt(f); /* Dekker with shim__sigwait: pending, then waiting */
     }
+    return 0;
 }
 
 /* Moves the signals pending for the calling kernel thread alone (SigPnd
@@ -881,13 +1088,25 @@ void shim__adopt_pending(struct shim_sigstate *ss)
         siginfo_t si;
         sigemptyset(&one);
         sigaddset(&one, sig);
-        if (REAL(sigtimedwait)(&one, &si, &zero) != sig)
-            continue;
-        if (si.si_code == SI_QUEUE) {
-            __atomic_store_n(&ss->value[sig - 1].sival_ptr, si.si_value.sival_ptr, __ATOMIC_RELAXED);
-            atomic_fetch_or(&ss->queued, SHIM_SIGBIT(sig));
+        /* Every instance, in order (real-time signals queue). */
+        while (REAL(sigtimedwait)(&one, &si, &zero) == sig) {
+            struct shim_siginst *node = shim__inst_alloc();
+            if (node) {
+                node->next = NULL;
+                node->sig = sig;
+                node->code = si.si_code;
+                node->value = si.si_value;
+                node->pid = si.si_pid;
+                node->uid = si.si_uid;
+                if (ss->qtail)
+                    ss->qtail->next = node;
+                else
+                    ss->qhead = node;
+                ss->qtail = node;
+                atomic_fetch_add(&shim__inst_held, 1);
+            }
+            atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
         }
-        atomic_fetch_or(&ss->pending, SHIM_SIGBIT(sig));
     }
 }
 
@@ -910,8 +1129,7 @@ int shim__pthread_kill(pthread_t t, int sig)
         return EINVAL;
     if (sig == 0)
         return 0; /* it exists: its handle has not been released by a join */
-    shim__post(f, sig);
-    return 0;
+    return shim__post(f, sig, SI_TKILL, (union sigval){0});
 }
 SHIM_ALIAS(pthread_kill)
 
@@ -929,12 +1147,7 @@ int shim__pthread_sigqueue(pthread_t t, int sig, const union sigval value)
         return EINVAL;
     if (sig == 0)
         return 0;
-    struct shim_sigstate *ss = shim__sigstate(f);
-    /* The whole 8 bytes, as the kernel copies them: sival_ptr covers sival_int. */
-    __atomic_store_n(&ss->value[sig - 1].sival_ptr, value.sival_ptr, __ATOMIC_RELAXED);
-    atomic_fetch_or(&ss->queued, SHIM_SIGBIT(sig)); /* after the value: see shim__take_one */
-    shim__post(f, sig);
-    return 0;
+    return shim__post(f, sig, SI_QUEUE, value);
 }
 SHIM_ALIAS(pthread_sigqueue)
 
@@ -1021,8 +1234,11 @@ int shim__raise(int sig)
         errno = EINVAL;
         return -1;
     }
-    if (sig)
-        shim__post(f, sig);
+    int rc = sig ? shim__post(f, sig, SI_TKILL, (union sigval){0}) : 0;
+    if (rc) {
+        errno = rc;
+        return -1;
+    }
     return 0;
 }
 SHIM_ALIAS(raise)
@@ -1097,6 +1313,9 @@ void shim__sig_fiber_exit(void)
     cl[SHIM_CARRIER_MASK] = shim__routed;
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
     shim__alt_carrier_reset(); /* its memory may go with it */
+    struct shim_sigstate *ss = shim__sigstate(fs_self());
+    if (ss)
+        shim__queue_drop(ss); /* the record is cleared for its next thread */
 }
 
 void shim__sig_exec_begin(void)
@@ -1125,9 +1344,8 @@ static int shim__take_fiber_pending(struct shim_sigstate *ss, uint64_t bits, sig
     uint64_t p;
     while ((p = atomic_load(&ss->pending) & bits) != 0) {
         int sig = __builtin_ctzll(p) + 1;
-        bool queued;
-        union sigval v = {0};
-        if (!shim__take_one(ss, sig, &queued, &v))
+        struct shim_siginst in;
+        if (!shim__take_one(ss, sig, &in))
             continue; /* delivered by the hook meanwhile */
         if (!info)
             return sig;
@@ -1139,16 +1357,15 @@ static int shim__take_fiber_pending(struct shim_sigstate *ss, uint64_t bits, sig
         sigemptyset(&one);
         sigaddset(&one, sig);
         if (REAL(pthread_sigmask)(SIG_BLOCK, NULL, &cur) == 0 && sigismember(&cur, sig) == 1 &&
-            shim__raise_on_carrier(sig, queued, v) == 0 &&
+            shim__raise_on_carrier(&in) == 0 &&
             REAL(sigtimedwait)(&one, info, &zero) == sig)
             return sig;
         memset(info, 0, sizeof *info);
         info->si_signo = sig;
-        info->si_code = queued ? SI_QUEUE : SI_TKILL;
-        if (queued)
-            info->si_value = v;
-        info->si_pid = getpid();
-        info->si_uid = getuid();
+        info->si_code = in.code;
+        info->si_value = in.value;
+        info->si_pid = in.pid;
+        info->si_uid = in.uid;
         return sig;
     }
     return 0;
