@@ -226,7 +226,11 @@ struct fs_sched {
     _Atomic int retired;
     _Atomic int defunct;         /* its thread could not be started */
 
-    int64_t busy_since;          /* fs_now() when the current fiber started */
+    /* fs_now() when the carrier last came out of epoll_wait (or started):
+     * the start of the busy stretch that st.busy_ns does not hold yet (it
+     * is added at the next sleep). Written by the owner; atomic because
+     * fs_carrier_stats adds the stretch in progress from any thread. */
+    _Atomic int64_t busy_since;
     uint32_t rng;                /* victim selection */
     struct fs_sched_stats st;
 #ifdef FS_TSAN

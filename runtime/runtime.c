@@ -331,6 +331,32 @@ void fs_stats_get(struct fs_stats *st)
     }
 }
 
+/* s's busy time up to now. st.busy_ns grows only when the carrier goes to
+ * sleep, so a carrier that has run fibers without sleeping since time T
+ * (a loaded server's, for the whole run) adds now - busy_since. The owner
+ * sets sleeping, adds the stretch to busy_ns, sleeps, stores a new
+ * busy_since, then clears sleeping: a reader that sees sleeping clear
+ * and the same busy_since on both sides of its reads read a busy_ns that
+ * does not hold the stretch from that busy_since (had the owner added it,
+ * a new busy_since would have been stored before sleeping was cleared);
+ * otherwise it reads again (sched.c clears sleeping with a release).
+ * While sleeping is set, busy_ns holds everything, but for the instant a
+ * carrier that set it finds work before it sleeps. Any thread. */
+static uint64_t fs__busy_ns(struct fs_sched *s)
+{
+    for (;;) {
+        int64_t since = atomic_load_explicit(&s->busy_since, memory_order_acquire);
+        uint64_t ns = atomic_load_explicit(&s->st.busy_ns, memory_order_acquire);
+        bool sleeping = atomic_load_explicit(&s->sleeping, memory_order_acquire);
+        if (atomic_load_explicit(&s->busy_since, memory_order_acquire) != since)
+            continue;
+        int64_t now = fs_now();
+        if (!sleeping && since && now > since)
+            ns += (uint64_t)(now - since);
+        return ns;
+    }
+}
+
 int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
 {
     unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
@@ -338,7 +364,7 @@ int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
         return -EINVAL;
     struct fs_sched *s = fs__g.scheds[i];
     cs->fibers_run = LD(s->st.fibers_run);
-    cs->busy_ns = LD(s->st.busy_ns);
+    cs->busy_ns = fs__busy_ns(s);
     cs->switches = LD(s->st.switches);
     cs->runq_len = fs__ring_len(&s->ring) + fs__fifo_len(&s->local);
     cs->sleeping = atomic_load(&s->sleeping) != 0;

@@ -372,7 +372,8 @@ static struct fs_fiber *fs__find_runnable_blocking(struct fs_sched *s)
             s->busy_since = fs_now();
         }
         atomic_fetch_sub(&fs__g.nsleeping, 1);
-        atomic_store_explicit(&s->sleeping, 0, memory_order_relaxed);
+        /* release: busy_since is stored before sleeping clears (fs__busy_ns) */
+        atomic_store_explicit(&s->sleeping, 0, memory_order_release);
         atomic_store_explicit(&s->notified, 0, memory_order_release);
     }
 }

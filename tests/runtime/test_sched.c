@@ -11,9 +11,11 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "fibershim.h"
 #include "util.h"
@@ -553,6 +555,42 @@ Test(sched, idle_carrier_steals_unstarted_fibers)
     uint64_t lo = c0.fibers_run < c1.fibers_run ? c0.fibers_run : c1.fibers_run;
     cr_assert_gt(lo, 100, "unbalanced: %lu / %lu", (unsigned long)c0.fibers_run,
                  (unsigned long)c1.fibers_run);
+}
+
+static atomic_bool spin_started, spin_stop;
+
+static void *spin_until_stopped(void *arg)
+{
+    (void)arg;
+    atomic_store(&spin_started, true);
+    while (!atomic_load(&spin_stop))
+        ;
+    return NULL;
+}
+
+/* A carrier that never goes to sleep (a loaded server's, for a whole run)
+ * still shows the time it has been busy: fs_carrier_stats counts the
+ * stretch in progress, not only the stretches that ended in a sleep. The
+ * carrier has been busy at least since the fiber started, which this
+ * plain thread saw before it took t0. */
+Test(sched, carrier_busy_time_counts_the_stretch_in_progress)
+{
+    start(1, false);
+    fs_fiber *f;
+    cr_assert_eq(fs_spawn(&f, spin_until_stopped, NULL, NULL), 0);
+    while (!atomic_load(&spin_started))
+        sched_yield();
+    int64_t t0 = fs_now();
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    struct fs_carrier_stats cs;
+    int64_t t1 = fs_now();
+    cr_assert_eq(fs_carrier_stats(0, &cs), 0);
+    atomic_store(&spin_stop, true);
+    cr_assert_eq(fs_join(f, NULL, FS_NO_DEADLINE), 0);
+    cr_log_info("busy %.1f ms over %.1f ms watched", cs.busy_ns / 1e6, (t1 - t0) / 1e6);
+    cr_assert_geq(cs.busy_ns, (uint64_t)(t1 - t0), "busy %lu ns, but it ran a fiber for %ld ns",
+                  (unsigned long)cs.busy_ns, (long)(t1 - t0));
 }
 
 /* ---- frugal wake-ups ---------------------------------------------------- */
