@@ -429,6 +429,46 @@ static bool fs__tls_check_fs(void)
 
 /* ---- initialising a TCB ------------------------------------------------- */
 
+/* glibc's dtv (sysdeps/generic/dl-dtv.h): dtv[-1].counter is its
+ * capacity, dtv[0].counter the generation it was brought up to, and
+ * dtv[m] the TLS block of module id m ({val, to_free}). The array is a
+ * malloc chunk that starts at dtv[-1]. */
+typedef union {
+    size_t counter;
+    struct {
+        void *val, *to_free;
+    } pointer;
+} fs_dtv;
+
+/* Trims the dtv _dl_allocate_tls made for pd to the modules loaded now.
+ * glibc sizes it for 14 more (DTV_SURPLUS): 19 entries, a 320-byte chunk
+ * for a program with three TLS modules, which was what an idle fiber used
+ * beyond its two pages (runtime_bench row 5). A smaller capacity is one
+ * glibc handles itself: every module id is checked against dtv[-1] before
+ * use (_dl_update_slotinfo, _dl_allocate_tls_init, _dl_deallocate_tls)
+ * and the array grown with realloc when it falls short, as a thread's
+ * grows after enough dlopens. So the new array must be a malloc chunk
+ * too (never memory of ours: glibc would realloc it, see glibc bug
+ * 32412). Every loaded module's entry is set (val is its block or
+ * TLS_DTV_UNALLOCATED, never NULL), so the last non-NULL entry is the
+ * highest id in use. Left as it is if malloc fails. */
+static void fs__dtv_trim(struct fs_glibc_pthread *pd)
+{
+    fs_dtv *dtv = pd->header.dtv;
+    size_t cap = dtv[-1].counter, used = cap;
+    while (used > 0 && dtv[used].pointer.val == NULL)
+        used--;
+    if (used == cap)
+        return;
+    fs_dtv *trimmed = malloc((used + 2) * sizeof *trimmed);
+    if (!trimmed)
+        return;
+    memcpy(trimmed, dtv - 1, (used + 2) * sizeof *trimmed);
+    trimmed[0].counter = used;
+    pd->header.dtv = trimmed + 1;
+    free(dtv - 1);
+}
+
 /* Makes tcb a TCB for a context running on stack st, as allocatestack.c
  * and start_thread do. Returns 0 or -EAGAIN (no memory for the dtv). */
 static int fs__tcb_init(struct fs_glibc_pthread *pd, const struct fs_stack *st, void *(*fn)(void *),
@@ -463,6 +503,7 @@ static int fs__tcb_init(struct fs_glibc_pthread *pd, const struct fs_stack *st, 
     pd->rseq_area.cpu_id = (uint32_t)RSEQ_CPU_ID_REGISTRATION_FAILED;
     if (!fs__dl_allocate_tls(pd))
         return -EAGAIN;
+    fs__dtv_trim(pd);
     /* After the init images: __resp's image is main's _res. */
     *(void **)(void *)((char *)pd + fs__resp_tpoff) = &pd->res;
     return 0;

@@ -18,6 +18,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <link.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -207,6 +208,50 @@ Test(tls, tcb_at_the_top_of_the_stack_with_the_process_guards)
               "the TCB is not inside the reported stack");
     cr_assert_lt((uintptr_t)t.lo + t.size - (uintptr_t)t.tp, 8192,
                  "the TCB is not at the top of the stack");
+}
+
+/* The highest TLS module id loaded (dl_iterate_phdr), and the running
+ * fiber's dtv capacity: glibc's dtv_t is 16 bytes, dtv[-1].counter its
+ * capacity, and the TCB header's second word points at dtv[0]. */
+static int max_modid_cb(struct dl_phdr_info *info, size_t n, void *arg)
+{
+    (void)n;
+    size_t *max = arg;
+    if (info->dlpi_tls_modid > *max)
+        *max = info->dlpi_tls_modid;
+    return 0;
+}
+
+struct dtv_facts {
+    size_t capacity, modules;
+    long tls_id;
+};
+
+static void *dtv_fiber(void *arg)
+{
+    struct dtv_facts *d = arg;
+    const size_t *dtv = (const size_t *)fs_word(8);
+    d->capacity = dtv[-2];
+    dl_iterate_phdr(max_modid_cb, &d->modules);
+    tls_id = 7; /* the static blocks still work through the trimmed dtv */
+    d->tls_id = tls_id;
+    return NULL;
+}
+
+/* An idle fiber's dtv has room for the modules loaded, not 14 more
+ * (glibc's DTV_SURPLUS): glibc grows it when a module loaded later needs
+ * it (tests/programs/tls_dlopen loads one while fibers run), and its 320
+ * bytes were what an idle fiber took beyond its two pages. */
+Test(tls, dtv_holds_the_modules_loaded)
+{
+    start(1, false);
+    struct dtv_facts d = {0};
+    run_in_fiber(dtv_fiber, &d);
+    cr_log_info("dtv capacity %zu, highest module id %zu", d.capacity, d.modules);
+    cr_assert_eq(d.tls_id, 7);
+    cr_assert_geq(d.capacity, d.modules);
+    cr_assert_eq(d.capacity, d.modules, "dtv capacity %zu for %zu modules", d.capacity,
+                 d.modules);
 }
 
 /* A caller-owned stack: the TCB goes elsewhere, the stack stays whole. */
