@@ -278,7 +278,6 @@ int fs_join(fs_fiber *f, void **ret, int64_t deadline)
 {
     if (f == fs_self())
         return -EDEADLK;
-again:
     fs__spin_lock(&f->lock);
     if (f->join != FS_J_JOINABLE || f->joiner) {
         fs__spin_unlock(&f->lock);
@@ -299,9 +298,7 @@ again:
         if (rc < 0 && f->joiner == &w) {
             f->joiner = NULL;
             fs__spin_unlock(&f->lock);
-            if (rc == -EINTR)
-                goto again; /* a signal handler ran (fs_interrupt): wait on */
-            return -ETIMEDOUT;
+            return rc; /* -ETIMEDOUT, or -EINTR: fs_interrupt ended the wait */
         }
         /* Woken: f is dead (the waker cleared joiner under the lock). */
     }

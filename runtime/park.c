@@ -385,7 +385,8 @@ static void fs__interrupt_parked(struct fs_fiber *f, fs_park_token tok)
      * (the kernel ends FUTEX_WAIT for a handler). Lock waits (mutex, cond,
      * rwlock, barrier, once) end too, so that the handler runs during the
      * wait as POSIX has it; their wait loop (shim/waitq.c) then waits
-     * again, in its place in the queue; a join (fs_join) waits again.
+     * again, in its place in the queue; a join (fs_join) returns -EINTR
+     * to its caller, which waits again or acts on a cancel.
      * Handed-off calls (FS_PARK_OTHER) are not cut short: the call goes on
      * on its spare thread. */
     if (why == FS_PARK_YIELD || why == FS_PARK_OTHER || why >= FS_PARK_NREASONS)

@@ -138,6 +138,8 @@ static int shim__cond_wait_glibc(pthread_cond_t *c, pthread_mutex_t *m, struct s
     err = shim__pthread_mutex_lock(m);
     if (err)
         return err;
+    if (rc == -EINTR)
+        shim__cancel_point(); /* with the mutex held, as POSIX requires */
     return rc != 0 && shim__deadline_passed(d) ? ETIMEDOUT : 0;
 }
 
@@ -150,6 +152,8 @@ static int shim__cond_wait(pthread_cond_t *cp, pthread_mutex_t *m, clockid_t clo
     /* glibc checks the timeout before anything else. */
     if (shim__deadline_init(&d, clock, abs))
         return EINVAL;
+    /* A cancellation point: a pending cancel acts with the mutex held. */
+    shim__cancel_point();
     if (shim__cond_flags(c) & SHIM_CV_GLIBC)
         return shim__cond_wait_glibc(cp, m, &d);
 
@@ -170,6 +174,8 @@ static int shim__cond_wait(pthread_cond_t *cp, pthread_mutex_t *m, clockid_t clo
     err = shim__pthread_mutex_lock(m);
     if (err)
         return err;
+    if (rc == -EINTR)
+        shim__cancel_point(); /* with the mutex held, as POSIX requires */
     return rc == -ETIMEDOUT ? ETIMEDOUT : 0;
 }
 

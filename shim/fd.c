@@ -576,6 +576,7 @@ SHIM_ALIAS(pipe)
 
 int shim__close(int fd)
 {
+    shim__cancel_point(); /* glibc's close is one: a pending cancel leaves fd open */
     if (fs_fd_is_internal(fd)) {
         errno = EBADF; /* the runtime's own fd: not the program's to close */
         return -1;

@@ -42,9 +42,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
+#include <termios.h>
 #include <unistd.h>
 
 /* The fortify and internal variants, as glibc exports them. */
@@ -200,8 +202,8 @@ static ssize_t shim__file_rw_plain(int fd, const struct iovec *v, int iovcnt, of
         return write ? pwritev2(fd, v, iovcnt, at, 0) : preadv2(fd, v, iovcnt, at, 0);
     }
     struct shim_file_io io = {fd, v, iovcnt, at};
-    return shim__offload_blocking(write ? shim__file_write_blocking : shim__file_read_blocking,
-                                  &io, write ? FS_PARK_WRITE : FS_PARK_READ);
+    return shim__offload_cancellable(write ? shim__file_write_blocking : shim__file_read_blocking,
+                                     &io, write ? FS_PARK_WRITE : FS_PARK_READ);
 }
 
 ssize_t shim__file_rw(int fd, const struct iovec *iov, int iovcnt, off_t off, bool write)
@@ -275,7 +277,10 @@ ssize_t shim__file_rw(int fd, const struct iovec *iov, int iovcnt, off_t off, bo
 
 ssize_t shim__pread(int fd, void *buf, size_t len, off_t off)
 {
-    if (!fs_self() || off < 0)
+    if (!fs_self())
+        return REAL(pread)(fd, buf, len, off);
+    shim__cancel_point();
+    if (off < 0)
         return REAL(pread)(fd, buf, len, off);
     return shim__file_rw1(fd, buf, len, off, false);
 }
@@ -303,7 +308,10 @@ SHIM_ALIAS(__pread64_chk)
 
 ssize_t shim__pwrite(int fd, const void *buf, size_t len, off_t off)
 {
-    if (!fs_self() || off < 0)
+    if (!fs_self())
+        return REAL(pwrite)(fd, buf, len, off);
+    shim__cancel_point();
+    if (off < 0)
         return REAL(pwrite)(fd, buf, len, off);
     return shim__file_rw1(fd, buf, len, off, true);
 }
@@ -329,15 +337,32 @@ static long shim__fdatasync_blocking(void *p)
 
 int shim__fsync(int fd)
 {
-    return (int)shim__offload_blocking(shim__fsync_blocking, &fd, FS_PARK_WRITE);
+    return (int)shim__offload_cancellable(shim__fsync_blocking, &fd, FS_PARK_WRITE);
 }
 SHIM_ALIAS(fsync)
 
 int shim__fdatasync(int fd)
 {
-    return (int)shim__offload_blocking(shim__fdatasync_blocking, &fd, FS_PARK_WRITE);
+    return (int)shim__offload_cancellable(shim__fdatasync_blocking, &fd, FS_PARK_WRITE);
 }
 SHIM_ALIAS(fdatasync)
+
+/* Cancellation points of glibc's that never wait for long (or, for
+ * tcdrain, wait on a tty without a way to park): only their entry acts on
+ * a pending cancel, then the C library makes the call. */
+int shim__msync(void *addr, size_t len, int flags)
+{
+    shim__cancel_point();
+    return REAL(msync)(addr, len, flags);
+}
+SHIM_ALIAS(msync)
+
+int shim__tcdrain(int fd)
+{
+    shim__cancel_point();
+    return REAL(tcdrain)(fd);
+}
+SHIM_ALIAS(tcdrain)
 
 /* ---- opening ------------------------------------------------------------------ */
 
@@ -371,9 +396,10 @@ static bool shim__open_waits(int dirfd, const char *path, int flags)
 static int shim__openat_common(int dirfd, const char *path, int flags, mode_t mode)
 {
     int fd;
+    shim__cancel_point(); /* open and openat are cancellation points */
     if (fs_self() && shim__open_waits(dirfd, path, flags)) {
         struct shim_open o = {dirfd, path, flags, mode};
-        fd = (int)shim__offload_blocking(shim__open_blocking, &o, FS_PARK_OTHER);
+        fd = (int)shim__offload_cancellable(shim__open_blocking, &o, FS_PARK_OTHER);
     } else {
         fd = REAL(openat)(dirfd, path, flags, mode);
     }
@@ -396,6 +422,19 @@ static int shim__openat_common(int dirfd, const char *path, int flags, mode_t mo
         }                                                                                  \
         m_;                                                                                \
     }))
+
+/* creat is open(path, O_CREAT | O_WRONLY | O_TRUNC, mode). */
+int shim__creat(const char *path, mode_t mode)
+{
+    return shim__openat_common(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC, mode);
+}
+SHIM_ALIAS(creat)
+
+int shim__creat64(const char *path, mode_t mode)
+{
+    return shim__openat_common(AT_FDCWD, path, O_CREAT | O_WRONLY | O_TRUNC | O_LARGEFILE, mode);
+}
+SHIM_ALIAS(creat64)
 
 int shim__open(const char *path, int flags, ...)
 {
@@ -495,6 +534,7 @@ int shim__file_setlkw(int (*real)(int, int, ...), int fd, int cmd, void *lock)
 {
     if (!fs_self())
         return real(fd, cmd, lock);
+    shim__cancel_point(); /* glibc's fcntl is one for these two commands */
     int saved = errno;
     if (real(fd, cmd == F_SETLKW ? F_SETLK : F_OFD_SETLK, lock) == 0)
         return 0;
@@ -502,5 +542,5 @@ int shim__file_setlkw(int (*real)(int, int, ...), int fd, int cmd, void *lock)
         return -1;
     errno = saved;
     struct shim_setlkw s = {real, fd, cmd, lock};
-    return (int)shim__offload_blocking(shim__setlkw_blocking, &s, FS_PARK_OTHER);
+    return (int)shim__offload_cancellable(shim__setlkw_blocking, &s, FS_PARK_OTHER);
 }

@@ -66,6 +66,25 @@ static unsigned shim__may_succeed(unsigned dir)
                : FS_FD_WRITABLE | FS_FD_HUP | FS_FD_ERR;
 }
 
+/* After a wait of a cancellation point ended with -EINTR: whether to
+ * restart it (every handler that ran had SA_RESTART, and no cancel is to
+ * be acted on). */
+static bool shim__io_restart(void)
+{
+    bool restart = shim__sig_should_restart(); /* and re-arms the flag */
+    return restart && !shim__cancel_due();
+}
+
+/* The return of a cancellation point: one that failed with EINTR acts on
+ * a pending cancel (the call does not return); one that moved data
+ * returns it, and the next cancellation point acts (glibc's rule). */
+static inline ssize_t shim__io_done(ssize_t n)
+{
+    if (SHIM_UNLIKELY(n < 0) && errno == EINTR)
+        shim__cancel_point();
+    return n;
+}
+
 /* The `want` of an attempt whose outcome says nothing about what a plain
  * read would find: MSG_PEEK leaves the queue as it was (a short peek
  * proves nothing, and with SO_PEEK_OFF even EAGAIN comes with data still
@@ -98,7 +117,7 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             if (user_nb || st < 0 || (st & shim__may_succeed(dir)))
                 break;
             int rc = fs_wait_fd(fd, dir, snap, FS_NO_DEADLINE, why);
-            if (rc == -EBADF || (rc == -EINTR && !shim__sig_should_restart())) {
+            if (rc == -EBADF || (rc == -EINTR && !shim__io_restart())) {
                 errno = -rc;
                 return -1;
             }
@@ -159,8 +178,9 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
             continue;
         if (rc == -EINTR) {
             /* A signal sent to this fiber ran its handler (signal.c):
-             * restart under SA_RESTART, else fail as the kernel would. */
-            if (shim__sig_should_restart())
+             * restart under SA_RESTART, else fail as the kernel would. A
+             * cancel fails it too: the wrapper acts (shim__io_done). */
+            if (shim__io_restart())
                 continue;
             errno = EINTR;
             return -1;
@@ -188,10 +208,23 @@ static ssize_t shim__do_io(int fd, struct shim_fd *e, unsigned dir, enum fs_park
 
 /* A fiber's entry check: the fd's entry if the call should go through the
  * netpoller, NULL if it should go straight to the C library. */
+static inline struct shim_fd *shim__io_entry_nocancel(int fd)
+{
+    if (!fs_self())
+        return NULL;
+    struct shim_fd *e = shim__fd_get(fd);
+    if (!e || atomic_load_explicit(&e->kind, memory_order_relaxed) == SHIM_FD_FILE)
+        return NULL;
+    return e;
+}
+
+/* The same for a call that is a cancellation point (all but sendfile):
+ * a pending cancel acts first. */
 static inline struct shim_fd *shim__io_entry(int fd)
 {
     if (!fs_self())
         return NULL;
+    shim__cancel_point();
     struct shim_fd *e = shim__fd_get(fd);
     if (!e || atomic_load_explicit(&e->kind, memory_order_relaxed) == SHIM_FD_FILE)
         return NULL;
@@ -236,7 +269,7 @@ ssize_t shim__read(int fd, void *buf, size_t len)
     if (!e)
         return REAL(read)(fd, buf, len);
     struct shim_buf b = {buf, len, 0, NULL, NULL};
-    return shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_read, &b, len);
+    return shim__io_done(shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_read, &b, len));
 }
 SHIM_ALIAS(read)
 
@@ -293,7 +326,7 @@ static ssize_t shim__recv_common(int fd, void *buf, size_t len, int flags, struc
 
 ssize_t shim__recv(int fd, void *buf, size_t len, int flags)
 {
-    return shim__recv_common(fd, buf, len, flags, NULL, NULL);
+    return shim__io_done(shim__recv_common(fd, buf, len, flags, NULL, NULL));
 }
 SHIM_ALIAS(recv)
 
@@ -308,7 +341,7 @@ SHIM_ALIAS(__recv_chk)
 ssize_t shim__recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr,
                        socklen_t *alen)
 {
-    return shim__recv_common(fd, buf, len, flags, addr, alen);
+    return shim__io_done(shim__recv_common(fd, buf, len, flags, addr, alen));
 }
 SHIM_ALIAS(recvfrom)
 
@@ -356,8 +389,8 @@ ssize_t shim__readv(int fd, const struct iovec *iov, int iovcnt)
     if (!e)
         return REAL(readv)(fd, iov, iovcnt);
     struct shim_msg m = {NULL, 0, iov, iovcnt};
-    return shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_readv, &m,
-                       shim__iov_len(iov, iovcnt));
+    return shim__io_done(shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_readv, &m,
+                                     shim__iov_len(iov, iovcnt)));
 }
 SHIM_ALIAS(readv)
 
@@ -377,8 +410,8 @@ ssize_t shim__recvmsg(int fd, struct msghdr *msg, int flags)
      * carries file descriptors (or other credentials than the next), so
      * a short one does not prove the socket drained. */
     size_t want = msg->msg_controllen > 0 ? 0 : shim__iov_len(msg->msg_iov, (int)msg->msg_iovlen);
-    return shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmsg, &m,
-                       shim__recv_want(flags, want));
+    return shim__io_done(shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmsg, &m,
+                                     shim__recv_want(flags, want)));
 }
 SHIM_ALIAS(recvmsg)
 
@@ -403,8 +436,8 @@ int shim__recvmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags, struct
     if (!e || (flags & MSG_DONTWAIT) || tmo)
         return REAL(recvmmsg)(fd, vec, vlen, flags, tmo);
     struct shim_mmsg m = {vec, vlen, flags};
-    return (int)shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmmsg, &m,
-                            shim__recv_want(flags, 0));
+    return (int)shim__io_done(shim__do_io(fd, e, FS_POLL_READ, FS_PARK_READ, shim__try_recvmmsg,
+                                          &m, shim__recv_want(flags, 0)));
 }
 SHIM_ALIAS(recvmmsg)
 
@@ -462,7 +495,7 @@ ssize_t shim__write(int fd, const void *buf, size_t len)
     if (!e)
         return REAL(write)(fd, buf, len);
     struct shim_cbuf b = {buf, len, 0, NULL, 0};
-    return shim__write_all(fd, e, shim__try_write, &b);
+    return shim__io_done(shim__write_all(fd, e, shim__try_write, &b));
 }
 SHIM_ALIAS(write)
 
@@ -472,7 +505,7 @@ ssize_t shim__send(int fd, const void *buf, size_t len, int flags)
     if (!e || (flags & MSG_DONTWAIT))
         return REAL(send)(fd, buf, len, flags);
     struct shim_cbuf b = {buf, len, flags, NULL, 0};
-    return shim__write_all(fd, e, shim__try_sendto, &b);
+    return shim__io_done(shim__write_all(fd, e, shim__try_sendto, &b));
 }
 SHIM_ALIAS(send)
 
@@ -483,7 +516,7 @@ ssize_t shim__sendto(int fd, const void *buf, size_t len, int flags, const struc
     if (!e || (flags & MSG_DONTWAIT))
         return REAL(sendto)(fd, buf, len, flags, addr, alen);
     struct shim_cbuf b = {buf, len, flags, addr, alen};
-    return shim__write_all(fd, e, shim__try_sendto, &b);
+    return shim__io_done(shim__write_all(fd, e, shim__try_sendto, &b));
 }
 SHIM_ALIAS(sendto)
 
@@ -573,7 +606,7 @@ ssize_t shim__writev(int fd, const struct iovec *iov, int iovcnt)
         return shim__file_rw(fd, iov, iovcnt, -1, true);
     if (!e || iovcnt < 0)
         return REAL(writev)(fd, iov, iovcnt);
-    return shim__writev_all(fd, e, iov, iovcnt, NULL, 0);
+    return shim__io_done(shim__writev_all(fd, e, iov, iovcnt, NULL, 0));
 }
 SHIM_ALIAS(writev)
 
@@ -582,8 +615,8 @@ ssize_t shim__sendmsg(int fd, const struct msghdr *msg, int flags)
     struct shim_fd *e = shim__io_entry(fd);
     if (!e || (flags & MSG_DONTWAIT))
         return REAL(sendmsg)(fd, msg, flags);
-    return shim__writev_all(fd, e, msg->msg_iov, (int)msg->msg_iovlen, (struct msghdr *)msg,
-                            flags);
+    return shim__io_done(shim__writev_all(fd, e, msg->msg_iov, (int)msg->msg_iovlen,
+                                          (struct msghdr *)msg, flags));
 }
 SHIM_ALIAS(sendmsg)
 
@@ -599,7 +632,8 @@ int shim__sendmmsg(int fd, struct mmsghdr *vec, unsigned vlen, int flags)
     if (!e || (flags & MSG_DONTWAIT))
         return REAL(sendmmsg)(fd, vec, vlen, flags);
     struct shim_mmsg m = {vec, vlen, flags};
-    return (int)shim__do_io(fd, e, FS_POLL_WRITE, FS_PARK_WRITE, shim__try_sendmmsg, &m, 0);
+    return (int)shim__io_done(
+        shim__do_io(fd, e, FS_POLL_WRITE, FS_PARK_WRITE, shim__try_sendmmsg, &m, 0));
 }
 SHIM_ALIAS(sendmmsg)
 
@@ -624,7 +658,7 @@ static ssize_t shim__try_sendfile(int fd, void *ctx, int mode)
  * sendfile are the price. */
 ssize_t shim__sendfile(int out, int in, off_t *off, size_t count)
 {
-    struct shim_fd *e = shim__io_entry(out);
+    struct shim_fd *e = shim__io_entry_nocancel(out); /* glibc's is no cancellation point */
     int saved = 0;
     int held = e ? shim__fd_hold_call(out, e, false, &saved) : -1;
     if (held < 0)
@@ -831,7 +865,7 @@ static int shim__accept_fiber(struct shim_fd *e, struct shim_accept *a)
             continue;
         if (rc == -EINTR) {
             /* As do_io: restart under SA_RESTART, else fail as the kernel would. */
-            if (shim__sig_should_restart())
+            if (shim__io_restart())
                 continue;
             errno = EINTR;
             return -1;
@@ -862,7 +896,7 @@ int shim__accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags)
         nfd = shim__accept_fiber(e, &a);
     if (nfd >= 0)
         shim__fd_accepted(nfd, e, flags, gen);
-    return nfd;
+    return (int)shim__io_done(nfd);
 }
 SHIM_ALIAS(accept4)
 
@@ -892,7 +926,7 @@ int shim__connect(int fd, const struct sockaddr *addr, socklen_t alen)
          * child it is handed to sees what the program chose. */
         shim__fd_release_call(fd, e, saved);
     }
-    return rc;
+    return (int)shim__io_done(rc);
 }
 SHIM_ALIAS(connect)
 
@@ -926,7 +960,8 @@ static int shim__connect_nb(int fd, struct shim_fd *e, const struct sockaddr *ad
             }
             if (w < 0) {
                 if (w == -EINTR)
-                    shim__sig_should_restart(); /* connect goes on in the background */
+                    shim__sig_should_restart(); /* connect goes on in the background;
+                                                   so it does for a cancel (shim__io_done) */
                 errno = -w;
                 return -1;
             }

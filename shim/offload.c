@@ -43,9 +43,13 @@
 #include "waitq.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/ucontext.h>
+
+#include "sys.h"
 
 #define SHIM_SPARE_IDLE_NS (10 * 1000000000LL)
 
@@ -59,6 +63,10 @@ struct shim_offload_req {
     int err;               /* errno: the caller's going in, fn's coming out */
     bool done;             /* the spare is finished with it (shim__pool.lock) */
     struct fs_waiter w;    /* the parked requester; links in shim__pool.pending */
+    /* Cancellation (shim__offload_cancellable), under shim__pool.lock but
+     * `cancel`, which the spare's signal handler reads: */
+    int spare_tid;         /* the spare running it; 0 while queued */
+    _Atomic bool cancel;   /* its requester was cancelled: interrupt fn */
 };
 
 static struct {
@@ -110,6 +118,10 @@ static void shim__offload_call(struct shim_offload_req *r)
     r->err = errno;
 }
 
+/* The request the calling spare is running (its own signal handler reads
+ * it); NULL between requests. */
+static __thread struct shim_offload_req *shim__spare_req;
+
 static struct shim_offload_req *shim__offload_pop_locked(void)
 {
     struct fs_waiter *w = shim__waitq_pop_locked(&shim__pool.pending);
@@ -126,8 +138,15 @@ static void *shim__spare_main(void *unused)
     for (;;) {
         struct shim_offload_req *r = shim__offload_pop_locked();
         if (r) {
+            r->spare_tid = (int)fs__sys0(SYS_gettid);
             fs__spin_unlock(&shim__pool.lock);
+            /* Published before the call: a cancel's signal may come any
+             * time from now on, and finds r here (see below). */
+            __atomic_store_n(&shim__spare_req, r, __ATOMIC_RELAXED);
+            atomic_signal_fence(memory_order_seq_cst);
             shim__offload_call(r);
+            atomic_signal_fence(memory_order_seq_cst);
+            __atomic_store_n(&shim__spare_req, NULL, __ATOMIC_RELAXED);
             fs__spin_lock(&shim__pool.lock);
             /* Woken under the lock, so this spare is back in the pool
              * (idle, or on the next request) before the requester can
@@ -190,16 +209,70 @@ static void shim__spare_start(void)
     }
 }
 
-long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why)
+/*
+ * Cancelling a handed-off call. A thread cancelled in a blocking system
+ * call leaves it at once in glibc (SIGCANCEL interrupts the call). The
+ * call of a fiber runs on a spare, so pthread_cancel wakes the requester
+ * (shim__offload_cancel), which then:
+ *  - takes its request back if no spare has taken it yet: the call never
+ *    started, and the cancel acts;
+ *  - else marks it and sends the spare a poke with SHIM_OFFLOAD_CANCEL_VALUE
+ *    (the shim's SIGCANCEL handler, signal.c), whose handler, on the
+ *    spare, finds the call inside its system call: the kernel, which
+ *    restarts it (the poke's action has SA_RESTART), left the program
+ *    counter on the syscall instruction; the handler makes it return
+ *    -EINTR instead, as a call interrupted without SA_RESTART does. A
+ *    call that completed is not touched. The signal may land just before
+ *    the call enters the kernel: the requester sends it again every
+ *    SHIM_CANCEL_RESEND_NS until the spare is done.
+ * Once the spare is done, a call that failed with EINTR acts on the
+ * cancel; one that completed returns (the next cancellation point acts),
+ * glibc's rule. Without pokes (sanitizer builds, or glibc's own SIGCANCEL
+ * handler installed because the program cancelled a thread of its own)
+ * a call a spare runs goes on until it returns.
+ */
+#define SHIM_CANCEL_RESEND_NS (10 * 1000000LL)
+
+void shim__offload_cancel_signal(void *ucv)
+{
+    struct shim_offload_req *r = __atomic_load_n(&shim__spare_req, __ATOMIC_RELAXED);
+    if (!r || !atomic_load_explicit(&r->cancel, memory_order_relaxed))
+        return;
+    ucontext_t *uc = ucv;
+    greg_t *g = uc->uc_mcontext.gregs;
+    const unsigned char *ip = (const unsigned char *)g[REG_RIP];
+    if (ip[0] == 0x0f && ip[1] == 0x05) { /* syscall: to be restarted */
+        g[REG_RAX] = -EINTR;
+        g[REG_RIP] += 2;
+    }
+}
+
+void shim__offload_cancel(fs_fiber *f)
+{
+    struct shim_cancel *c = shim__cancel_of(f);
+    fs__spin_lock(&shim__pool.lock);
+    struct shim_offload_req *r = c ? c->offload : NULL;
+    if (r && !r->done)
+        fs_waiter_wake(&r->w); /* under the lock, as the spare's wake */
+    fs__spin_unlock(&shim__pool.lock);
+}
+
+static long shim__offload_run(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why,
+                              bool cancellable)
 {
     if (!fs_self())
         return fn(ctx);
+    struct shim_cancel *c = cancellable ? shim__cancel_of(fs_self()) : NULL;
+    if (c)
+        shim__cancel_point();
     struct shim_offload_req r = {.fn = fn, .ctx = ctx, .err = errno};
     fs_waiter_prepare(&r.w);
     bool start = false;
     fs__spin_lock(&shim__pool.lock);
     shim__pool.offloads++; /* under the lock we take anyway: a free count */
     shim__waitq_push_tail_locked(&shim__pool.pending, &r.w);
+    if (c)
+        c->offload = &r;
     struct fs_waiter *idle = shim__waitq_pop_locked(&shim__pool.idle);
     if (idle) {
         /* false: it timed out; it will find our request when it takes
@@ -214,20 +287,52 @@ long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reaso
         shim__spare_start();
     /* A spare may finish before we park: fs_park then returns at once.
      * A signal handler may end the park (every park reason but
-     * FS_PARK_OTHER is interruptible, and why is the caller's): the
-     * handler has run by then, but the call goes on on its spare, which
-     * will write r and wake r.w. Handed-off calls are not cut short, so
-     * wait again, under a new token the spare's wake will carry (it reads
-     * it under the lock), until the spare is done with r. */
-    while (fs_waiter_wait(&r.w, why, (const void *)fn, FS_NO_DEADLINE, NULL, NULL) != 0) {
+     * FS_PARK_OTHER is interruptible, and why is the caller's), and so may
+     * a cancel (shim__offload_cancel): the handler has run by then, but
+     * the call goes on on its spare, which will write r and wake r.w.
+     * Handed-off calls are only cut short by a cancel (above), so wait
+     * again, under a new token the spare's wake will carry (it reads it
+     * under the lock), until the spare is done with r. */
+    int64_t deadline = FS_NO_DEADLINE;
+    for (;;) {
+        fs_waiter_wait(&r.w, why, (const void *)fn, deadline, NULL, NULL);
         fs__spin_lock(&shim__pool.lock);
-        bool done = r.done;
-        if (!done)
-            r.w.tok = fs_park_prepare();
-        fs__spin_unlock(&shim__pool.lock);
-        if (done)
+        if (r.done)
             break;
+        deadline = FS_NO_DEADLINE;
+        if (c && shim__cancel_due()) {
+            if (!r.spare_tid) {
+                /* Not started: take it back (under the lock, where the
+                 * spares take requests). */
+                shim__waitq_remove_locked(&shim__pool.pending, &r.w);
+                r.ret = -1;
+                r.err = EINTR;
+                break;
+            }
+            if (shim__sig_pokes()) {
+                atomic_store_explicit(&r.cancel, true, memory_order_relaxed);
+                shim__sig_poke_thread(r.spare_tid, SHIM_OFFLOAD_CANCEL_VALUE);
+                deadline = fs_now() + SHIM_CANCEL_RESEND_NS;
+            }
+        }
+        r.w.tok = fs_park_prepare();
+        fs__spin_unlock(&shim__pool.lock);
     }
+    if (c)
+        c->offload = NULL;
+    fs__spin_unlock(&shim__pool.lock);
+    if (c && r.ret == -1 && r.err == EINTR)
+        shim__cancel_point();
     errno = r.err;
     return r.ret;
+}
+
+long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why)
+{
+    return shim__offload_run(fn, ctx, why, false);
+}
+
+long shim__offload_cancellable(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why)
+{
+    return shim__offload_run(fn, ctx, why, true);
 }

@@ -36,6 +36,22 @@ int shim__offload_init(char *err, size_t errlen);
  */
 long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why);
 
+/* The same for a call that is a cancellation point (read, write, fsync,
+ * open, waitpid...): a pending cancel acts at entry, and a cancel of the
+ * caller while the call runs interrupts it on its spare where it can
+ * (see offload.c), then acts. */
+long shim__offload_cancellable(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why);
+
+/* pthread_cancel of f: wakes f if it waits for a cancellable handed-off
+ * call, to interrupt it. Any thread. */
+void shim__offload_cancel(fs_fiber *f);
+
+/* The value of the shim's SIGCANCEL that asks a spare to interrupt the
+ * call it runs for a cancelled fiber, and its handler there (signal.c
+ * calls it with the ucontext). */
+#define SHIM_OFFLOAD_CANCEL_VALUE ((void *)0x6669737363616e63ull) /* "fisscanc" */
+void shim__offload_cancel_signal(void *uc);
+
 /* Calls handed to spare threads so far (FIBERSHIM_STATS "offloads"). Any
  * thread. */
 uint64_t shim__offload_count(void);

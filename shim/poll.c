@@ -169,16 +169,27 @@ out:
     return ret;
 }
 
+/* Every call here is a cancellation point: a pending cancel acts at entry
+ * (shim__cancel_point), and on a wait that ended with EINTR, once the
+ * caller's mask is back and nothing is held. */
+static int shim__poll_done(int rc)
+{
+    if (rc < 0 && errno == EINTR)
+        shim__cancel_point();
+    return rc;
+}
+
 int shim__poll(struct pollfd *fds, nfds_t n, int timeout)
 {
     if (!fs_self())
         return REAL(poll)(fds, n, timeout);
+    shim__cancel_point();
     if (n > (nfds_t)1 << 20) {
         errno = EINVAL;
         return -1;
     }
     int64_t dl = timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000);
-    return shim__fiber_poll(fds, n, dl);
+    return shim__poll_done(shim__fiber_poll(fds, n, dl));
 }
 SHIM_ALIAS(poll)
 
@@ -222,17 +233,18 @@ int shim__ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const s
 {
     if (!fs_self())
         return REAL(ppoll)(fds, n, ts, mask);
+    shim__cancel_point();
     if (ts && !shim__ts_valid(ts)) {
         errno = EINVAL;
         return -1;
     }
     uint64_t saved;
     if (mask && shim__sig_mask_push(mask, &saved))
-        return shim__masked_eintr(saved);
+        return shim__poll_done(shim__masked_eintr(saved));
     int rc = shim__fiber_poll(fds, n, ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
     if (mask)
         shim__masked_end(saved);
-    return rc;
+    return shim__poll_done(rc);
 }
 SHIM_ALIAS(ppoll)
 
@@ -318,6 +330,7 @@ int shim__select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *tv)
 {
     if (!fs_self())
         return REAL(select)(nfds, r, w, x, tv);
+    shim__cancel_point();
     int64_t dl = FS_NO_DEADLINE;
     if (tv) {
         if (tv->tv_sec < 0 || tv->tv_usec < 0) {
@@ -335,7 +348,7 @@ int shim__select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *tv)
         tv->tv_sec = left / 1000000000;
         tv->tv_usec = (left % 1000000000) / 1000;
     }
-    return rc;
+    return shim__poll_done(rc);
 }
 SHIM_ALIAS(select)
 
@@ -344,18 +357,19 @@ int shim__pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timesp
 {
     if (!fs_self())
         return REAL(pselect)(nfds, r, w, x, ts, mask);
+    shim__cancel_point();
     if (ts && !shim__ts_valid(ts)) {
         errno = EINVAL;
         return -1;
     }
     uint64_t saved;
     if (mask && shim__sig_mask_push(mask, &saved))
-        return shim__masked_eintr(saved);
+        return shim__poll_done(shim__masked_eintr(saved));
     int rc = shim__fiber_select(nfds, r, w, x,
                                 ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
     if (mask)
         shim__masked_end(saved);
-    return rc;
+    return shim__poll_done(rc);
 }
 SHIM_ALIAS(pselect)
 
@@ -390,33 +404,42 @@ static int shim__fiber_epoll_wait(int ep, struct epoll_event *ev, int max, int64
 
 int shim__epoll_wait(int ep, struct epoll_event *ev, int max, int timeout)
 {
-    if (!fs_self() || timeout == 0)
+    if (!fs_self())
         return REAL(epoll_wait)(ep, ev, max, timeout);
-    return shim__fiber_epoll_wait(
-        ep, ev, max, timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000));
+    shim__cancel_point();
+    if (timeout == 0)
+        return REAL(epoll_wait)(ep, ev, max, timeout);
+    int64_t dl = timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000);
+    return shim__poll_done(shim__fiber_epoll_wait(ep, ev, max, dl));
 }
 SHIM_ALIAS(epoll_wait)
 
 int shim__epoll_pwait(int ep, struct epoll_event *ev, int max, int timeout, const sigset_t *mask)
 {
-    if (!fs_self() || (timeout == 0 && !mask))
+    if (!fs_self())
+        return REAL(epoll_pwait)(ep, ev, max, timeout, mask);
+    shim__cancel_point();
+    if (timeout == 0 && !mask)
         return REAL(epoll_pwait)(ep, ev, max, timeout, mask);
     uint64_t saved;
     if (mask && shim__sig_mask_push(mask, &saved))
-        return shim__masked_eintr(saved);
+        return shim__poll_done(shim__masked_eintr(saved));
     int rc = shim__fiber_epoll_wait(
         ep, ev, max,
         timeout < 0 ? FS_NO_DEADLINE : shim__deadline_after((int64_t)timeout * 1000000));
     if (mask)
         shim__masked_end(saved);
-    return rc;
+    return shim__poll_done(rc);
 }
 SHIM_ALIAS(epoll_pwait)
 
 int shim__epoll_pwait2(int ep, struct epoll_event *ev, int max, const struct timespec *ts,
                        const sigset_t *mask)
 {
-    if (!fs_self() || (ts && ts->tv_sec == 0 && ts->tv_nsec == 0 && !mask))
+    if (!fs_self())
+        return REAL(epoll_pwait2)(ep, ev, max, ts, mask);
+    shim__cancel_point();
+    if (ts && ts->tv_sec == 0 && ts->tv_nsec == 0 && !mask)
         return REAL(epoll_pwait2)(ep, ev, max, ts, mask);
     if (ts && !shim__ts_valid(ts)) {
         errno = EINVAL;
@@ -424,11 +447,11 @@ int shim__epoll_pwait2(int ep, struct epoll_event *ev, int max, const struct tim
     }
     uint64_t saved;
     if (mask && shim__sig_mask_push(mask, &saved))
-        return shim__masked_eintr(saved);
+        return shim__poll_done(shim__masked_eintr(saved));
     int rc = shim__fiber_epoll_wait(ep, ev, max,
                                     ts ? shim__deadline_after(shim__ts_ns(ts)) : FS_NO_DEADLINE);
     if (mask)
         shim__masked_end(saved);
-    return rc;
+    return shim__poll_done(rc);
 }
 SHIM_ALIAS(epoll_pwait2)

@@ -84,7 +84,7 @@ static int shim__sem_wait_glibc(sem_t *sp, struct shim__deadline *d, bool timed)
             return -1;
         }
         shim__backoff_sleep(backoff, d); /* interruptible: a handler runs in it */
-        if (shim__sem_interrupted(&h, timed)) {
+        if (shim__sem_interrupted(&h, timed) || shim__cancel_due()) {
             errno = EINTR;
             return -1;
         }
@@ -121,7 +121,7 @@ static int shim__sem_wait_slow(struct shim__sem *s, struct shim__deadline *d, bo
             errno = ETIMEDOUT;
             return -1;
         }
-        if (rc == -EINTR && shim__sem_interrupted(&h, timed)) {
+        if (rc == -EINTR && (shim__sem_interrupted(&h, timed) || shim__cancel_due())) {
             errno = EINTR; /* the unit, if one was posted, stays for others */
             return -1;
         }
@@ -130,6 +130,9 @@ static int shim__sem_wait_slow(struct shim__sem *s, struct shim__deadline *d, bo
     }
 }
 
+/* A cancellation point, as glibc's: a pending cancel acts at entry, even
+ * with a unit available, and when it ended the wait (EINTR, the unit
+ * left to others). */
 static int shim__sem_take(sem_t *sp, clockid_t clock, const struct timespec *abs, bool timed)
 {
     struct shim__deadline d;
@@ -138,12 +141,19 @@ static int shim__sem_take(sem_t *sp, clockid_t clock, const struct timespec *abs
         errno = EINVAL;
         return -1;
     }
-    if (!shim__sem_is_ours(sp))
-        return shim__sem_wait_glibc(sp, &d, timed);
-    struct shim__sem *s = (struct shim__sem *)sp;
-    if (SHIM_LIKELY(shim__sem_try_take(s)))
-        return 0;
-    return shim__sem_wait_slow(s, &d, timed);
+    shim__cancel_point();
+    int rc;
+    if (!shim__sem_is_ours(sp)) {
+        rc = shim__sem_wait_glibc(sp, &d, timed);
+    } else {
+        struct shim__sem *s = (struct shim__sem *)sp;
+        if (SHIM_LIKELY(shim__sem_try_take(s)))
+            return 0;
+        rc = shim__sem_wait_slow(s, &d, timed);
+    }
+    if (rc < 0 && errno == EINTR)
+        shim__cancel_point();
+    return rc;
 }
 
 int shim__sem_init(sem_t *sp, int pshared, unsigned value)

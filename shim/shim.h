@@ -19,10 +19,12 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <unwind.h>
 
 #define SHIM_EXPORT __attribute__((visibility("default")))
 
@@ -120,9 +122,6 @@ struct shim_sigstate {
      * handler left in its ucontext (uc_sigmask) for after it. */
     uint64_t h_outer, h_after;
     bool h_outer_set, h_after_set;
-    /* The poke's frame (the interrupted code's context) while the poke
-     * delivers: the trampoline hands it to the handler (signal.c). */
-    struct ucontext_t *h_poke;
     struct shim_altstack alt; /* its sigaltstack (sigaltstack.c) */
 };
 
@@ -160,6 +159,16 @@ int shim__pthread_sigmask(int how, const sigset_t *set, sigset_t *old);
  * 1, and the call fails with EINTR without waiting (after the pop). */
 int shim__sig_mask_push(const sigset_t *mask, uint64_t *saved);
 void shim__sig_mask_pop(uint64_t saved);
+
+/* Pokes f if it runs now, so that a due signal or asynchronous cancel
+ * reaches it at once (signal.c). Any thread. */
+void shim__sig_poke(fs_fiber *f);
+
+/* Whether pokes work (the shim's SIGCANCEL handler is installed), and a
+ * poke with value `value` to kernel thread tid of this process (a spare:
+ * offload.c). */
+bool shim__sig_pokes(void);
+void shim__sig_poke_thread(int tid, void *value);
 
 /* The calling fiber ends: its carrier gets the mask it has between
  * fibers (a handler that called pthread_exit left the kernel's). */
@@ -203,6 +212,43 @@ void shim__alt_handler_leave(struct shim_altstack *a, struct ucontext_t *uc);
 /* A frame of the shim's own (a poke) gets the carrier setting a needs. */
 void shim__alt_frame_set(const struct shim_altstack *a, struct ucontext_t *uc);
 
+/* ---- cancel.c ------------------------------------------------------------ */
+
+struct shim_offload_req;
+
+/* Cancellation state of a fiber (inside its struct shim_thread), zero for
+ * a new thread: enabled, deferred, nothing pending. */
+struct shim_cancel {
+    int state;                       /* PTHREAD_CANCEL_ENABLE/DISABLE; its own */
+    int type;                        /* PTHREAD_CANCEL_DEFERRED/ASYNCHRONOUS; its own */
+    _Atomic int pending;             /* pthread_cancel was called on it */
+    bool exiting;                    /* pthread_exit or a cancel is unwinding it */
+    bool entry_set;                  /* entry holds shim__thread_start's frame */
+    __pthread_unwind_buf_t *cleanup; /* innermost C pthread_cleanup_push */
+    void *result;                    /* the thread's value, while unwinding */
+    jmp_buf entry;                   /* where the unwind ends (thread.c) */
+    struct _Unwind_Exception exc;    /* the forced unwind's exception object */
+    /* Its cancellable handed-off call in progress (offload.c), under the
+     * spare pool's lock. */
+    struct shim_offload_req *offload;
+};
+
+/* A cancellation point of the calling fiber: acts on a pending, enabled
+ * cancel (the call does not return). Off a fiber, nothing: the caller
+ * then makes the C library's call, which is glibc's cancellation point. */
+void shim__cancel_point(void);
+/* Whether shim__cancel_point would act now (for a wait that must first
+ * undo its own state: dequeue, reacquire a mutex). */
+bool shim__cancel_due(void);
+/* Whether f has an asynchronous cancel to act on (the poke, signal.c),
+ * and acting on it in the calling fiber. */
+bool shim__cancel_async_due(fs_fiber *f);
+void shim__cancel_async_act(void);
+/* pthread_cancel of fiber f (held by the caller). */
+void shim__cancel_post(fs_fiber *f);
+/* pthread_exit from the fiber whose state c is: unwinds it (see cancel.c). */
+__attribute__((noreturn)) void shim__cancel_exit(struct shim_cancel *c, void *ret);
+
 /* ---- robust.c ----------------------------------------------------------- */
 
 /* The robust glibc mutexes a fiber holds (inside its struct shim_thread). */
@@ -232,9 +278,14 @@ struct shim_robust_set *shim__robust_set(void);
 /* The signal state of a fiber of the shim, or NULL. */
 struct shim_sigstate *shim__sigstate(fs_fiber *f);
 
-/* Runs the calling fiber's cleanup handlers and TSD destructors, then ends
- * it with value ret. */
+/* pthread_exit from a fiber: unwinds it (cancel.c), then ends it with
+ * value ret. */
 __attribute__((noreturn)) void shim__thread_exit(void *ret);
+/* The end of a fiber's thread once its stack is unwound: thread_local and
+ * TSD destructors, then the fiber ends with value ret. */
+__attribute__((noreturn)) void shim__thread_finish(void *ret);
+/* The cancellation state of a fiber of the shim, or NULL. */
+struct shim_cancel *shim__cancel_of(fs_fiber *f);
 
 /* The fiber of a running thread of the shim: 0 with *f, ESRCH for an
  * ended one, -1 for a glibc thread (see thread.c). */

@@ -89,6 +89,7 @@
 #include <unistd.h>
 
 #include "observe.h"
+#include "offload.h"
 #include "spinlock.h"
 #include "sys.h"
 
@@ -227,39 +228,28 @@ static void shim__trampoline(int sig, siginfo_t *si, void *ucv)
     int saved_errno = errno;
     ucontext_t *uc = ucv;
     const struct sigaction *pa = &shim__wrapped_act[sig];
-    /* Delivered inside a poke: the handler gets the poke's frame, the
-     * interrupted code's, whose registers its sigreturn restores. Taken
-     * while the handler runs (a signal it raises gets its own frame). */
-    ucontext_t *poke = ss->h_poke, *shown = ss->h_outer_set && poke ? poke : uc;
-    ss->h_poke = NULL;
     uint64_t outer = ss->h_outer_set ? ss->h_outer : shim__mask_of(ss);
     ss->h_outer_set = false;
     uint64_t inner = outer | shim__set_to_bits(&pa->sa_mask);
     if (!(pa->sa_flags & SA_NODEFER))
         inner |= SHIM_SIGBIT(sig);
     shim__mask_set(ss, inner);
-    shim__bits_to_set(outer, &shown->uc_sigmask);
-    shim__alt_handler_enter(&ss->alt, shown);
+    shim__bits_to_set(outer, &uc->uc_sigmask);
+    shim__alt_handler_enter(&ss->alt, uc);
     /* The kernel changed the carrier's mask: our record of it is stale. */
     fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
     fs_pin(self);
     errno = saved_errno;
-    shim__wrapped_call(sig, si, shown);
+    shim__wrapped_call(sig, si, ucv);
     saved_errno = errno;
     fs_unpin(self);
-    uint64_t after = shim__set_to_bits(&shown->uc_sigmask) & ~SHIM_UNBLOCKABLE;
+    uint64_t after = shim__set_to_bits(&uc->uc_sigmask) & ~SHIM_UNBLOCKABLE;
     shim__mask_set(ss, after);
     ss->h_after = after;
     ss->h_after_set = true;
     uint64_t want = shim__carrier_want(after);
     shim__bits_to_set(want, &uc->uc_sigmask);
-    shim__alt_handler_leave(&ss->alt, shown);
-    if (shown != uc) {
-        /* Both sigreturns (ours, then the poke's) install these. */
-        shim__bits_to_set(want, &shown->uc_sigmask);
-        uc->uc_stack = shown->uc_stack;
-    }
-    ss->h_poke = poke; /* for the next signal this poke delivers */
+    shim__alt_handler_leave(&ss->alt, uc);
     uint64_t *cl = fs_carrier_local(); /* sigreturn installs want */
     cl[SHIM_CARRIER_MASK] = want;
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
@@ -302,10 +292,7 @@ int shim__sigaction_wrapped(int sig, const struct sigaction *act, struct sigacti
  * cancellation is the shim's) sent with rt_tgsigqueueinfo, SI_QUEUE and a
  * value of ours, to the carrier running it. Our handler, on the fiber's
  * stack, delivers the fiber's due signals right there (the handler then
- * runs nested in ours; the trampoline gives it our frame's ucontext, the
- * interrupted code's: what it reads of the registers is that code's, and
- * what it changes there (the program counter, a register, the mask) takes
- * effect when our handler returns, as for a thread), unless the fiber
+ * runs nested in ours: its ucontext is our handler's), unless the fiber
  * was interrupted inside the runtime or the shim (a spin lock held, a park
  * half made: the program counter is in this library or the vDSO), where
  * no handler may run: then the dispatcher pokes it again a millisecond
@@ -362,9 +349,38 @@ static bool shim__due(struct shim_sigstate *ss)
     return (atomic_load(&ss->pending) | atomic_load(&ss->ppending)) & ~shim__mask_of(ss);
 }
 
+/* Marks the fiber for a poke a millisecond from now (the dispatcher). */
+static void shim__repoke_later(struct shim_sigstate *ss)
+{
+    if (!atomic_exchange(&ss->repoke, 1))
+        atomic_fetch_add(&shim__repokes, 1);
+    shim__disp_kick();
+}
+
+/* The poke found f running with an asynchronous cancel to act on. As
+ * glibc's SIGCANCEL handler, it unwinds from the interrupted instruction,
+ * unless that is inside the shim or the runtime (again later). The
+ * handler's frame is never returned from: the carrier first takes the
+ * mask its fiber needs, not the handler's. */
+static void shim__poke_cancel(struct shim_sigstate *ss, const ucontext_t *uc, int saved_errno)
+{
+    if (shim__pc_unsafe((uintptr_t)uc->uc_mcontext.gregs[REG_RIP])) {
+        shim__repoke_later(ss);
+        return;
+    }
+    fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
+    shim__carrier_follow(ss);
+    errno = saved_errno;
+    shim__cancel_async_act();
+}
+
 static void shim__poke_handler(int sig, siginfo_t *si, void *ucv)
 {
     (void)sig;
+    if (si->si_code == SI_QUEUE && si->si_value.sival_ptr == SHIM_OFFLOAD_CANCEL_VALUE) {
+        shim__offload_cancel_signal(ucv); /* on a spare: offload.c */
+        return;
+    }
     if (si->si_code != SI_QUEUE || si->si_value.sival_ptr != SHIM_POKE_VALUE)
         return;
     int e = errno;
@@ -378,12 +394,12 @@ static void shim__poke_handler(int sig, siginfo_t *si, void *ucv)
             shim__disp_kick();
         } else {
             shim__alt_rearm(&ss->alt);
-            ss->h_poke = uc; /* their handlers get this frame (the trampoline) */
             shim__deliver_pending(ss);
-            ss->h_poke = NULL;
             shim__alt_frame_set(&ss->alt, uc);
         }
     }
+    if (ss && shim__cancel_async_due(f))
+        shim__poke_cancel(ss, uc, e);
     errno = e;
 }
 
@@ -436,12 +452,41 @@ static void shim__poke(fs_fiber *f)
     fs__sys4(SYS_rt_tgsigqueueinfo, si.si_pid, tid, SHIM_SIGPOKE, &si);
 }
 
+void shim__sig_poke(fs_fiber *f)
+{
+    shim__poke(f);
+}
+
+bool shim__sig_pokes(void)
+{
+    return atomic_load_explicit(&shim__poke_on, memory_order_relaxed);
+}
+
+void shim__sig_poke_thread(int tid, void *value)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    si.si_signo = SHIM_SIGPOKE;
+    si.si_code = SI_QUEUE;
+    si.si_pid = (pid_t)fs__sys0(SYS_getpid);
+    si.si_uid = getuid();
+    si.si_value.sival_ptr = value;
+    fs__sys4(SYS_rt_tgsigqueueinfo, si.si_pid, tid, SHIM_SIGPOKE, &si);
+}
+
 static bool shim__repoke_cb(fs_fiber *f, struct shim_sigstate *ss, void *arg)
 {
     (void)arg;
-    if (atomic_load(&ss->repoke) && atomic_exchange(&ss->repoke, 0)) {
+    if (!atomic_load(&ss->repoke))
+        return false;
+    /* An asynchronous cancel waits for its fiber to run (it may be
+     * parked, or queued behind others): look every millisecond until a
+     * poke can reach it. Nothing else keeps a fiber marked. */
+    if (shim__cancel_async_due(f) && !fs_fiber_running_tid(f))
+        return false;
+    if (atomic_exchange(&ss->repoke, 0)) {
         atomic_fetch_sub(&shim__repokes, 1);
-        if (shim__due(ss))
+        if (shim__due(ss) || shim__cancel_async_due(f))
             shim__poke(f);
     }
     return false;
@@ -677,7 +722,6 @@ void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
     atomic_store(&ss->pending, 0);
     ss->qhead = ss->qtail = NULL;
     atomic_store(&ss->qlock, 0);
-    ss->h_poke = NULL;
     atomic_store(&ss->ppending, 0);
     atomic_store(&ss->restart, 1);
     ss->handled = 0;
@@ -1016,6 +1060,11 @@ static void shim__sig_hook(fs_fiber *f)
     if (atomic_load_explicit(&ss->pending, memory_order_relaxed) |
         atomic_load_explicit(&ss->ppending, memory_order_relaxed))
         shim__deliver_pending(ss);
+    /* Resumed inside the shim with an asynchronous cancel to act on (it
+     * was parked or runnable when pthread_cancel came): the poke that acts
+     * must find it back in the program's code. */
+    if (SHIM_UNLIKELY(shim__cancel_async_due(f)) && atomic_load(&shim__poke_on))
+        shim__repoke_later(ss);
 }
 
 /* Activation, on the adopted thread (carrier 0, main's fiber), before
@@ -1265,10 +1314,11 @@ SHIM_ALIAS(raise)
  * then the mask is restored and it fails with EINTR. */
 static int shim__suspend(struct shim_sigstate *ss, uint64_t m)
 {
+    shim__cancel_point(); /* a cancellation point */
     uint64_t saved = shim__mask_of(ss);
     uint32_t h0 = ss->handled;
     shim__mask_change(ss, m & ~SHIM_UNBLOCKABLE);
-    while (ss->handled == h0) {
+    while (ss->handled == h0 && !shim__cancel_due()) {
         /* Only an interrupt ends this park; one that came before it was
          * prepared ends it at once (park.c). The handler runs at its end. */
         fs_park_token tok = fs_park_prepare();
@@ -1276,6 +1326,7 @@ static int shim__suspend(struct shim_sigstate *ss, uint64_t m)
     }
     (void)shim__sig_should_restart(); /* never restarted */
     shim__mask_change(ss, saved);
+    shim__cancel_point(); /* a cancel ended it: with the mask back */
     errno = EINTR;
     return -1;
 }
@@ -1447,6 +1498,10 @@ static int shim__sigwait_fiber(const sigset_t *set, siginfo_t *info, const struc
                 rc = -EAGAIN;
             break;
         }
+        if (w == -EINTR && shim__cancel_due()) {
+            rc = -EINTR; /* the wrapper acts on it, once this is undone */
+            break;
+        }
         if (w == -EINTR && ss->handled != h0) {
             /* A handler of another signal ran in this fiber. The kernel
              * never restarts sigwaitinfo/sigtimedwait, SA_RESTART or not. */
@@ -1473,7 +1528,10 @@ int shim__sigtimedwait(const sigset_t *set, siginfo_t *info, const struct timesp
 {
     if (!fs_self())
         return REAL(sigtimedwait)(set, info, tmo);
+    shim__cancel_point();
     int rc = shim__sigwait_fiber(set, info, tmo, false);
+    if (rc == -EINTR)
+        shim__cancel_point();
     if (rc < 0) {
         errno = -rc;
         return -1;
@@ -1486,7 +1544,10 @@ int shim__sigwaitinfo(const sigset_t *set, siginfo_t *info)
 {
     if (!fs_self())
         return REAL(sigwaitinfo)(set, info);
+    shim__cancel_point();
     int rc = shim__sigwait_fiber(set, info, NULL, false);
+    if (rc == -EINTR)
+        shim__cancel_point();
     if (rc < 0) {
         errno = -rc;
         return -1;
@@ -1500,7 +1561,10 @@ int shim__sigwait(const sigset_t *set, int *sig)
 {
     if (!fs_self())
         return REAL(sigwait)(set, sig);
+    shim__cancel_point();
     int rc = shim__sigwait_fiber(set, NULL, NULL, true);
+    if (rc == -EINTR)
+        shim__cancel_point(); /* sigwait itself is never interrupted */
     if (rc < 0)
         return -rc;
     *sig = rc;

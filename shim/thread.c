@@ -1,7 +1,8 @@
 /*
  * thread.c - pthreads become fibers: create, join, detach, exit, identity,
  * scheduling attributes, affinity, names and CPU-time clocks,
- * thread-specific data and C cleanup handlers.
+ * thread-specific data. Cancellation, pthread_exit's unwinding and the C
+ * cleanup handlers are cancel.c's.
  *
  * Handles, with per-fiber TLS (fs_fiber_tls(), the default). A fiber's
  * pthread_t is its thread control block's address (fs_fiber_tcb), as a
@@ -127,10 +128,8 @@ struct shim_thread {
     void *arg;
     pthread_t real_id;          /* glibc's id for the adopted thread, else 0 */
     _Atomic bool ended;         /* its start routine returned or it exited */
-    __pthread_unwind_buf_t *cleanup; /* innermost pthread_cleanup_push */
     struct shim_tsd tsd;
-    int cancel_state, cancel_type;
-    _Atomic int cancel_pending;
+    struct shim_cancel cancel;  /* cancel.c */
     int64_t cpu_offset_ns;      /* added to its fiber's CPU time (adoption, fork) */
     /* Under shim__attr_lock: */
     bool explicit_sched;        /* created with PTHREAD_EXPLICIT_SCHED */
@@ -159,11 +158,6 @@ static struct {
 } shim__keys[PTHREAD_KEYS_MAX];
 static fs_spinlock shim__keys_lock = FS_SPINLOCK_INIT;
 
-/* glibc's longjmp, declared on an untyped buffer: the cancel buffer of
- * pthread_cleanup_push is a jmp_buf without the saved signal mask, which
- * is never read because __sigsetjmp(buf, 0) did not save one. */
-extern void shim__longjmp(void *buf, int val) __asm__("longjmp") __attribute__((noreturn));
-
 static struct shim_thread *shim__main_thread;
 static _Atomic long shim__threads_alive; /* for "the last thread exits" */
 
@@ -183,6 +177,12 @@ struct shim_sigstate *shim__sigstate(fs_fiber *f)
 {
     struct shim_thread *st = f ? fs_fiber_local(f) : NULL;
     return st ? &st->sig : NULL;
+}
+
+struct shim_cancel *shim__cancel_of(fs_fiber *f)
+{
+    struct shim_thread *st = f ? fs_fiber_local(f) : NULL;
+    return st ? &st->cancel : NULL;
 }
 
 /* ---- records: a type-stable pool ------------------------------------------ */
@@ -802,11 +802,18 @@ int shim__adopt_current(void)
 
 /* ---- create / exit / join ------------------------------------------------ */
 
+/* The fiber's first frame of ours. pthread_exit's unwind (cancel.c) ends
+ * here: its stop function longjmps to st->cancel.entry once the frame
+ * about to be unwound is this one, as glibc's ends in start_thread. */
 static void *shim__thread_start(void *p)
 {
     struct shim_thread *st = p;
     shim__thread_start_hook(st);
-    shim__thread_exit(st->start(st->arg));
+    if (_setjmp(st->cancel.entry) == 0) {
+        st->cancel.entry_set = true;
+        shim__thread_finish(st->start(st->arg));
+    }
+    shim__thread_finish(st->cancel.result);
 }
 
 struct shim_create {
@@ -951,17 +958,9 @@ static void shim__tsd_run_dtors(struct shim_tsd *tsd)
     }
 }
 
-__attribute__((noreturn)) void shim__thread_exit(void *ret)
+__attribute__((noreturn)) void shim__thread_finish(void *ret)
 {
     struct shim_thread *st = shim__cur();
-    /* Run the innermost cleanup handler at its push site; it comes back
-     * through __pthread_unwind_next, which lands here again. */
-    if (st->cleanup) {
-        __pthread_unwind_buf_t *b = st->cleanup;
-        st->cleanup = b->__pad[0];
-        b->__pad[3] = ret; /* carried through the handler chain */
-        shim__longjmp(b->__cancel_jmp_buf, 1);
-    }
     /* C++ thread_local destructors, then TSD destructors: glibc's order
      * (start_thread). */
     fs_tls_run_dtors();
@@ -976,48 +975,10 @@ __attribute__((noreturn)) void shim__thread_exit(void *ret)
     fs_exit(ret);
 }
 
-/* glibc's C cleanup handlers (pthread_cleanup_push without exceptions)
- * keep their chain in the kernel thread's struct pthread, which fibers
- * sharing a carrier would corrupt; for fibers the chain lives in the
- * shim_thread. __pad[0] links a buffer to the outer one. */
-void shim____pthread_register_cancel(__pthread_unwind_buf_t *buf)
+__attribute__((noreturn)) void shim__thread_exit(void *ret)
 {
-    struct shim_thread *st = shim__cur();
-    if (!st) {
-        REAL(__pthread_register_cancel)(buf);
-        return;
-    }
-    buf->__pad[0] = st->cleanup;
-    st->cleanup = buf;
+    shim__cancel_exit(&shim__cur()->cancel, ret);
 }
-SHIM_ALIAS(__pthread_register_cancel)
-
-void shim____pthread_unregister_cancel(__pthread_unwind_buf_t *buf)
-{
-    struct shim_thread *st = shim__cur();
-    if (!st) {
-        REAL(__pthread_unregister_cancel)(buf);
-        return;
-    }
-    st->cleanup = buf->__pad[0];
-}
-SHIM_ALIAS(__pthread_unregister_cancel)
-
-void shim____pthread_unwind_next(__pthread_unwind_buf_t *buf)
-{
-    struct shim_thread *st = shim__cur();
-    if (!st)
-        REAL(__pthread_unwind_next)(buf);
-    void *ret = buf->__pad[3];
-    if (st->cleanup) {
-        __pthread_unwind_buf_t *b = st->cleanup;
-        st->cleanup = b->__pad[0];
-        b->__pad[3] = ret;
-        shim__longjmp(b->__cancel_jmp_buf, 1);
-    }
-    shim__thread_exit(ret);
-}
-SHIM_ALIAS(__pthread_unwind_next)
 
 void shim__pthread_exit(void *ret)
 {
@@ -1104,8 +1065,17 @@ static int shim__join(pthread_t t, void **ret, clockid_t clock, const struct tim
         return EINVAL;
     }
     for (;;) {
+        /* A cancellation point (not tryjoin) while the thread runs, as
+         * glibc's, whose wait for it is cancellable: the handle stays
+         * joinable. */
+        if (!try && !atomic_load(&st->ended) && shim__cancel_due()) {
+            atomic_store(&st->word, w | SHIM_H_JOINABLE);
+            shim__cancel_point();
+        }
         int64_t dl = try ? 0 : abs ? shim__abs_to_deadline(clock, abs) : FS_NO_DEADLINE;
         rc = fs_join(st->fiber, ret, dl);
+        if (rc == -EINTR)
+            continue; /* a signal handler ran, or a cancel came: look again */
         if (rc == -ETIMEDOUT && abs) {
             /* Never report a timeout before the absolute time has come on
              * the caller's clock (REALTIME may have been stepped back). */
@@ -1542,7 +1512,7 @@ int shim__pthread_getcpuclockid(pthread_t t, clockid_t *clock)
 }
 SHIM_ALIAS(pthread_getcpuclockid)
 
-/* ---- cancellation (deferred, at pthread_testcancel) ----------------------- */
+/* ---- cancellation (cancel.c) ------------------------------------------------ */
 
 int shim__pthread_cancel(pthread_t t)
 {
@@ -1550,52 +1520,14 @@ int shim__pthread_cancel(pthread_t t)
     struct shim_thread *st = shim__thread_get(t, &err);
     if (!st)
         return err ? 0 : REAL(pthread_cancel)(t); /* glibc: 0 for an ended thread */
-    /* The adopted main thread too: its kernel thread is a carrier. */
-    atomic_store(&st->cancel_pending, 1);
+    /* The adopted main thread too: its kernel thread is a carrier. The
+     * reference keeps the fiber alive while it is interrupted. */
+    if (!atomic_load(&st->ended))
+        shim__cancel_post(st->fiber);
     shim__thread_put(st);
     return 0;
 }
 SHIM_ALIAS(pthread_cancel)
-
-void shim__pthread_testcancel(void)
-{
-    struct shim_thread *st = shim__cur();
-    if (!st) {
-        REAL(pthread_testcancel)();
-        return;
-    }
-    if (atomic_load(&st->cancel_pending) && st->cancel_state == PTHREAD_CANCEL_ENABLE)
-        shim__thread_exit(PTHREAD_CANCELED);
-}
-SHIM_ALIAS(pthread_testcancel)
-
-int shim__pthread_setcancelstate(int state, int *old)
-{
-    struct shim_thread *st = shim__cur();
-    if (!st)
-        return REAL(pthread_setcancelstate)(state, old);
-    if (state != PTHREAD_CANCEL_ENABLE && state != PTHREAD_CANCEL_DISABLE)
-        return EINVAL;
-    if (old)
-        *old = st->cancel_state;
-    st->cancel_state = state;
-    return 0;
-}
-SHIM_ALIAS(pthread_setcancelstate)
-
-int shim__pthread_setcanceltype(int type, int *old)
-{
-    struct shim_thread *st = shim__cur();
-    if (!st)
-        return REAL(pthread_setcanceltype)(type, old);
-    if (type != PTHREAD_CANCEL_DEFERRED && type != PTHREAD_CANCEL_ASYNCHRONOUS)
-        return EINVAL;
-    if (old)
-        *old = st->cancel_type;
-    st->cancel_type = type;
-    return 0;
-}
-SHIM_ALIAS(pthread_setcanceltype)
 
 /* ---- thread-specific data ------------------------------------------------- */
 

@@ -14,9 +14,12 @@
 #include <unistd.h>
 
 /* Sleeps the calling fiber until `abs` on `clock`. Returns 0, or EINTR
- * when a signal handler ran (sleeps are never restarted, signal(7)). */
+ * when a signal handler ran (sleeps are never restarted, signal(7)). A
+ * cancellation point: a pending cancel acts at entry, and one that
+ * interrupts the sleep acts then. */
 static int shim__sleep_abs(clockid_t clock, const struct timespec *abs)
 {
+    shim__cancel_point();
     for (;;) {
         struct timespec now;
         clock_gettime(clock, &now);
@@ -26,6 +29,7 @@ static int shim__sleep_abs(clockid_t clock, const struct timespec *abs)
             return 0;
         if (fs_sleep_until(shim__deadline_after(left)) == -EINTR) {
             shim__sig_should_restart(); /* consume: sleeps report EINTR regardless */
+            shim__cancel_point();
             return EINTR;
         }
     }
@@ -51,8 +55,12 @@ static bool shim__sleep_clock_ok(clockid_t clock)
 int shim__clock_nanosleep(clockid_t clock, int flags, const struct timespec *req,
                           struct timespec *rem)
 {
-    if (!fs_self() || !shim__sleep_clock_ok(clock))
+    if (!fs_self())
         return REAL(clock_nanosleep)(clock, flags, req, rem);
+    if (!shim__sleep_clock_ok(clock)) {
+        shim__cancel_point();
+        return REAL(clock_nanosleep)(clock, flags, req, rem);
+    }
     if (req->tv_nsec < 0 || req->tv_nsec >= 1000000000 || req->tv_sec < 0)
         return EINVAL;
     if (flags & TIMER_ABSTIME) {

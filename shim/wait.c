@@ -30,7 +30,10 @@ static long shim__wait4_blocking(void *p)
 
 pid_t shim__wait4(pid_t pid, int *status, int options, struct rusage *ru)
 {
-    if (!fs_self() || (options & WNOHANG))
+    if (!fs_self())
+        return REAL(wait4)(pid, status, options, ru);
+    shim__cancel_point(); /* glibc's wait4, under every wait call, is one */
+    if (options & WNOHANG)
         return REAL(wait4)(pid, status, options, ru);
     int saved = errno;
     pid_t r = REAL(wait4)(pid, status, options | WNOHANG, ru);
@@ -38,7 +41,7 @@ pid_t shim__wait4(pid_t pid, int *status, int options, struct rusage *ru)
         return r; /* reaped, or an error such as ECHILD */
     errno = saved;
     struct shim_wait4 w = {pid, status, options, ru};
-    return (pid_t)shim__offload_blocking(shim__wait4_blocking, &w, FS_PARK_OTHER);
+    return (pid_t)shim__offload_cancellable(shim__wait4_blocking, &w, FS_PARK_OTHER);
 }
 SHIM_ALIAS(wait4)
 
@@ -75,10 +78,13 @@ static long shim__waitid_blocking(void *p)
 
 int shim__waitid(idtype_t type, id_t id, siginfo_t *info, int options)
 {
-    if (!fs_self() || (options & WNOHANG))
+    if (!fs_self())
+        return REAL(waitid)(type, id, info, options);
+    shim__cancel_point();
+    if (options & WNOHANG)
         return REAL(waitid)(type, id, info, options);
     struct shim_waitid w = {type, id, info, options};
-    return (int)shim__offload_blocking(shim__waitid_blocking, &w, FS_PARK_OTHER);
+    return (int)shim__offload_cancellable(shim__waitid_blocking, &w, FS_PARK_OTHER);
 }
 SHIM_ALIAS(waitid)
 
@@ -106,6 +112,9 @@ int shim__system(const char *cmd)
 {
     if (!fs_self())
         return REAL(system)(cmd);
+    /* A cancellation point at entry; once the command runs, it runs to
+     * its end (glibc would kill and reap it: not done here). */
+    shim__cancel_point();
     struct shim_system s = {.cmd = cmd};
     shim__pthread_sigmask(SIG_BLOCK, NULL, &s.mask);
     return (int)shim__offload_blocking(shim__system_blocking, &s, FS_PARK_OTHER);

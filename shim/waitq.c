@@ -108,8 +108,10 @@ int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_re
              * race for our park and woke the next waiter instead: nothing
              * is owed to us. */
             fs__spin_lock(&q->lock);
-            if (why == FS_PARK_SEM) {
-                /* POSIX ends sem_wait with EINTR: sem.c decides. */
+            if (why == FS_PARK_SEM || (why == FS_PARK_COND && shim__cancel_due())) {
+                /* POSIX ends sem_wait with EINTR: sem.c decides. A
+                 * condition wait, a cancellation point, ends for a
+                 * cancel: cond.c reacquires the mutex, then acts. */
                 if (shim__waiter_queued(w))
                     shim__waitq_remove_locked(q, w);
                 fs__spin_unlock(&q->lock);

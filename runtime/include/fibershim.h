@@ -155,8 +155,10 @@ FS_API int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg,
 
 /* Waits until f has exited and frees it; *ret gets fn's return value.
  * deadline: FS_NO_DEADLINE to wait forever, 0 to try once (-EBUSY if not
- * exited), else an absolute fs_now() time (-ETIMEDOUT). -EINVAL if f is
- * detached or already joined, -EDEADLK if f is the caller. Any thread. */
+ * exited), else an absolute fs_now() time (-ETIMEDOUT). -EINTR when
+ * fs_interrupt ended the wait (f is still joinable: call again to wait
+ * on). -EINVAL if f is detached or already joined, -EDEADLK if f is the
+ * caller. Any thread. */
 FS_API int fs_join(fs_fiber *f, void **ret, int64_t deadline);
 
 /* Marks f detached: it is freed when it exits. -EINVAL if already. */
@@ -318,8 +320,8 @@ FS_API bool fs_unpark(fs_fiber *f, fs_park_token tok);
 
 /* Interrupts f, as a signal interrupts a thread: if f is parked (I/O,
  * poll, sleep, a lock, condition, semaphore, barrier, once, futex or join
- * wait), that park ends at once and fs_park() returns -EINTR (lock and
- * join waits then wait again: shim/waitq.c, fs_join); a park for a
+ * wait), that park ends at once and fs_park() returns -EINTR (lock waits
+ * then wait again: shim/waitq.c; fs_join returns -EINTR); a park for a
  * handed-off call (FS_PARK_OTHER) is not cut short. Either way f's hook
  * runs when f next runs, once the park is over. Any thread. */
 FS_API void fs_interrupt(fs_fiber *f);

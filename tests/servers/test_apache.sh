@@ -16,7 +16,8 @@
 #                    listener takes the accept mutex (fcntl locks, Debian's
 #                    "Mutex file:") and waits in its own epoll pollset
 #   shim-2l-pthread  the same with the accept mutex a process-shared robust
-#                    pthread mutex in shared memory (-DPTHREAD_MUTEX)
+#                    priority-inheritance pthread mutex (APR's) in shared
+#                    memory (-DPTHREAD_MUTEX)
 # Checks, each named SERVER/CHECK:
 #   start    the parent and two children run and the scoreboard
 #            (/server-status?auto, filled by ap_mpm_query and the workers)
