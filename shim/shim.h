@@ -122,6 +122,9 @@ struct shim_sigstate {
      * handler left in its ucontext (uc_sigmask) for after it. */
     uint64_t h_outer, h_after;
     bool h_outer_set, h_after_set;
+    /* The poke's frame (the interrupted code's context) while the poke
+     * delivers: the trampoline hands it to the handler (signal.c). */
+    struct ucontext_t *h_poke;
     struct shim_altstack alt; /* its sigaltstack (sigaltstack.c) */
 };
 

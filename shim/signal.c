@@ -228,28 +228,39 @@ static void shim__trampoline(int sig, siginfo_t *si, void *ucv)
     int saved_errno = errno;
     ucontext_t *uc = ucv;
     const struct sigaction *pa = &shim__wrapped_act[sig];
+    /* Delivered inside a poke: the handler gets the poke's frame, the
+     * interrupted code's, whose registers its sigreturn restores. Taken
+     * while the handler runs (a signal it raises gets its own frame). */
+    ucontext_t *poke = ss->h_poke, *shown = ss->h_outer_set && poke ? poke : uc;
+    ss->h_poke = NULL;
     uint64_t outer = ss->h_outer_set ? ss->h_outer : shim__mask_of(ss);
     ss->h_outer_set = false;
     uint64_t inner = outer | shim__set_to_bits(&pa->sa_mask);
     if (!(pa->sa_flags & SA_NODEFER))
         inner |= SHIM_SIGBIT(sig);
     shim__mask_set(ss, inner);
-    shim__bits_to_set(outer, &uc->uc_sigmask);
-    shim__alt_handler_enter(&ss->alt, uc);
+    shim__bits_to_set(outer, &shown->uc_sigmask);
+    shim__alt_handler_enter(&ss->alt, shown);
     /* The kernel changed the carrier's mask: our record of it is stale. */
     fs_carrier_local()[SHIM_CARRIER_MASK_KNOWN] = 0;
     fs_pin(self);
     errno = saved_errno;
-    shim__wrapped_call(sig, si, ucv);
+    shim__wrapped_call(sig, si, shown);
     saved_errno = errno;
     fs_unpin(self);
-    uint64_t after = shim__set_to_bits(&uc->uc_sigmask) & ~SHIM_UNBLOCKABLE;
+    uint64_t after = shim__set_to_bits(&shown->uc_sigmask) & ~SHIM_UNBLOCKABLE;
     shim__mask_set(ss, after);
     ss->h_after = after;
     ss->h_after_set = true;
     uint64_t want = shim__carrier_want(after);
     shim__bits_to_set(want, &uc->uc_sigmask);
-    shim__alt_handler_leave(&ss->alt, uc);
+    shim__alt_handler_leave(&ss->alt, shown);
+    if (shown != uc) {
+        /* Both sigreturns (ours, then the poke's) install these. */
+        shim__bits_to_set(want, &shown->uc_sigmask);
+        uc->uc_stack = shown->uc_stack;
+    }
+    ss->h_poke = poke; /* for the next signal this poke delivers */
     uint64_t *cl = fs_carrier_local(); /* sigreturn installs want */
     cl[SHIM_CARRIER_MASK] = want;
     cl[SHIM_CARRIER_MASK_KNOWN] = 1;
@@ -292,7 +303,10 @@ int shim__sigaction_wrapped(int sig, const struct sigaction *act, struct sigacti
  * cancellation is the shim's) sent with rt_tgsigqueueinfo, SI_QUEUE and a
  * value of ours, to the carrier running it. Our handler, on the fiber's
  * stack, delivers the fiber's due signals right there (the handler then
- * runs nested in ours: its ucontext is our handler's), unless the fiber
+ * runs nested in ours; the trampoline gives it our frame's ucontext, the
+ * interrupted code's: what it reads of the registers is that code's, and
+ * what it changes there (the program counter, a register, the mask) takes
+ * effect when our handler returns, as for a thread), unless the fiber
  * was interrupted inside the runtime or the shim (a spin lock held, a park
  * half made: the program counter is in this library or the vDSO), where
  * no handler may run: then the dispatcher pokes it again a millisecond
@@ -394,7 +408,9 @@ static void shim__poke_handler(int sig, siginfo_t *si, void *ucv)
             shim__disp_kick();
         } else {
             shim__alt_rearm(&ss->alt);
+            ss->h_poke = uc; /* their handlers get this frame (the trampoline) */
             shim__deliver_pending(ss);
+            ss->h_poke = NULL;
             shim__alt_frame_set(&ss->alt, uc);
         }
     }
@@ -722,6 +738,7 @@ void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask)
     atomic_store(&ss->pending, 0);
     ss->qhead = ss->qtail = NULL;
     atomic_store(&ss->qlock, 0);
+    ss->h_poke = NULL;
     atomic_store(&ss->ppending, 0);
     atomic_store(&ss->restart, 1);
     ss->handled = 0;
