@@ -193,13 +193,15 @@ void shim__sig_exec_end(void);
  * thread's, unless that is the runtime's own). */
 void shim__alt_init(struct shim_altstack *a, bool adopted);
 /* The calling carrier gets the kernel alternate stack the running fiber
- * with setting a needs (the runtime's where a has none; a NULL: between
- * fibers). At every switch once some fiber has one. */
+ * with setting a needs where it runs now: its own while it runs on it,
+ * else the runtime's (a NULL: between fibers). At every switch once some
+ * fiber has one, and after a delivery. */
 void shim__alt_follow(const struct shim_altstack *a);
 void shim__alt_carrier_reset(void);
 /* Before the shim lets the kernel deliver a signal with an SA_ONSTACK
- * handler to the calling fiber with setting a: a fiber without one gets
- * none, not the runtime's (shim__alt_follow puts that back after). */
+ * handler to the calling fiber with setting a: the carrier gets the
+ * fiber's, or none for a fiber without one, not the runtime's
+ * (shim__alt_follow puts that back after). */
 void shim__alt_for_delivery(const struct shim_altstack *a);
 /* In the poke handler before it delivers: a self-disarming setting the
  * poke's delivery disarmed is armed again (the poke is not the

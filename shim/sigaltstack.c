@@ -14,21 +14,20 @@
  *    below the kernel's MINSIGSTKSZ with ENOMEM (the kernel checks the new
  *    one on the carrier itself, so its own rules and EFAULT apply).
  *
- *  - Whenever a fiber runs, its carrier's kernel alternate stack is the
- *    fiber's; for a fiber without one, the runtime's own for that carrier
- *    (fs_carrier_altstack), on which the runtime reports a stack overflow.
- *    The interrupt hook makes it so at every switch once some fiber has
- *    set one (fs_hook_every_switch); each carrier remembers what it has
- *    (fs_carrier_local words), so a switch between fibers that share the
- *    answer costs no system call. So every signal the kernel delivers to
- *    the fiber, through the shim (the carrier unblocking it: signal.c) or
- *    directly (a fault), runs an SA_ONSTACK handler on the fiber's stack,
- *    nested ones on it further down, exactly as for a thread. For a fiber
- *    without one, a signal the shim delivers (the carrier unblocking it)
- *    finds none installed either, and its handler runs on the fiber's
- *    stack; only a fault, which the kernel delivers directly, runs its
- *    SA_ONSTACK handler on the runtime's stack (so that an overflow is
- *    reported: the fiber's own stack is exhausted).
+ *  - The kernel uses a carrier's alternate stack when it delivers a
+ *    signal whose action has SA_ONSTACK. The signals the shim delivers to
+ *    a fiber (the carrier unblocking them: signal.c) get the fiber's own
+ *    installed first (none for a fiber without one), so their handlers
+ *    run on it, nested ones further down, exactly as a thread's. Between
+ *    deliveries a carrier keeps the runtime's own (fs_carrier_altstack),
+ *    on which the runtime reports a stack overflow; a fiber that resumes
+ *    while it runs on its own (a handler there that blocked) gets its own
+ *    back (the interrupt hook, at every switch once some fiber has set
+ *    one). So a switch costs no system call, but around a handler that
+ *    blocks on its alternate stack; and a fault (SIGSEGV, SIGBUS...),
+ *    which the kernel delivers directly, runs an SA_ONSTACK handler on
+ *    the runtime's stack, unless the fiber already runs on its own. Each
+ *    carrier remembers what it has (fs_carrier_local words).
  *
  *  - The handler trampoline (signal.c) mirrors what the kernel does to a
  *    thread's setting around a handler: SS_AUTODISARM disarms it at
@@ -36,7 +35,7 @@
  *    (which undoes a change made inside a handler, unless the handler runs
  *    on the alternate stack). The handler sees the fiber's setting in
  *    uc_stack, not the carrier's; the frame gets back the carrier's
- *    setting the fiber's then needs, which sigreturn installs.
+ *    setting the interrupted code needs, which sigreturn installs.
  *
  * A handler that blocks is pinned to its carrier (signal.c): while it is
  * parked its carrier runs other fibers, each with its own alternate stack,
@@ -105,10 +104,11 @@ void shim__alt_init(struct shim_altstack *a, bool adopted)
 }
 
 /* What the carrier's kernel setting must be while a fiber with setting a
- * runs (a NULL: no fiber). */
-static void shim__alt_want(const struct shim_altstack *a, stack_t *w)
+ * (NULL: none, between fibers) runs at sp: its own while it runs on it,
+ * else the runtime's. */
+static void shim__alt_want(const struct shim_altstack *a, uintptr_t sp, stack_t *w)
 {
-    if (a && a->size) {
+    if (a && a->size && shim__alt_on(a->sp, a->size, a->flags, sp)) {
         w->ss_sp = a->sp;
         w->ss_size = a->size;
         w->ss_flags = a->flags;
@@ -147,16 +147,16 @@ static void shim__alt_install(const stack_t *w)
 void shim__alt_follow(const struct shim_altstack *a)
 {
     stack_t w;
-    shim__alt_want(a, &w);
+    shim__alt_want(a, (uintptr_t)__builtin_frame_address(0), &w);
     shim__alt_install(&w);
 }
 
 void shim__alt_for_delivery(const struct shim_altstack *a)
 {
-    if (a->size)
-        return; /* installed already */
-    stack_t off = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
-    shim__alt_install(&off);
+    stack_t w = {.ss_sp = a->sp, .ss_size = a->size, .ss_flags = a->flags};
+    if (!a->size)
+        w = (stack_t){.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
+    shim__alt_install(&w);
 }
 
 void shim__alt_rearm(const struct shim_altstack *a)
@@ -208,10 +208,11 @@ void shim__alt_handler_leave(struct shim_altstack *a, ucontext_t *uc)
             fs_hook_every_switch();
         }
     }
-    /* The frame gets the carrier's setting this needs; sigreturn installs
-     * it unless the frame is on the carrier's current one. */
+    /* The frame gets the carrier's setting the interrupted code needs;
+     * sigreturn installs it unless the frame is on the carrier's current
+     * one. */
     stack_t w;
-    shim__alt_want(a, &w);
+    shim__alt_want(a, (uintptr_t)uc->uc_mcontext.gregs[REG_RSP], &w);
     uc->uc_stack = w;
     uint64_t *cl = fs_carrier_local();
     if (!cl)
@@ -230,7 +231,7 @@ void shim__alt_handler_leave(struct shim_altstack *a, ucontext_t *uc)
 void shim__alt_frame_set(const struct shim_altstack *a, ucontext_t *uc)
 {
     stack_t w;
-    shim__alt_want(a, &w);
+    shim__alt_want(a, (uintptr_t)uc->uc_mcontext.gregs[REG_RSP], &w);
     uc->uc_stack = w;
     uint64_t *cl = fs_carrier_local();
     if (cl && (cl[SHIM_CL_ALT_FLAGS] & SHIM_ALT_KNOWN) &&

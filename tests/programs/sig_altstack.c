@@ -24,6 +24,8 @@ struct seen {
 };
 
 static __thread char *my_alt; /* this thread's alternate stack, or NULL */
+static __thread int my_parks;  /* its handler blocks until released */
+static sem_t in_handler, release_handler;
 static __thread struct seen *my_seen;
 static __thread volatile char *volatile outer_local;
 static __thread volatile int nested_ran, nested_on, nested_below;
@@ -59,6 +61,16 @@ static void handler(int sig, siginfo_t *si, void *ucv)
     s->eperm = sigaltstack(&n, NULL) == -1 && errno == EPERM;
     s->uc_names = my_alt ? uc->uc_stack.ss_sp == my_alt && uc->uc_stack.ss_size == ALT
                          : uc->uc_stack.ss_size == 0 || (uc->uc_stack.ss_flags & SS_DISABLE);
+    if (my_parks) {
+        /* Blocks on its alternate stack while another thread's handler
+         * runs on that one's; then goes on, still on its own. */
+        CHECK_SYS(sem_post(&in_handler));
+        while (sem_wait(&release_handler) != 0)
+            CHECK(errno == EINTR);
+        s->on_alt = s->on_alt && on(my_alt, &local);
+        CHECK_SYS(sigaltstack(NULL, &o));
+        s->flags = o.ss_flags == s->flags ? s->flags : -1;
+    }
     if (my_alt) {
         outer_local = &local;
         raise(SIGUSR2);
@@ -86,6 +98,7 @@ static void print(const char *what, const struct seen *s, int with_alt)
 struct job {
     int alt;       /* index into alts, or -1 */
     int spin;      /* spin instead of sem_wait */
+    int parks;     /* its handler blocks */
     sem_t ready, go;
     struct seen seen;
     atomic_int done;
@@ -103,6 +116,7 @@ static void *worker(void *arg)
 {
     struct job *j = arg;
     my_seen = &j->seen;
+    my_parks = j->parks;
     if (j->alt >= 0) {
         my_alt = alts[j->alt];
         stack_t ss = {.ss_sp = my_alt, .ss_size = ALT};
@@ -121,11 +135,12 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static void start(struct job *j, pthread_t *t, int alt, int spin)
+static void start(struct job *j, pthread_t *t, int alt, int spin, int parks)
 {
     memset(j, 0, sizeof *j);
     j->alt = alt;
     j->spin = spin;
+    j->parks = parks;
     CHECK_SYS(sem_init(&j->ready, 0, 0));
     CHECK_SYS(sem_init(&j->go, 0, 0));
     CHECK_RC(pthread_create(t, NULL, worker, j));
@@ -219,9 +234,9 @@ int main(void)
     /* Two blocked threads with stacks of their own, and one without. */
     struct job a, b, c;
     pthread_t ta, tb, tc;
-    start(&a, &ta, 0, 0);
-    start(&b, &tb, 1, 0);
-    start(&c, &tc, -1, 0);
+    start(&a, &ta, 0, 0, 0);
+    start(&b, &tb, 1, 0, 0);
+    start(&c, &tc, -1, 0, 0);
     struct job *jobs[] = {&a, &b, &c};
     pthread_t ts[] = {ta, tb, tc};
     const char *names[] = {"blocked thread A", "blocked thread B", "blocked thread without"};
@@ -231,8 +246,24 @@ int main(void)
         print(names[i], &jobs[i]->seen, i < 2);
     }
 
+    /* A handler that blocks on its alternate stack, while another
+     * thread's runs on its own. */
+    CHECK_SYS(sem_init(&in_handler, 0, 0));
+    CHECK_SYS(sem_init(&release_handler, 0, 0));
+    start(&a, &ta, 0, 0, 1);
+    start(&b, &tb, 1, 0, 0);
+    CHECK_RC(pthread_kill(ta, SIGUSR1));
+    while (sem_wait(&in_handler) != 0)
+        CHECK(errno == EINTR);
+    CHECK_RC(pthread_kill(tb, SIGUSR1));
+    finish(&b, tb);
+    CHECK_SYS(sem_post(&release_handler));
+    finish(&a, ta);
+    print("thread signalled while another blocks in its handler", &b.seen, 1);
+    print("handler that blocked", &a.seen, 1);
+
     /* A spinning thread (no system call). */
-    start(&a, &ta, 2, 1);
+    start(&a, &ta, 2, 1, 0);
     usleep(20000);
     CHECK_RC(pthread_kill(ta, SIGUSR1));
     CHECK_RC(pthread_join(ta, NULL));
@@ -240,7 +271,7 @@ int main(void)
 
     /* A process-directed signal, taken by the only thread that does not
      * block it. */
-    start(&a, &ta, 3, 0);
+    start(&a, &ta, 3, 0, 0);
     CHECK_SYS(kill(getpid(), SIGUSR1));
     finish(&a, ta);
     print("kill", &a.seen, 1);
