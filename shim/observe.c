@@ -72,7 +72,8 @@ static void shim__stats_write(int fd)
     P("fiber_tls", st.fiber_tls);
     P("offloads", shim__offload_count());
     P("file_inplace", shim__file_inplace_count());
-    /* Balance: how many fibers each carrier started, and its busy time.
+    /* Balance: how many fibers each carrier started, its busy time (not
+     * asleep in epoll_wait) and the CPU time of its kernel thread.
      * Handoff carriers follow the configured ones. */
     for (unsigned i = 0; i < st.carriers + st.extra_carriers && n < sizeof buf - 128; i++) {
         struct fs_carrier_stats cs;
@@ -83,6 +84,8 @@ static void shim__stats_write(int fd)
         P(name, cs.fibers_run);
         snprintf(name, sizeof name, "carrier%u_busy_ms", i);
         P(name, cs.busy_ns / 1000000);
+        snprintf(name, sizeof name, "carrier%u_cpu_ms", i);
+        P(name, cs.cpu_ns / 1000000);
     }
 #undef P
     for (size_t off = 0; off < n;) {

@@ -554,7 +554,9 @@ FS_API void fs_stats_get(struct fs_stats *st);
  * ones). Returns -EINVAL past the last one. */
 struct fs_carrier_stats {
     uint64_t fibers_run;     /* fibers started on this carrier */
-    uint64_t busy_ns;        /* time spent running fibers */
+    uint64_t busy_ns;        /* wall time not asleep in epoll_wait (running fibers,
+                              * looking for them, or preempted meanwhile) */
+    uint64_t cpu_ns;         /* CPU time of the kernel thread driving it now */
     uint64_t switches;
     uint32_t runq_len;
     bool sleeping;

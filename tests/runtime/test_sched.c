@@ -572,7 +572,7 @@ static void *spin_until_stopped(void *arg)
  * still shows the time it has been busy: fs_carrier_stats counts the
  * stretch in progress, not only the stretches that ended in a sleep. The
  * carrier has been busy at least since the fiber started, which this
- * plain thread saw before it took t0. */
+ * plain thread saw before it took t0. Its CPU time (cpu_ns) grows too. */
 Test(sched, carrier_busy_time_counts_the_stretch_in_progress)
 {
     start(1, false);
@@ -580,17 +580,24 @@ Test(sched, carrier_busy_time_counts_the_stretch_in_progress)
     cr_assert_eq(fs_spawn(&f, spin_until_stopped, NULL, NULL), 0);
     while (!atomic_load(&spin_started))
         sched_yield();
+    struct fs_carrier_stats c0, cs;
+    cr_assert_eq(fs_carrier_stats(0, &c0), 0);
     int64_t t0 = fs_now();
     struct timespec ts = {0, 100 * 1000 * 1000};
     nanosleep(&ts, NULL);
-    struct fs_carrier_stats cs;
     int64_t t1 = fs_now();
     cr_assert_eq(fs_carrier_stats(0, &cs), 0);
     atomic_store(&spin_stop, true);
     cr_assert_eq(fs_join(f, NULL, FS_NO_DEADLINE), 0);
-    cr_log_info("busy %.1f ms over %.1f ms watched", cs.busy_ns / 1e6, (t1 - t0) / 1e6);
+    cr_log_info("busy %.1f ms over %.1f ms watched; CPU %.1f ms, %.1f ms of it meanwhile",
+                cs.busy_ns / 1e6, (t1 - t0) / 1e6, cs.cpu_ns / 1e6, (cs.cpu_ns - c0.cpu_ns) / 1e6);
     cr_assert_geq(cs.busy_ns, (uint64_t)(t1 - t0), "busy %lu ns, but it ran a fiber for %ld ns",
                   (unsigned long)cs.busy_ns, (long)(t1 - t0));
+    /* The carrier's kernel thread computed meanwhile (cpu_ns), and its CPU
+     * time is a part of the process's. */
+    cr_assert_gt(cs.cpu_ns, c0.cpu_ns, "the spinning carrier's CPU time did not grow");
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    cr_assert_leq(cs.cpu_ns, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
 }
 
 /* ---- frugal wake-ups ---------------------------------------------------- */
