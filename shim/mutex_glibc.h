@@ -47,8 +47,9 @@ bool shim__mutex_word_waitable(const pthread_mutex_t *m);
  * __owner, __count, __nusers and the robust list as glibc's lock leaves
  * them), ENOTRECOVERABLE or ETIMEDOUT; for a priority-inheritance mutex,
  * which it does not take, -1 once its holder let go (try glibc's lock
- * again), ETIMEDOUT, or EDEADLK: its owner died and nobody will let go
- * (wait until the deadline, as glibc does). Fiber only; the fiber may
+ * again), ETIMEDOUT, EDEADLK: its owner died and nobody will let go
+ * (wait until the deadline, as glibc does), or another error of the
+ * kernel's (EINVAL) to return. Fiber only; the fiber may
  * come back on another carrier, and does not switch from its acquisition
  * to the return. */
 int shim__mutex_word_lock(pthread_mutex_t *m, clockid_t clock, const struct timespec *abs,

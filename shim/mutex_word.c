@@ -288,11 +288,21 @@ static int shim__mw_wait_pi(pthread_mutex_t *m, int kind, clockid_t clock,
     int saved = errno;
     long rc = shim__offload_blocking(shim__mw_pi_blocking, &k, FS_PARK_MUTEX);
     errno = saved;
-    if (rc == -ETIMEDOUT)
+    switch (rc) {
+    case 0:
+    case -EAGAIN: /* the owner is exiting: the kernel asks for a retry */
+    case -EINTR:
+        return -1;
+    case -ETIMEDOUT:
         return ETIMEDOUT;
-    if (rc == -ESRCH || rc == -EDEADLK)
+    case -ESRCH:
+    case -EDEADLK:
         return EDEADLK;
-    return -1;
+    case -ENOSYS:
+        return EINVAL; /* no FUTEX_LOCK_PI2 (Linux < 5.14) for CLOCK_MONOTONIC */
+    default:
+        return (int)-rc; /* never retried: no busy loop on a refusal */
+    }
 }
 
 bool shim__mutex_word_waitable(const pthread_mutex_t *m)
