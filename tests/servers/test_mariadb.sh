@@ -51,14 +51,11 @@
 # naming it. Every wait is bounded; the whole test takes about two minutes.
 set -u
 
-# Causes (see README):
-# - runtime/monitor.c, fs__monitor: a carrier blocked for good in a call
-#   the shim cannot see (InnoDB's io_uring completion thread, in
-#   io_uring_enter made by liburing with an inline syscall) counts as busy
-#   and stuck at every sample, so the monitor never backs off from its
-#   5 ms period: 80 to 200 wakeups a second with the server idle (so
-#   shim/wakeups, near the 200-in-2-s line, may XPASS).
-XFAIL="shim/wakeups shim-c1/wakeups"
+# Known failures: none. (shim/wakeups and shim-c1/wakeups were: the
+# monitor sampled every 5 ms for good while InnoDB's io_uring completion
+# thread held a carrier in io_uring_enter, made by liburing with an inline
+# syscall; it backs off and parks now, runtime/monitor.c.)
+XFAIL=""
 
 lib=${1:-}
 fails=0
