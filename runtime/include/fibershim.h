@@ -80,10 +80,23 @@ struct fs_config {
      * runtime also falls back to shared TLS where glibc's layout is not
      * one it checked, see fs_fiber_tls). */
     bool fiber_tls_off;
+    /* How long an idle carrier keeps looking for work (its own queues,
+     * the others' rings, the global queue) before it sleeps in epoll_wait,
+     * in nanoseconds, at most FS_MAX_IDLE_SPIN_NS: a wake that lands
+     * meanwhile costs no eventfd write and no kernel wake-up of the
+     * carrier. The spin ends early at the carrier's next timer, and a
+     * carrier spins once per stretch of idleness, then sleeps until woken.
+     * 0 (the default): sleep at once. On a shared, oversubscribed machine
+     * spinning made wakes slower, not faster (README, idle policy). */
+    long idle_spin_ns;
 };
 
+/* The longest idle spin accepted (1 ms). */
+#define FS_MAX_IDLE_SPIN_NS 1000000L
+
 /* Fills *cfg from FIBERSHIM_CARRIERS, FIBERSHIM_STACK_SIZE,
- * FIBERSHIM_MIGRATE, FIBERSHIM_HANDOFF_MAX (0 = off) and
+ * FIBERSHIM_MIGRATE, FIBERSHIM_HANDOFF_MAX (0 = off),
+ * FIBERSHIM_IDLE_SPIN_NS and
  * FIBERSHIM_FIBER_TLS (0 = fiber_tls_off) (read with secure_getenv). On a bad value returns
  * -EINVAL and writes one line naming the variable, the value and what is
  * accepted into err. */

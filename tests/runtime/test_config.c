@@ -19,6 +19,7 @@ static void clear_env(void)
     unsetenv("FIBERSHIM_CARRIERS");
     unsetenv("FIBERSHIM_STACK_SIZE");
     unsetenv("FIBERSHIM_MIGRATE");
+    unsetenv("FIBERSHIM_IDLE_SPIN_NS");
 }
 
 /* Parses with only `var` set to `value`; returns fs_config_from_env's
@@ -139,6 +140,23 @@ Test(config, handoff_max)
     expect_bad("FIBERSHIM_HANDOFF_MAX", "1025");
     expect_bad("FIBERSHIM_HANDOFF_MAX", "-1");
     expect_bad("FIBERSHIM_HANDOFF_MAX", "two");
+}
+
+Test(config, idle_spin)
+{
+    struct fs_config cfg;
+    expect_ok(NULL, NULL, &cfg);
+    cr_assert_eq(cfg.idle_spin_ns, 0);
+    expect_ok("FIBERSHIM_IDLE_SPIN_NS", "0", &cfg);
+    cr_assert_eq(cfg.idle_spin_ns, 0);
+    expect_ok("FIBERSHIM_IDLE_SPIN_NS", "5000", &cfg);
+    cr_assert_eq(cfg.idle_spin_ns, 5000);
+    expect_ok("FIBERSHIM_IDLE_SPIN_NS", "1000000", &cfg);
+    cr_assert_eq(cfg.idle_spin_ns, FS_MAX_IDLE_SPIN_NS);
+    expect_bad("FIBERSHIM_IDLE_SPIN_NS", "1000001");
+    expect_bad("FIBERSHIM_IDLE_SPIN_NS", "-1");
+    expect_bad("FIBERSHIM_IDLE_SPIN_NS", "5us");
+    unsetenv("FIBERSHIM_IDLE_SPIN_NS");
 }
 
 Test(config, all_three_together)

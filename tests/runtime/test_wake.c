@@ -11,10 +11,16 @@
  * C's thread is scheduled; C finds the ready list empty and sleeps on,
  * and every later kick skips the write because notified is still 1.
  * This test makes the monitor's move on purpose, 200 times in a row.
+ *
+ * Also: the idle spin (fs_config.idle_spin_ns) loses no wake: a carrier
+ * that is spinning, not sleeping, gets no eventfd write, so it must see
+ * the work itself, and its timers must still fire.
  */
 #include "util.h"
 
 #include "internal.h"
+
+#include <errno.h>
 
 #define ROUNDS 200
 
@@ -75,4 +81,125 @@ Test(wake, kick_survives_foreign_poll, .timeout = 60)
                      "round %d: the woken fiber did not run within 2 s (lost kick)", i);
     }
     fs_join(f, NULL, FS_NO_DEADLINE);
+}
+
+/* ---- the idle spin ------------------------------------------------------- */
+
+/* A one-waiter binary semaphore: 0 empty, 1 posted, else the parked
+ * waiter's record. */
+struct bsem {
+    _Atomic uintptr_t st;
+};
+
+struct bwait {
+    fs_fiber *f;
+    fs_park_token tok;
+    struct bsem *s;
+};
+
+static bool bsem_commit(void *arg)
+{
+    struct bwait *w = arg;
+    uintptr_t zero = 0;
+    if (atomic_compare_exchange_strong(&w->s->st, &zero, (uintptr_t)w))
+        return true;
+    atomic_store(&w->s->st, 0); /* it was posted: take it, do not park */
+    return false;
+}
+
+static void bsem_wait(struct bsem *s)
+{
+    uintptr_t one = 1;
+    if (atomic_compare_exchange_strong(&s->st, &one, 0))
+        return;
+    struct bwait w = {fs_self(), 0, s};
+    w.tok = fs_park_prepare();
+    fs_park(w.tok, FS_PARK_OTHER, s, FS_NO_DEADLINE, bsem_commit, &w);
+}
+
+static void bsem_post(struct bsem *s)
+{
+    uintptr_t v = atomic_load(&s->st);
+    for (;;) {
+        if (atomic_compare_exchange_weak(&s->st, &v, v == 0 ? 1 : 0)) {
+            if (v > 1) {
+                struct bwait *w = (struct bwait *)v;
+                fs_unpark(w->f, w->tok);
+            }
+            return;
+        }
+    }
+}
+
+#define SPIN_ROUNDS 20000
+
+static struct bsem spin_a, spin_b;
+static _Atomic int spin_a_up, spin_b_up;
+static _Atomic pid_t spin_carrier[2];
+
+/* Pinned where it first runs; the first one busy-waits for the second, so
+ * the two start on different carriers. */
+static void *spin_player(void *arg)
+{
+    int me = (int)(intptr_t)arg;
+    fs_pin(fs_self());
+    atomic_store(&spin_carrier[me], test_gettid()); /* its carrier's thread */
+    if (me == 0) {
+        atomic_store(&spin_a_up, 1);
+        while (!atomic_load(&spin_b_up))
+            ;
+    } else {
+        atomic_store(&spin_b_up, 1);
+    }
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+        if (me == 0) {
+            bsem_post(&spin_b);
+            bsem_wait(&spin_a);
+        } else {
+            bsem_wait(&spin_b);
+            bsem_post(&spin_a);
+        }
+    }
+    return NULL;
+}
+
+static _Atomic int spin_ticks;
+
+static void *spin_ticker(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 50; i++) {
+        fs_sleep_until(fs_now() + 200 * US);
+        atomic_fetch_add(&spin_ticks, 1);
+    }
+    return NULL;
+}
+
+/* Cross-carrier ping-pong with the longest idle spin: every wake reaches
+ * a carrier that may be spinning (no eventfd write), and a fiber sleeping
+ * meanwhile still wakes (the spin ends at the carrier's next timer). */
+Test(wake, idle_spin_loses_no_wake, .timeout = 120)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 2, .idle_spin_ns = FS_MAX_IDLE_SPIN_NS}),
+                 0);
+    fs_fiber *a, *b, *t;
+    cr_assert_eq(fs_spawn(&a, spin_player, (void *)0, NULL), 0);
+    while (!atomic_load(&spin_a_up))
+        usleep(50);
+    cr_assert_eq(fs_spawn(&b, spin_player, (void *)1, NULL), 0);
+    cr_assert_eq(fs_spawn(&t, spin_ticker, NULL, NULL), 0);
+    cr_assert_eq(fs_join(a, NULL, FS_NO_DEADLINE), 0);
+    cr_assert_eq(fs_join(b, NULL, FS_NO_DEADLINE), 0);
+    cr_assert_eq(fs_join(t, NULL, FS_NO_DEADLINE), 0);
+    cr_assert_eq(atomic_load(&spin_ticks), 50);
+    cr_expect_neq(atomic_load(&spin_carrier[0]), atomic_load(&spin_carrier[1]),
+                  "both players ran on one carrier: no wake crossed carriers");
+}
+
+Test(wake, idle_spin_out_of_range_is_refused)
+{
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 2,
+                                             .idle_spin_ns = FS_MAX_IDLE_SPIN_NS + 1}),
+                 -EINVAL);
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 2, .idle_spin_ns = -1}), -EINVAL);
 }
