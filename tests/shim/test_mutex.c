@@ -414,6 +414,177 @@ Test(mutex, no_waiter_starves)
                      atomic_load(&fair_count[i]));
 }
 
+/* ---- contention: wakes and hand-offs ------------------------------------------------ */
+
+static uint64_t mutex_parks(void)
+{
+    struct fs_stats st;
+    fs_stats_get(&st);
+    return st.parks[FS_PARK_MUTEX];
+}
+
+/* Sleeps (parked) until n more fibers parked on a mutex since base. */
+static void await_mutex_parks(uint64_t base, uint64_t n)
+{
+    while (mutex_parks() - base < n)
+        sleep_ns(200000);
+}
+
+static pthread_mutex_t wk_m = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int wk_got;
+
+static void *wk_waiter(void *arg)
+{
+    (void)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&wk_m), 0);
+    atomic_fetch_add(&wk_got, 1);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&wk_m), 0);
+    return NULL;
+}
+
+/* Holds wk_m while 3 waiters park, then unlocks and relocks it 3 times
+ * without letting anyone run (one carrier, no switch), then lets them
+ * run while still holding it. Returns how many of them parked again. */
+static void *wk_holder(void *arg)
+{
+    (void)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&wk_m), 0);
+    uint64_t p0 = mutex_parks();
+    fs_fiber *w[3];
+    for (int i = 0; i < 3; i++)
+        FCHECK_EQ(fs_spawn(&w[i], wk_waiter, NULL, NULL), 0);
+    await_mutex_parks(p0, 3);
+    uint64_t p1 = mutex_parks();
+    for (int i = 0; i < 3; i++) {
+        FCHECK_EQ(shim__pthread_mutex_unlock(&wk_m), 0);
+        FCHECK_EQ(shim__pthread_mutex_lock(&wk_m), 0);
+    }
+    /* Whoever those unlocks woke runs now, finds wk_m held, and parks
+     * again. */
+    sleep_ns(5000000);
+    uintptr_t requeued = (uintptr_t)(mutex_parks() - p1);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&wk_m), 0);
+    for (int i = 0; i < 3; i++)
+        FCHECK_EQ(fs_join(w[i], NULL, FS_NO_DEADLINE), 0);
+    return (void *)requeued;
+}
+
+/* An unlock does not wake a second waiter while one it woke has not run
+ * yet (Go's mutexWoken): a fiber that relocks in a loop would otherwise
+ * wake every queued waiter in turn, each to find the lock taken and queue
+ * again (a queue operation, a wake and often an eventfd write per unlock).
+ * Before: all 3 woken, 3 parked again. */
+Test(mutex, one_woken_waiter_at_a_time)
+{
+    start_runtime(1);
+    uintptr_t requeued = (uintptr_t)join(spawn(wk_holder, NULL));
+    cr_expect_eq(requeued, 1, "%zu woken waiters found the lock taken and parked again (1 expected)",
+                 (size_t)requeued);
+    cr_expect_eq(atomic_load(&wk_got), 3);
+}
+
+static pthread_mutex_t ho_m = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int ho_ran;
+
+static void *ho_waiter(void *arg)
+{
+    (void)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&ho_m), 0);
+    atomic_store(&ho_ran, 1);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&ho_m), 0);
+    return NULL;
+}
+
+/* Returns whether the waiter had run by the time unlock returned. */
+static void *ho_holder(void *arg)
+{
+    (void)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&ho_m), 0);
+    uint64_t p0 = mutex_parks();
+    fs_fiber *w;
+    FCHECK_EQ(fs_spawn(&w, ho_waiter, NULL, NULL), 0);
+    await_mutex_parks(p0, 1);
+    sleep_ns(3000000); /* the waiter starves (> 1 ms): unlock hands off */
+    FCHECK_EQ(shim__pthread_mutex_unlock(&ho_m), 0);
+    uintptr_t ran = (uintptr_t)atomic_load(&ho_ran);
+    FCHECK_EQ(fs_join(w, NULL, FS_NO_DEADLINE), 0);
+    return (void *)ran;
+}
+
+/* After a starvation hand-off the unlocker yields to the new holder (Go's
+ * semrelease with handoff): on one carrier the new holder would otherwise
+ * hold the lock without running until the unlocker blocks. Before: the
+ * waiter had not run when unlock returned. */
+Test(mutex, handoff_runs_the_new_holder_first)
+{
+    start_runtime(1);
+    cr_expect_eq((uintptr_t)join(spawn(ho_holder, NULL)), 1,
+                 "the fiber handed the lock had not run when unlock returned");
+}
+
+#define SV_WAITERS 5
+static pthread_mutex_t sv_m = PTHREAD_MUTEX_INITIALIZER;
+static long sv_seq; /* acquisitions, under sv_m */
+static long sv_order[SV_WAITERS];
+static _Atomic int sv_stop;
+static _Atomic long sv_barges;
+
+static void *sv_waiter(void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&sv_m), 0);
+    sv_order[i] = ++sv_seq;
+    FCHECK_EQ(shim__pthread_mutex_unlock(&sv_m), 0);
+    return NULL;
+}
+
+static void *sv_barger(void *arg)
+{
+    (void)arg;
+    while (!atomic_load_explicit(&sv_stop, memory_order_relaxed)) {
+        FCHECK_EQ(shim__pthread_mutex_lock(&sv_m), 0);
+        ++sv_seq;
+        atomic_fetch_add_explicit(&sv_barges, 1, memory_order_relaxed);
+        FCHECK_EQ(shim__pthread_mutex_unlock(&sv_m), 0);
+    }
+    return NULL;
+}
+
+static void *sv_holder(void *arg)
+{
+    (void)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&sv_m), 0);
+    uint64_t p0 = mutex_parks();
+    fs_fiber *w[SV_WAITERS], *b;
+    for (int i = 0; i < SV_WAITERS; i++) { /* queued in this order */
+        FCHECK_EQ(fs_spawn(&w[i], sv_waiter, (void *)(intptr_t)i, NULL), 0);
+        await_mutex_parks(p0, (uint64_t)i + 1);
+    }
+    FCHECK_EQ(fs_spawn(&b, sv_barger, NULL, NULL), 0);
+    sleep_ns(3000000); /* every waiter starves (> 1 ms) */
+    FCHECK_EQ(shim__pthread_mutex_unlock(&sv_m), 0);
+    for (int i = 0; i < SV_WAITERS; i++)
+        FCHECK_EQ(fs_join(w[i], NULL, FS_NO_DEADLINE), 0);
+    atomic_store(&sv_stop, 1);
+    FCHECK_EQ(fs_join(b, NULL, FS_NO_DEADLINE), 0);
+    return NULL;
+}
+
+/* Fairness counted in acquisitions, not time: once the waiters starve,
+ * each gets the lock after exactly as many hand-offs as waiters queued
+ * ahead of it, in queue order, and a fiber relocking in a loop on the
+ * other carrier takes it not once in between (it queues behind them). */
+Test(mutex, starving_waiters_get_it_in_queue_order)
+{
+    start_runtime(2);
+    join(spawn(sv_holder, NULL));
+    for (int i = 0; i < SV_WAITERS; i++)
+        cr_expect_eq(sv_order[i], sv_order[0] + i,
+                     "waiter %d got the lock as acquisition %ld, waiter 0 as %ld", i, sv_order[i],
+                     sv_order[0]);
+    cr_expect_gt(atomic_load(&sv_barges), 0);
+}
+
 /* ---- glibc's mutexes: process-shared and robust --------------------------------- */
 
 static pthread_mutex_t shared_m;
