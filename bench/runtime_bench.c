@@ -26,6 +26,17 @@
  * the child prints its numbers and exits.
  *
  * --quick skips 6 and uses 10,000 fibers for 5.
+ *
+ *   runtime_bench --xwake N   row 3 alone (fibers only), N runs of 20,000
+ *                             round trips: each run's ns one way and eventfd
+ *                             kicks per wake, then the median. For the
+ *                             idle-policy table (FIBERSHIM_IDLE_SPIN_NS).
+ *   runtime_bench --idle-cpu  CPU time the process burns, in ms per second:
+ *                             truly idle (every fiber asleep for 1 s), and
+ *                             with one fiber waking every 1 ms for 1 s.
+ *
+ * The runtime reads its configuration from the environment
+ * (FIBERSHIM_IDLE_SPIN_NS...), with 2 carriers whatever it says.
  */
 #include "context.h"
 #include "fibershim.h"
@@ -39,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <time.h>
@@ -418,6 +430,36 @@ static double bench_xwake(long iters, double *kicks, int *same)
     return (double)(x.t1 - x.t0) / (2.0 * iters);
 }
 
+/* ---- idle CPU ------------------------------------------------------------ */
+
+static double cpu_ms(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+static void *ticker(void *arg)
+{
+    int64_t period = *(int64_t *)arg, end = fs_now() + 1000000000;
+    for (int64_t t = fs_now() + period; t < end; t += period)
+        fs_sleep_until(t);
+    return NULL;
+}
+
+static void idle_cpu(void)
+{
+    int64_t forever = 1000000000;
+    double c0 = cpu_ms();
+    in_fiber(ticker, &forever); /* one sleep of 1 s */
+    double c1 = cpu_ms();
+    int64_t ms = 1000000;
+    in_fiber(ticker, &ms);
+    double c2 = cpu_ms();
+    printf("idle-cpu: truly idle %.2f ms/s, 1 ms ticker %.2f ms/s\n", c1 - c0, c2 - c1);
+}
+
 /* ---- 7. a stuck carrier ------------------------------------------------- */
 
 /* Fiber S wakes the started fibers F (which ran before on S's carrier, and
@@ -668,7 +710,13 @@ static void *idle_spawner(void *arg)
 
 static int child_fibers(long n, int spawners)
 {
-    struct fs_config cfg = {.carriers = 2};
+    struct fs_config cfg;
+    char err[256];
+    if (fs_config_from_env(&cfg, err, sizeof err) != 0) { /* FIBERSHIM_IDLE_SPIN_NS... */
+        fprintf(stderr, "runtime_bench: %s\n", err);
+        return 2;
+    }
+    cfg.carriers = 2;
     int rc = fs_init(&cfg);
     if (rc)
         die("fs_init", rc);
@@ -751,11 +799,13 @@ int main(int argc, char **argv)
             return child_fibers(n, 2);
         return child_threads(n);
     }
-    for (int i = 1; i < argc; i++) {
+    bool xwake_only = argc == 3 && strcmp(argv[1], "--xwake") == 0;
+    bool idle_only = argc == 2 && strcmp(argv[1], "--idle-cpu") == 0;
+    for (int i = 1; i < argc && !xwake_only && !idle_only; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = true;
         } else {
-            fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick | --xwake RUNS | --idle-cpu]\n", argv[0]);
             return 2;
         }
     }
@@ -779,11 +829,36 @@ int main(int argc, char **argv)
 
     /* Start the runtime (and its carriers) before any thread is pinned:
      * carriers inherit the affinity of the thread that starts them. */
-    struct fs_config cfg = {.carriers = 2};
+    struct fs_config cfg;
+    char err[256];
+    if (fs_config_from_env(&cfg, err, sizeof err) != 0) { /* FIBERSHIM_IDLE_SPIN_NS... */
+        fprintf(stderr, "runtime_bench: %s\n", err);
+        return 2;
+    }
+    cfg.carriers = 2;
     int rc = fs_init(&cfg);
     if (rc)
         die("fs_init", rc);
     in_fiber(nop_fn, NULL);
+    if (idle_only) {
+        idle_cpu();
+        return 0;
+    }
+    if (xwake_only) {
+        int runs = atoi(argv[2]);
+        if (runs < 1 || runs > 1000)
+            runs = 5;
+        double *ns = calloc((size_t)runs, sizeof *ns), k, dummy;
+        int same, s1;
+        bench_xwake(2000, &dummy, &s1);
+        for (int i = 0; i < runs; i++) {
+            ns[i] = bench_xwake(20000, &k, &same);
+            printf("xwake run %d: %.0f ns one way, %.2f eventfd kicks per wake%s\n", i + 1, ns[i], k,
+                   same ? " (WARNING: one carrier)" : "");
+        }
+        printf("xwake: median %.0f ns (%d runs)\n", median(ns, runs), runs);
+        return 0;
+    }
 
     int cpu_b = ncpu > 1 ? 1 : 0;
     double v[REPS], w[REPS];

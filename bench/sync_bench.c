@@ -16,6 +16,13 @@
  *                 from one side's wake to the other side running
  *
  * Measurements run on created threads (under the shim: fibers).
+ *
+ *   sync_bench                  the table (medians of 5)
+ *   sync_bench ROW [N]          one row, N runs (default 10), each run's
+ *                               figure on its own line, then min/median/max;
+ *                               ROW: uncontended, pingpong, pool, contention,
+ *                               futex. The contention target is on the
+ *                               worst run, which the medians hide.
  */
 #include <linux/futex.h>
 #include <pthread.h>
@@ -258,8 +265,47 @@ static double futex_handover(void)
     return (now_s() - t0) * 1e9 / (2.0 * FX_ROUNDS);
 }
 
-int main(void)
+static int cmp_run(const void *a, const void *b)
 {
+    return cmp(a, b);
+}
+
+/* One row, n runs. */
+static int one_row(const char *name, int n)
+{
+    static const char *const names[] = {"uncontended", "pingpong", "pool", "contention", "futex"};
+    static const char *const units[] = {"ns", "ns", "items/s", "ops/s", "ns"};
+    int k = -1;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(name, names[i]) == 0)
+            k = i;
+    if (k < 0 || n < 1 || n > 1000) {
+        fprintf(stderr, "usage: sync_bench [uncontended|pingpong|pool|contention|futex [runs]]\n");
+        return 2;
+    }
+    double *v = calloc((size_t)n, sizeof *v);
+    for (int r = 0; r < n; r++) {
+        switch (k) {
+        case 0: pthread_join(spawn(uncontended, &v[r]), NULL); break;
+        case 1: v[r] = ping_pong(); break;
+        case 2: v[r] = pool(); break;
+        case 3: v[r] = contention(); break;
+        default: v[r] = futex_handover(); break;
+        }
+        printf("%s run %d: %.1f %s\n", name, r + 1, v[r], units[k]);
+        fflush(stdout);
+    }
+    qsort(v, (size_t)n, sizeof *v, cmp_run);
+    printf("%s: min %.1f median %.1f max %.1f %s (%d runs)\n", name, v[0], v[n / 2], v[n - 1],
+           units[k], n);
+    free(v);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1)
+        return one_row(argv[1], argc > 2 ? atoi(argv[2]) : 10);
     double u[REPS], pp[REPS], pl[REPS], ct[REPS], fx[REPS];
     for (int r = 0; r < REPS; r++) {
         pthread_join(spawn(uncontended, &u[r]), NULL);
