@@ -59,6 +59,12 @@
 #include "offload.h"
 #include "sys.h"
 
+/* state, type and exiting are written by the fiber only, and read by
+ * other threads too (the dispatcher's repoke, shim__cancel_async_due):
+ * relaxed atomics, each read on its own. */
+#define SHIM_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define SHIM_STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+
 /* glibc's longjmp, declared on an untyped buffer: the cancel buffer of
  * pthread_cleanup_push is a jmp_buf without the saved signal mask, which
  * is never read because __sigsetjmp(buf, 0) did not save one. */
@@ -104,6 +110,27 @@ static uintptr_t shim__jmpbuf_sp(const long *jb)
     return v ^ guard;
 }
 
+#ifdef FS_ASAN
+/* Under ASan: the fiber's stack below `top`, where frames the unwind left
+ * (the unwinder's, and those a longjmp to a C cleanup buffer skipped)
+ * keep their redzones poisoned, is cleared before code runs there again:
+ * ASan's own clearing at longjmp and noreturn calls does not know fiber
+ * stacks, and would report the stale redzones as overflows. Its locals
+ * are not on the stack being cleared. */
+__attribute__((no_sanitize_address, noinline)) static void shim__asan_clear_to(uintptr_t top)
+{
+    static __thread void *lo;
+    static __thread size_t size;
+    fs_fiber_stack(fs_self(), &lo, &size);
+    if (top > (uintptr_t)lo && top - (uintptr_t)lo <= size)
+        __asan_unpoison_memory_region(lo, top - (uintptr_t)lo);
+}
+#define shim__asan_clear_below() shim__asan_clear_to((uintptr_t)__builtin_frame_address(0))
+#else
+#define shim__asan_clear_to(top) ((void)(top))
+#define shim__asan_clear_below() ((void)0)
+#endif
+
 /* ---- acting on a cancel, pthread_exit -------------------------------------- */
 
 static void shim__unwind_cleanup(_Unwind_Reason_Code rc, struct _Unwind_Exception *exc)
@@ -134,10 +161,13 @@ static _Unwind_Reason_Code shim__unwind_stop(int version, _Unwind_Action actions
     __pthread_unwind_buf_t *b = c->cleanup;
     if (b && cfa >= shim__jmpbuf_sp((const long *)b->__cancel_jmp_buf[0].__cancel_jmp_buf)) {
         c->cleanup = b->__pad[0];
+        shim__asan_clear_to(shim__jmpbuf_sp((const long *)b->__cancel_jmp_buf[0].__cancel_jmp_buf));
         shim__cancel_longjmp(b->__cancel_jmp_buf, 1);
     }
-    if (c->entry_set && cfa >= shim__jmpbuf_sp((const long *)c->entry[0].__jmpbuf))
+    if (c->entry_set && cfa >= shim__jmpbuf_sp((const long *)c->entry[0].__jmpbuf)) {
+        shim__asan_clear_to(shim__jmpbuf_sp((const long *)c->entry[0].__jmpbuf));
         shim__cancel_longjmp(c->entry, 1);
+    }
     if (end)
         shim__thread_finish(c->result); /* the adopted main fiber: glibc's _start */
     return _URC_NO_REASON;
@@ -147,12 +177,10 @@ static _Unwind_Reason_Code shim__unwind_stop(int version, _Unwind_Action actions
  * returns. c->result holds the thread's value. */
 __attribute__((noreturn)) static void shim__unwind(struct shim_cancel *c)
 {
+    shim__asan_clear_below();
     if (shim__unwinder()) {
         memset(&c->exc, 0, sizeof c->exc);
         c->exc.exception_cleanup = shim__unwind_cleanup;
-#ifdef FS_ASAN
-        __asan_handle_no_return(); /* frames are left without their epilogues */
-#endif
         shim__uw.forced(&c->exc, shim__unwind_stop, c);
         /* Only a broken unwind table comes back: fall through. */
     }
@@ -169,7 +197,7 @@ __attribute__((noreturn)) static void shim__unwind(struct shim_cancel *c)
 void shim__cancel_exit(struct shim_cancel *c, void *ret)
 {
     /* glibc's EXITING bit: no cancellation acts from here on. */
-    c->exiting = true;
+    SHIM_STORE(c->exiting, true);
     c->result = ret;
     shim__unwind(c);
 }
@@ -180,10 +208,10 @@ static inline struct shim_cancel *shim__cancel_self(void)
     return f ? shim__cancel_of(f) : NULL;
 }
 
-static inline bool shim__cancel_acts(const struct shim_cancel *c)
+static inline bool shim__cancel_acts(struct shim_cancel *c)
 {
     return atomic_load_explicit(&c->pending, memory_order_relaxed) &&
-           c->state == PTHREAD_CANCEL_ENABLE && !c->exiting;
+           SHIM_LOAD(c->state) == PTHREAD_CANCEL_ENABLE && !SHIM_LOAD(c->exiting);
 }
 
 bool shim__cancel_due(void)
@@ -202,13 +230,13 @@ void shim__cancel_point(void)
 bool shim__cancel_async_due(fs_fiber *f)
 {
     struct shim_cancel *c = shim__cancel_of(f);
-    return c && c->type == PTHREAD_CANCEL_ASYNCHRONOUS && shim__cancel_acts(c);
+    return c && SHIM_LOAD(c->type) == PTHREAD_CANCEL_ASYNCHRONOUS && shim__cancel_acts(c);
 }
 
 void shim__cancel_async_act(void)
 {
     struct shim_cancel *c = shim__cancel_self();
-    if (c && c->type == PTHREAD_CANCEL_ASYNCHRONOUS && shim__cancel_acts(c))
+    if (c && SHIM_LOAD(c->type) == PTHREAD_CANCEL_ASYNCHRONOUS && shim__cancel_acts(c))
         shim__cancel_exit(c, PTHREAD_CANCELED);
 }
 
@@ -250,7 +278,7 @@ int shim__pthread_setcancelstate(int state, int *old)
         return EINVAL;
     if (old)
         *old = c->state;
-    c->state = state;
+    SHIM_STORE(c->state, state);
     /* glibc: enabling with a cancel pending in asynchronous mode acts. */
     shim__cancel_async_act();
     return 0;
@@ -266,7 +294,7 @@ int shim__pthread_setcanceltype(int type, int *old)
         return EINVAL;
     if (old)
         *old = c->type;
-    c->type = type;
+    SHIM_STORE(c->type, type);
     shim__cancel_async_act();
     return 0;
 }
@@ -306,6 +334,7 @@ void shim____pthread_unwind_next(__pthread_unwind_buf_t *buf)
     struct shim_cancel *c = shim__cancel_self();
     if (!c)
         REAL(__pthread_unwind_next)(buf);
+    shim__asan_clear_below();
     shim__unwind(c);
 }
 SHIM_ALIAS(__pthread_unwind_next)

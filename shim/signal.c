@@ -1401,6 +1401,11 @@ void shim__sig_fiber_exit(void)
     struct shim_sigstate *ss = shim__sigstate(fs_self());
     if (ss)
         shim__queue_drop(ss); /* the record is cleared for its next thread */
+    /* Marked for a later poke (an asynchronous cancel it acted on, a
+     * signal): the dispatcher no longer sees it once it ended, and would
+     * go on looking every millisecond for good. */
+    if (ss && atomic_exchange(&ss->repoke, 0))
+        atomic_fetch_sub(&shim__repokes, 1);
 }
 
 void shim__sig_exec_begin(void)
