@@ -5,7 +5,7 @@
  * runtime built with -fsanitize=thread. It runs, for a bounded few seconds,
  * every path where threads meet, and checks the results: TSan reports
  * the races, this program reports lost wake-ups, lost bytes and wrong
- * values. Usage: stress [2..4 carriers] [--migrate]. Exit status: 0 when
+ * values. Usage: stress [2..4 carriers] [--migrate] [--idle-spin]. Exit status: 0 when
  * every check passed, 1 when one failed, 3 when a phase hung, and TSan's
  * 66 when it reported anything.
  *
@@ -1191,11 +1191,13 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--migrate") == 0)
             cfg.migrate = true;
+        else if (strcmp(argv[i], "--idle-spin") == 0) /* idle carriers spin 50 us */
+            cfg.idle_spin_ns = 50000;
         else
             cfg.carriers = (unsigned)atoi(argv[i]);
     }
     if (cfg.carriers < 2 || cfg.carriers > 4) {
-        fprintf(stderr, "usage: stress [2..4 carriers] [--migrate]\n");
+        fprintf(stderr, "usage: stress [2..4 carriers] [--migrate] [--idle-spin]\n");
         return 2;
     }
     fs_set_interrupt_hook(interrupt_hook);
