@@ -46,8 +46,15 @@
  * judged stuck, no stuck carrier holds work that may move (its ring, its
  * runnext: fs__mon_rescue took or handed it off), the global queue is
  * empty and no spare is due to retire. While quiet, the period doubles
- * from 5 ms to 50 ms, then the monitor parks: it blocks in its own epoll
- * instance with no timeout, or until the earliest timer of a stuck
+ * from 5 ms to 50 ms (a light steady load, whose carriers sleep and wake
+ * all the time, is watched that way without a poke per request), then
+ * the monitor parks. After a park that lasted FS_MON_BURST_NS at least,
+ * a stretch of activity shorter than that (an idle server's timer thread
+ * ticking, a lone request) ends in a park at its first quiet sample, not
+ * in another climb from 5 ms: idle MariaDB's ticks cost the monitor two
+ * samples each instead of six. A shorter park (a steady light load) or
+ * a longer stretch returns to the doubling. Parked, it blocks in its own
+ * epoll instance with no timeout, or until the earliest timer of a stuck
  * carrier. What can need it again, and what wakes it then:
  *  - a stuck carrier's epoll gets readiness for a fiber that may run
  *    elsewhere: the stuck carrier's epoll instance is itself registered
@@ -103,6 +110,7 @@
 #define FS_STUCK_KEEP_NS (100 * 1000000) /* sched.mon_stuck outlives a verdict */
 #define FS_MON_MIN_NS (5 * 1000000)
 #define FS_MON_MAX_NS (50 * 1000000)
+#define FS_MON_BURST_NS (50 * 1000000) /* longer activity ends after_park */
 
 struct fs_mon_view {
     uint64_t switches;
@@ -353,12 +361,22 @@ static void *fs__monitor(void *arg)
     }
     fs__mon_wait_init();
     int64_t delay = FS_MON_MIN_NS, wait = FS_MON_MIN_NS;
+    /* Since the last park, activity has come only in short stretches
+     * (see Backing off); when the current stretch of samples that found
+     * work began, or 0. */
+    bool after_park = false, parked = false;
+    int64_t active_since = 0, parked_at = 0;
     for (;;) {
         fs__mon_wait(wait);
         /* Whoever woke us, we sample now: no poke is wanted meanwhile. */
         atomic_store_explicit(&fs__mon_parked, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&fs__mon_samples, 1, memory_order_relaxed);
         int64_t now = fs_now();
+        if (parked) { /* the first sample after a park */
+            parked = false;
+            if (now - parked_at < FS_MON_BURST_NS)
+                after_park = false; /* a short park: steady activity */
+        }
         bool busy = false, waiting = false, anystuck = false;
         int64_t stuck_dl = INT64_MAX;
         unsigned nstuck = 0, capable = 0;
@@ -433,16 +451,23 @@ static void *fs__monitor(void *arg)
 
         /* The next wait (see Backing off at the top). */
         if (busy || waiting || acted) {
+            if (!active_since)
+                active_since = now;
+            else if (now - active_since >= FS_MON_BURST_NS)
+                after_park = false; /* sustained activity: back to the doubling */
             delay = wait = FS_MON_MIN_NS;
             continue;
         }
+        active_since = 0;
         unsigned pokes = anystuck ? FS_MON_POKE_WORK : 0;
-        if (delay < FS_MON_MAX_NS) {
+        if (delay < FS_MON_MAX_NS && !after_park) {
             delay = delay * 2 < FS_MON_MAX_NS ? delay * 2 : FS_MON_MAX_NS;
             wait = delay;
         } else {
             pokes |= FS_MON_POKE_WAKE;
             wait = -1;
+            after_park = parked = true;
+            parked_at = now;
         }
         if (stuck_dl != INT64_MAX && (wait < 0 || stuck_dl - now < wait))
             wait = stuck_dl > now ? stuck_dl - now : 0;
@@ -452,6 +477,7 @@ static void *fs__monitor(void *arg)
             if (!fs__mon_quiet_recheck(v, n)) {
                 atomic_store_explicit(&fs__mon_parked, 0, memory_order_relaxed);
                 delay = wait = FS_MON_MIN_NS;
+                parked = false;
             }
         }
     }
