@@ -265,7 +265,11 @@ static long shim__offload_run(long (*fn)(void *ctx), void *ctx, enum fs_park_rea
     struct shim_cancel *c = cancellable ? shim__cancel_of(fs_self()) : NULL;
     if (c)
         shim__cancel_point();
-    struct shim_offload_req r = {.fn = fn, .ctx = ctx, .err = errno};
+    uint32_t h0 = shim__sig_handled();
+    int err0 = errno;
+again:;
+    bool intr = false; /* the call was interrupted for a handler */
+    struct shim_offload_req r = {.fn = fn, .ctx = ctx, .err = err0};
     fs_waiter_prepare(&r.w);
     bool start = false;
     fs__spin_lock(&shim__pool.lock);
@@ -314,6 +318,25 @@ static long shim__offload_run(long (*fn)(void *ctx), void *ctx, enum fs_park_rea
                 shim__sig_poke_thread(r.spare_tid, SHIM_OFFLOAD_CANCEL_VALUE);
                 deadline = fs_now() + SHIM_CANCEL_RESEND_NS;
             }
+        } else if (c && (intr || shim__sig_handled() != h0)) {
+            /* A signal handler ran in this fiber while its call waits (it
+             * woke us: signal.c): the call is interrupted as the kernel
+             * interrupts a thread's, the same way as for a cancel; a call
+             * not started yet fails at once without SA_RESTART. */
+            h0 = shim__sig_handled();
+            if (!r.spare_tid && !intr) {
+                if (!shim__sig_should_restart()) {
+                    shim__waitq_remove_locked(&shim__pool.pending, &r.w);
+                    r.ret = -1;
+                    r.err = EINTR;
+                    break;
+                }
+            } else if (r.spare_tid && shim__sig_pokes()) {
+                intr = true;
+                atomic_store_explicit(&r.cancel, true, memory_order_relaxed);
+                shim__sig_poke_thread(r.spare_tid, SHIM_OFFLOAD_CANCEL_VALUE);
+                deadline = fs_now() + SHIM_CANCEL_RESEND_NS;
+            }
         }
         r.w.tok = fs_park_prepare();
         fs__spin_unlock(&shim__pool.lock);
@@ -323,6 +346,11 @@ static long shim__offload_run(long (*fn)(void *ctx), void *ctx, enum fs_park_rea
     fs__spin_unlock(&shim__pool.lock);
     if (c && r.ret == -1 && r.err == EINTR)
         shim__cancel_point();
+    /* Interrupted for a handler: restarted if every handler that ran had
+     * SA_RESTART (the calls handed off this way are all ones the kernel
+     * restarts then: open, waitpid, waitid, fcntl locks), else EINTR. */
+    if (intr && r.ret == -1 && r.err == EINTR && shim__sig_should_restart())
+        goto again;
     errno = r.err;
     return r.ret;
 }

@@ -42,8 +42,8 @@ long shim__offload_blocking(long (*fn)(void *ctx), void *ctx, enum fs_park_reaso
  * (see offload.c), then acts. */
 long shim__offload_cancellable(long (*fn)(void *ctx), void *ctx, enum fs_park_reason why);
 
-/* pthread_cancel of f: wakes f if it waits for a cancellable handed-off
- * call, to interrupt it. Any thread. */
+/* pthread_cancel of f, or a signal for it to handle: wakes f if it waits
+ * for a cancellable handed-off call, to interrupt it. Any thread. */
 void shim__offload_cancel(fs_fiber *f);
 
 /* The value of the shim's SIGCANCEL that asks a spare to interrupt the

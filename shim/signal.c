@@ -572,6 +572,7 @@ static bool shim__pick_cb(fs_fiber *f, struct shim_sigstate *ss, void *arg)
         /* The reference we hold keeps f alive for the interrupt. */
         atomic_fetch_or(&ss->ppending, p->bit);
         fs_interrupt(f);
+        shim__offload_cancel(f);
         shim__poke(f);
     }
     return true;
@@ -1127,6 +1128,7 @@ static int shim__post(fs_fiber *f, int sig, int code, union sigval v)
         shim__deliver_pending(ss); /* to ourselves: now, as raise() would */
     else if (!(shim__mask_of(ss) & SHIM_SIGBIT(sig))) {
         fs_interrupt(f);
+        shim__offload_cancel(f); /* in a handed-off call: woken, to interrupt it */
         shim__poke(f); /* if it runs: now, not at its next switch */
     } else if (atomic_load(&ss->waiting) & SHIM_SIGBIT(sig)) {
         fs_interrupt(f); /* Dekker with shim__sigwait: pending, then waiting */
