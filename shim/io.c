@@ -948,6 +948,10 @@ static int shim__connect_nb(int fd, struct shim_fd *e, const struct sockaddr *ad
             fs_sleep_until(fs_now() + backoff);
             if (backoff < 50000000)
                 backoff *= 2;
+            if (shim__cancel_due()) {
+                errno = EINTR; /* shim__connect acts on it (shim__io_done) */
+                return -1;
+            }
             continue;
         }
         int64_t t = atomic_load(&e->sndtimeo);

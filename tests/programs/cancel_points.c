@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +51,7 @@ static int sock_full[2];              /* [0]'s send buffer is full */
 static int udp_empty;                 /* a bound UDP socket nothing is sent to */
 static int listener;                  /* a TCP listener nobody connects to */
 static struct sockaddr_in backlogged; /* a listener whose backlog is full */
+static struct sockaddr_un unix_full;  /* the same, a UNIX-domain one */
 static int ep;                        /* an epoll set holding pipe_empty[0] */
 static pthread_mutex_t mu;            /* error-checking: unlock tells the owner */
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
@@ -153,6 +155,15 @@ static long call(const char *name)
         s = socket(AF_INET, SOCK_STREAM, 0);
         pthread_cleanup_push(close_fd, &s);
         r = connect(s, (struct sockaddr *)&backlogged, sizeof backlogged);
+        pthread_cleanup_pop(1);
+        return r;
+    }
+    if (IS("connect_unix")) {
+        static int s;
+        long r;
+        s = socket(AF_UNIX, SOCK_STREAM, 0);
+        pthread_cleanup_push(close_fd, &s);
+        r = connect(s, (struct sockaddr *)&unix_full, sizeof unix_full);
         pthread_cleanup_pop(1);
         return r;
     }
@@ -414,6 +425,18 @@ static void setup(void)
         connect(c, (struct sockaddr *)&backlogged, sizeof backlogged);
     }
     usleep(50000);
+    /* A UNIX-domain listener with its queue full: connect blocks. */
+    int ul = socket(AF_UNIX, SOCK_STREAM, 0);
+    unix_full.sun_family = AF_UNIX;
+    snprintf(unix_full.sun_path, sizeof unix_full.sun_path, "/tmp/cancel_points.%d.sock",
+             (int)getpid());
+    if (bind(ul, (struct sockaddr *)&unix_full, sizeof unix_full) || listen(ul, 0))
+        FAIL("unix listener");
+    for (;;) {
+        int c = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (connect(c, (struct sockaddr *)&unix_full, sizeof unix_full) != 0)
+            break;
+    }
     ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN};
     epoll_ctl(ep, EPOLL_CTL_ADD, pipe_empty[0], &ev);
@@ -470,6 +493,7 @@ int main(void)
                                            "accept",
                                            "accept4",
                                            "connect",
+                                           "connect_unix",
                                            "poll",
                                            "ppoll",
                                            "select",
@@ -548,6 +572,7 @@ int main(void)
     if (pthread_join(sleeper, NULL) != 0)
         FAIL("join sleeper");
     unlink(fifo_path);
+    unlink(unix_full.sun_path);
     unlink(file_path);
     printf("done\n");
     return 0;
