@@ -128,7 +128,7 @@ static int shim__cond_wait_glibc(pthread_cond_t *c, pthread_mutex_t *m, struct s
     w.data = (uintptr_t)c;
     fs__spin_lock(&q->lock);
     shim__waitq_push_tail_locked(q, &w);
-    int err = shim__mutex_unlock_holding(m);
+    int err = shim__pthread_mutex_unlock(m);
     if (err) {
         shim__waitq_remove_locked(q, &w);
         fs__spin_unlock(&q->lock);
@@ -161,7 +161,7 @@ static int shim__cond_wait(pthread_cond_t *cp, pthread_mutex_t *m, clockid_t clo
     fs_waiter_prepare(&w);
     fs__spin_lock(&c->q.lock);
     shim__waitq_push_tail_locked(&c->q, &w);
-    int err = shim__mutex_unlock_holding(m);
+    int err = shim__pthread_mutex_unlock(m);
     if (err) {
         /* Still queued: a signal needs the lock we hold. */
         shim__waitq_remove_locked(&c->q, &w);

@@ -10,34 +10,21 @@
  * Lock word (offset 0):
  *   LOCKED   held. Uncontended lock and unlock are one CAS each: 0 <-> LOCKED.
  *   WAITERS  the queue may be non-empty: unlock must look at it.
- *   WOKEN    an unlock woke a waiter that has not yet run (Go's
- *            mutexWoken): further unlocks just clear LOCKED and wake
- *            nobody, so that a fiber relocking in a loop pays one CAS, not
- *            a queue operation and a wake per unlock. Only the woken
- *            waiter clears it, by a CAS that either takes the free lock or
- *            sees it held: then that holder's unlock sees WOKEN clear and
- *            wakes the next one. A wake is never lost, and at most one
- *            woken waiter is on its way at a time.
  * Unlock with waiters dequeues the oldest one. Normally it clears LOCKED
  * and wakes that waiter, which then competes with newcomers (barging
  * keeps the lock on a running fiber: no switch per acquisition). But once
  * that waiter has waited more than SHIM_MX_STARVE_NS, unlock hands the
  * lock to it directly, without ever clearing LOCKED, so nobody can barge
- * (Go's starvation mode, which ends by itself at the first waiter that
- * waited less, or when the queue is empty). The decision is the
- * unlocker's, from the waiter's queueing time, because fibers are not
- * preempted: a fiber that keeps relocking never lets a woken waiter of its
- * own carrier run. After a hand-off to a fiber, pthread_mutex_unlock
- * yields (Go's semrelease with handoff): the new holder was readied on
- * this carrier (it resumes where it is woken) and would otherwise hold the
- * lock without running until the unlocker blocks, while every other
- * contender queues behind it. A woken waiter that loses the race requeues
- * at the head with its original queueing time, so the queue stays in
- * arrival order.
+ * (Go's starvation mode). The decision is the unlocker's, from the
+ * waiter's queueing time, because fibers are not preempted: a fiber that
+ * keeps relocking never lets a woken waiter of its own carrier run, but
+ * after a hand-off its next lock attempt parks it. A woken waiter that
+ * loses the race requeues at the head with its original queueing time,
+ * so the queue stays in arrival order.
  *
- * Locking: q.lock protects the queue, WAITERS changes, setting WOKEN and
- * the hand-off decision. LOCKED is taken without the lock by CAS, so every
- * update of the word is a CAS or an atomic and/or.
+ * Locking: q.lock protects the queue, WAITERS changes and the hand-off
+ * decision. LOCKED is taken without the lock by CAS, so every update of
+ * the word is a CAS or an atomic and/or.
  *
  * Process-shared, robust and priority-inheritance/protect mutexes stay
  * glibc's: pthread_mutex_init hands them to glibc, whose __kind then
@@ -65,7 +52,6 @@ _Static_assert(offsetof(struct shim__mutex, kind) == offsetof(pthread_mutex_t, _
 
 #define SHIM_MX_LOCKED 1u
 #define SHIM_MX_WAITERS 2u
-#define SHIM_MX_WOKEN 4u
 
 /* glibc's __kind bits for robust (0x10), priority inheritance (0x20),
  * priority protect (0x40) and process-shared (0x80) mutexes. */
@@ -101,27 +87,6 @@ static inline bool shim__mutex_try_acquire(struct shim__mutex *m)
     return false;
 }
 
-/* The woken waiter gives up WOKEN: takes the lock if it is free (true),
- * else clears WOKEN while it is held (false), so that the holder's unlock
- * wakes the next waiter. Never clears WOKEN on a free lock: an unlock that
- * saw WOKEN set left the queue to us. */
-static bool shim__mutex_drop_woken(struct shim__mutex *m)
-{
-    uint32_t v = atomic_load_explicit(&m->word, memory_order_relaxed);
-    for (;;) {
-        if (!(v & SHIM_MX_LOCKED)) {
-            if (atomic_compare_exchange_weak_explicit(&m->word, &v,
-                                                      (v | SHIM_MX_LOCKED) & ~SHIM_MX_WOKEN,
-                                                      memory_order_acquire, memory_order_relaxed))
-                return true;
-        } else if (atomic_compare_exchange_weak_explicit(&m->word, &v, v & ~SHIM_MX_WOKEN,
-                                                         memory_order_relaxed,
-                                                         memory_order_relaxed)) {
-            return false;
-        }
-    }
-}
-
 /* Acquires LOCKED, waiting if needed. Returns 0, EBUSY (try), EINVAL (a bad
  * deadline, checked only once the lock turned out busy, as glibc does) or
  * ETIMEDOUT. */
@@ -149,42 +114,32 @@ static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode,
         return EINVAL;
     uintptr_t since = (uintptr_t)fs_now();
     bool requeue = false;
-    bool woken = false; /* we hold WOKEN: a wake of ours, not yet acted on */
     for (;;) {
-        if (shim__deadline_passed(&d)) {
-            /* POSIX: no timeout if the lock can be had now. */
-            if (woken && shim__mutex_drop_woken(m))
-                return 0;
+        if (shim__deadline_passed(&d))
             return ETIMEDOUT;
-        }
         struct fs_waiter w;
         fs_waiter_prepare(&w);
         w.data = since;
         fs__spin_lock(&m->q.lock);
         /* Announce WAITERS before queueing, in the same CAS that sees the
          * lock held: an unlock after it takes the queue lock and finds us;
-         * one before it left LOCKED clear and we take the lock here. A
-         * woken waiter drops WOKEN in that same CAS. */
-        uint32_t drop = woken ? SHIM_MX_WOKEN : 0;
+         * one before it left LOCKED clear and we take the lock here. */
         uint32_t v = atomic_load_explicit(&m->word, memory_order_relaxed);
         for (;;) {
             if (!(v & SHIM_MX_LOCKED)) {
-                if (atomic_compare_exchange_weak_explicit(&m->word, &v,
-                                                          (v | SHIM_MX_LOCKED) & ~drop,
+                if (atomic_compare_exchange_weak_explicit(&m->word, &v, v | SHIM_MX_LOCKED,
                                                           memory_order_acquire,
                                                           memory_order_relaxed)) {
                     fs__spin_unlock(&m->q.lock);
                     return 0;
                 }
-            } else if (((v & SHIM_MX_WAITERS) && !(v & drop)) ||
-                       atomic_compare_exchange_weak_explicit(&m->word, &v,
-                                                             (v | SHIM_MX_WAITERS) & ~drop,
+            } else if ((v & SHIM_MX_WAITERS) ||
+                       atomic_compare_exchange_weak_explicit(&m->word, &v, v | SHIM_MX_WAITERS,
                                                              memory_order_relaxed,
                                                              memory_order_relaxed)) {
                 break;
             }
         }
-        woken = false;
         if (requeue)
             shim__waitq_push_head_locked(&m->q, &w);
         else
@@ -195,39 +150,27 @@ static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode,
         /* The waker wrote data before its wake, under the queue lock. */
         if (rc == 0 && (w.data & SHIM_MX_W_HANDOFF))
             return 0; /* the unlocker kept LOCKED for us */
-        /* rc 0: an unlock woke us and set WOKEN for us (rc 1: nothing was
-         * granted, a wake that failed). */
-        woken = rc == 0;
-        if (shim__mutex_try_acquire(m)) {
-            if (woken)
-                atomic_fetch_and_explicit(&m->word, ~SHIM_MX_WOKEN, memory_order_relaxed);
+        if (shim__mutex_try_acquire(m))
             return 0;
-        }
         requeue = true;
     }
 }
 
-/* Lets go of LOCKED, waking or handing off to a waiter if there is one.
- * Returns true when it handed the lock to a fiber (see the yield in
- * shim__pthread_mutex_unlock). */
-static bool shim__mutex_release(struct shim__mutex *m)
+/* Lets go of LOCKED, waking or handing off to a waiter if there is one. */
+static void shim__mutex_release(struct shim__mutex *m)
 {
     uint32_t v = atomic_load_explicit(&m->word, memory_order_relaxed);
     for (;;) {
         if (!(v & SHIM_MX_LOCKED))
-            return false; /* a normal mutex unlocked twice: glibc shrugs too */
-        if ((v & (SHIM_MX_WAITERS | SHIM_MX_WOKEN)) == SHIM_MX_WAITERS)
+            return; /* a normal mutex unlocked twice: glibc shrugs too */
+        if (v & SHIM_MX_WAITERS)
             break;
-        /* Nobody queued, or a woken waiter on its way, which takes over
-         * the queue (see WOKEN). */
         if (atomic_compare_exchange_weak_explicit(&m->word, &v, v & ~SHIM_MX_LOCKED,
                                                   memory_order_release, memory_order_relaxed))
-            return false;
+            return;
     }
-    /* Only the holder sets WOKEN (here, under the queue lock), and we hold
-     * the lock: it stays clear until we set it. */
     fs__spin_lock(&m->q.lock);
-    bool handoff = false, to_fiber = false;
+    bool handoff = false;
     struct fs_waiter *w;
     int64_t now = 0;
     while ((w = shim__waitq_pop_locked(&m->q))) {
@@ -236,25 +179,16 @@ static bool shim__mutex_release(struct shim__mutex *m)
         bool starving = now - (int64_t)w->data > SHIM_MX_STARVE_NS;
         if (starving)
             w->data |= SHIM_MX_W_HANDOFF;
-        else /* before the wake: the waiter may run (and drop it) at once */
-            atomic_fetch_or_explicit(&m->word, SHIM_MX_WOKEN, memory_order_relaxed);
-        /* Read before the wake: a handed-off waiter returns at once,
-         * without our queue lock, and its record dies with its frame. */
-        bool fiber = w->fiber != NULL;
         if (fs_waiter_wake(w)) {
             handoff = starving;
-            to_fiber = fiber;
             break;
         }
-        if (!starving) /* it timed out: nobody is on the way */
-            atomic_fetch_and_explicit(&m->word, ~SHIM_MX_WOKEN, memory_order_relaxed);
     }
     uint32_t clear = (handoff ? 0 : SHIM_MX_LOCKED) | (m->q.head ? 0 : SHIM_MX_WAITERS);
     /* release: publishes the critical section to the next holder (a
      * handed-off waiter gets it through the wake instead). */
     atomic_fetch_and_explicit(&m->word, ~clear, memory_order_release);
     fs__spin_unlock(&m->q.lock);
-    return handoff && to_fiber && fs_self();
 }
 
 static int shim__mutex_lock_slow(struct shim__mutex *m, enum shim__lock_mode mode, clockid_t clock,
@@ -358,10 +292,8 @@ int shim__pthread_mutex_timedlock(pthread_mutex_t *mp, const struct timespec *ab
 }
 SHIM_ALIAS(pthread_mutex_timedlock)
 
-/* Out of line, so that the fast path below needs no stack frame. may_yield:
- * the caller holds no spinlock (see shim__mutex_unlock_holding). */
-static __attribute__((noinline)) int shim__mutex_unlock_slow(struct shim__mutex *m, int kind,
-                                                             bool may_yield)
+/* Out of line, so that the fast path below needs no stack frame. */
+static __attribute__((noinline)) int shim__mutex_unlock_slow(struct shim__mutex *m, int kind)
 {
     if (kind & SHIM_MX_GLIBC_KIND_BITS)
         return shim__mutex_glibc_unlock((pthread_mutex_t *)m);
@@ -374,8 +306,7 @@ static __attribute__((noinline)) int shim__mutex_unlock_slow(struct shim__mutex 
             return 0;
         atomic_store_explicit(&m->owner, 0, memory_order_relaxed);
     }
-    if (shim__mutex_release(m) && may_yield)
-        fs_yield(); /* let the fiber we handed the lock to run now */
+    shim__mutex_release(m);
     return 0;
 }
 
@@ -388,21 +319,9 @@ int shim__pthread_mutex_unlock(pthread_mutex_t *mp)
         SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, 0, memory_order_release,
                                                             memory_order_relaxed)))
         return 0;
-    return shim__mutex_unlock_slow(m, kind, true);
+    return shim__mutex_unlock_slow(m, kind);
 }
 SHIM_ALIAS(pthread_mutex_unlock)
-
-int shim__mutex_unlock_holding(pthread_mutex_t *mp)
-{
-    struct shim__mutex *m = (struct shim__mutex *)mp;
-    int kind = shim__mutex_kind(m);
-    uint32_t v = SHIM_MX_LOCKED;
-    if (SHIM_LIKELY(kind == PTHREAD_MUTEX_NORMAL) &&
-        SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, 0, memory_order_release,
-                                                            memory_order_relaxed)))
-        return 0;
-    return shim__mutex_unlock_slow(m, kind, false);
-}
 
 int shim__pthread_mutex_destroy(pthread_mutex_t *mp)
 {

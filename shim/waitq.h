@@ -146,8 +146,5 @@ bool shim__mutex_is_real(const pthread_mutex_t *m);
 /* mutex.c's wrappers, which cond.c waits with. */
 int shim__pthread_mutex_lock(pthread_mutex_t *m);
 int shim__pthread_mutex_unlock(pthread_mutex_t *m);
-/* pthread_mutex_unlock for a caller that holds a spinlock (cond.c's queue
- * lock): it never yields, even after a hand-off. */
-int shim__mutex_unlock_holding(pthread_mutex_t *m);
 
 #endif
