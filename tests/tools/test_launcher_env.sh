@@ -29,7 +29,7 @@ expect_var() {
 }
 
 expect_unset() {
-    if printf '%s\n' "$out" | grep -q "^$1="; then
+    if grep -q "^$1=" <<<"$out"; then
         fail "$desc: $1 is set: $(var "$1")"
     fi
 }

@@ -54,8 +54,10 @@ run_cmd "$SC" --report "$tmp/nothing-here"
 expect_rc 1
 
 # expect_line LINE: the report has exactly this line.
+# (A here-string, not printf | grep -q: under pipefail, grep leaving at the
+# first match could fail the pipe with printf's SIGPIPE.)
 expect_line() {
-    printf '%s\n' "$out" | grep -qFx -- "$1" || fail "report lacks the line: $1
+    grep -qFx -- "$1" <<<"$out" || fail "report lacks the line: $1
 report:
 $out"
 }
