@@ -29,7 +29,7 @@ expect_var() {
 }
 
 expect_unset() {
-    if grep -q "^$1=" <<<"$out"; then
+    if printf '%s\n' "$out" | grep -q "^$1="; then
         fail "$desc: $1 is set: $(var "$1")"
     fi
 }
