@@ -218,17 +218,11 @@ struct fs_sched {
      * work, steals nothing, gets no wakep token (cfg.adopt_exclusive).
      * Set before the sched is published (fs_adopt_thread, fork child). */
     bool exclusive;
-    /* The monitor judged this carrier stuck (no switch for 10 ms,
-     * computing or blocked in the kernel) at a sample less than
-     * FS_STUCK_KEEP_NS ago; cleared by the first sample after that. While
-     * set, what its fiber wakes goes to the global queue, not to this
-     * carrier's runnext (monitor.c). */
+    /* The monitor judged this carrier stuck at its last sample (no switch
+     * for 10 ms, computing or blocked in the kernel); cleared at the next
+     * sample that sees a switch. While set, what its fiber wakes goes to
+     * the global queue, not to this carrier's runnext (monitor.c). */
     _Atomic bool mon_stuck;
-    /* Set with each verdict "stuck"; the carrier clears it at its first
-     * switch after one and pokes the monitor, which may be parked
-     * (fs__sched_unstuck). mon_stuck itself stays set a while longer
-     * (monitor.c, FS_STUCK_KEEP_NS). */
-    _Atomic bool mon_watch;
     _Atomic int retired;
     _Atomic int defunct;         /* its thread could not be started */
 
@@ -416,36 +410,11 @@ uint64_t fs__sigmask_set(const uint64_t *set);
 /* runtime.c: starts a handoff carrier; monitor thread only. */
 struct fs_sched *fs__start_extra(void);
 
-/* netpoll.c: moves a runtime fd out of the program's fd range and marks
- * it internal (the program may not close it); slot spreads them. */
-long fs__fd_hide(long fd, unsigned slot);
-
 /* monitor.c */
 extern _Atomic int fs__monitor_tried;
 void fs__monitor_start(void);
 uint64_t fs__monitor_harvests(void);
-uint64_t fs__monitor_samples(void);
 void fs__monitor_atfork_child(void);
-
-/* Pokes for a parked monitor (monitor.c, "Backing off"). WORK: work was
- * queued that a stuck carrier could hold up (a global push), or a stuck
- * carrier switched. WAKE: a carrier may run fibers again (it left
- * epoll_wait, or just started). */
-#define FS_MON_POKE_WORK 1u
-#define FS_MON_POKE_WAKE 2u
-extern _Atomic unsigned fs__mon_parked;
-void fs__monitor_wake(void);
-
-/* Wakes the monitor if it is parked and wants a poke of kind why. The
- * caller has published its change (the push, the switch count, sleeping
- * cleared); the fence orders that before the read of the flag (Dekker,
- * against the monitor's store of the flag and its recheck). */
-static inline void fs__monitor_poke(unsigned why)
-{
-    atomic_thread_fence(memory_order_seq_cst);
-    if (FS_UNLIKELY(atomic_load_explicit(&fs__mon_parked, memory_order_relaxed) & why))
-        fs__monitor_wake();
-}
 
 /* futex.c */
 void fs__futex_atfork_child(void);

@@ -35,82 +35,19 @@
  * of the time or is blocked in the kernel; a thread that was merely
  * preempted gets no spare (fs__mon_judge).
  *
- * Cost: a sample every 5 ms while some carrier runs fibers (or is not
- * yet judged), a sample reads two counters per carrier. When nothing
- * needs watching, the monitor backs off and then parks (see "Backing
- * off" below): an idle process, even one whose carrier is blocked for
- * good in a call the runtime cannot see (MariaDB's io_uring completion
- * thread in liburing's inline io_uring_enter), makes no wake-ups.
- *
- * Backing off. Quiet means: every carrier sleeps in epoll_wait or is
- * judged stuck, no stuck carrier holds work that may move (its ring, its
- * runnext: fs__mon_rescue took or handed it off), the global queue is
- * empty and no spare is due to retire. While quiet, the period doubles
- * from 5 ms to 50 ms (a light steady load, whose carriers sleep and wake
- * all the time, is watched that way without a poke per request), then
- * the monitor parks. After a park that lasted FS_MON_BURST_NS at least,
- * a stretch of activity shorter than that (an idle server's timer thread
- * ticking, a lone request) ends in a park at its first quiet sample, not
- * in another climb from 5 ms: idle MariaDB's ticks cost the monitor two
- * samples each instead of six. A shorter park (a steady light load) or
- * a longer stretch returns to the doubling. Parked, it blocks in its own
- * epoll instance with no timeout, or until the earliest timer of a stuck
- * carrier. What can need it again, and what wakes it then:
- *  - a stuck carrier's epoll gets readiness for a fiber that may run
- *    elsewhere: the stuck carrier's epoll instance is itself registered
- *    in the monitor's (an epoll fd is pollable; nested, edge-triggered),
- *    from the sample that judged it stuck to the one that sees it switch;
- *  - a stuck carrier's timer falls due: the park's timeout (no timer is
- *    armed on a stuck carrier while it stays stuck: only a fiber that
- *    parks there arms one);
- *  - work queued that a stuck carrier could hold up: what a stuck
- *    carrier's fiber wakes or spawns goes to the global queue
- *    (sched.mon_stuck, see fs__ready), never to its own runnext or ring,
- *    and every global push pokes the monitor (FS_MON_POKE_WORK): with
- *    fewer capable carriers than configured, only the monitor can start
- *    a spare to run it;
- *  - a stuck carrier switches (its call returned; it may get stuck again
- *    later with work behind it, and a spare may be due to retire): it
- *    counts a switch and pokes, once per verdict (sched.mon_watch,
- *    fs__sched_unstuck, at every switch out of a fiber and every start
- *    of one on the idle loop);
- *  - a carrier leaves epoll_wait to run fibers, which may then hold a
- *    carrier (FS_MON_POKE_WAKE, only once parked: during the back-off
- *    the period bounds that delay as before, at 50 ms, and a light load
- *    that sleeps and wakes carriers all the time pays no poke).
- * A poke is one eventfd write, by the first poker only (an exchange of
- * fs__mon_parked to 0), so at most one per park.
- *
- * The race: the monitor decides to park on a sample, and a poker
- * publishes its change (a global push, a switch, sleeping cleared) just
- * after that sample read the state. Both sides are Dekker's: the monitor
- * stores fs__mon_parked, fences, then reads again everything a poker
- * publishes (fs__mon_quiet_recheck: the global queue's length, nstarted,
- * each carrier's sleeping, or a stuck one's switch count); a poker
- * publishes, fences, then
- * reads fs__mon_parked. At least one sees the other: either the poker
- * sees the flag and writes the eventfd (the write queues an edge in the
- * monitor's epoll, which its next epoll_wait reports even if it was
- * written before that wait began), or the recheck sees the change and the
- * monitor does not park. A carrier started meanwhile is covered the same
- * way: its starter publishes nstarted, then pokes; the recheck reads
- * nstarted.
+ * Cost: a sample every 5 ms while some carrier is busy, backing off to
+ * 50 ms when all sleep; a sample reads two counters per carrier.
  */
 #include "internal.h"
 #include "sys.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <time.h>
 
 #define FS_STUCK_NS (10 * 1000000)   /* no switch for this long: stuck */
-#define FS_STUCK_KEEP_NS (100 * 1000000) /* sched.mon_stuck outlives a verdict */
 #define FS_MON_MIN_NS (5 * 1000000)
 #define FS_MON_MAX_NS (50 * 1000000)
-#define FS_MON_BURST_NS (50 * 1000000) /* longer activity ends after_park */
 
 struct fs_mon_view {
     uint64_t switches;
@@ -118,35 +55,9 @@ struct fs_mon_view {
     int64_t cpu_at;  /* thread CPU time when suspected; -1: not suspected */
     int64_t cpu_now; /* fs_now() at cpu_at */
     bool stuck;
-    int nested;      /* the epfd registered in the monitor's epoll, or -1 */
-    int64_t stuck_at; /* the last sample that judged it stuck; 0: none */
 };
 
-static _Atomic uint64_t fs__mon_harvests, fs__mon_samples;
-
-/* What the parked monitor wants to be poked for (FS_MON_POKE_*), 0 while
- * it samples. Set by the monitor; exchanged to 0 by the first poker. */
-_Atomic unsigned fs__mon_parked;
-/* The monitor's epoll instance and the eventfd in it that pokes write;
- * -1 until the monitor made them (it then never parks without them).
- * Written by the monitor before it first sets fs__mon_parked, which a
- * poker reads first. */
-static int fs__mon_epfd = -1, fs__mon_evfd = -1;
-
-uint64_t fs__monitor_samples(void)
-{
-    return atomic_load_explicit(&fs__mon_samples, memory_order_relaxed);
-}
-
-/* The slow half of fs__monitor_poke: the monitor is parked and wants this
- * poke. The exchange makes one poker per park write the eventfd. */
-void fs__monitor_wake(void)
-{
-    if (atomic_exchange_explicit(&fs__mon_parked, 0, memory_order_acq_rel) == 0)
-        return;
-    uint64_t one = 1;
-    fs__sys3(SYS_write, fs__mon_evfd, &one, sizeof one);
-}
+static _Atomic uint64_t fs__mon_harvests;
 
 uint64_t fs__monitor_harvests(void)
 {
@@ -157,85 +68,6 @@ static void fs__mon_sleep(int64_t ns)
 {
     struct timespec ts = {ns / 1000000000, ns % 1000000000};
     fs__sys2(SYS_nanosleep, &ts, NULL);
-}
-
-/* Makes the monitor's epoll instance and poke eventfd, both
- * edge-triggered (neither is ever read: an eventfd counter would take
- * 2^64 pokes to fill). On failure the monitor keeps sampling with a
- * period of at most FS_MON_MAX_NS and never parks. */
-static void fs__mon_wait_init(void)
-{
-    long ep = fs__sys1(SYS_epoll_create1, EPOLL_CLOEXEC);
-    if (ep < 0)
-        return;
-    long ev = fs__sys2(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (ev < 0) {
-        fs__sys1(SYS_close, ep);
-        return;
-    }
-    ep = fs__fd_hide(ep, 126);
-    ev = fs__fd_hide(ev, 127);
-    struct epoll_event e = {.events = EPOLLIN | EPOLLET, .data.u64 = 0};
-    if (fs__sys4(SYS_epoll_ctl, ep, EPOLL_CTL_ADD, ev, &e) < 0) {
-        fs__sys1(SYS_close, ep);
-        fs__sys1(SYS_close, ev);
-        return;
-    }
-    fs__mon_epfd = (int)ep;
-    fs__mon_evfd = (int)ev;
-}
-
-/* Sleeps for ns (< 0: until an event), or until a poke or readiness in
- * the epoll of a stuck carrier registered in the monitor's. */
-static void fs__mon_wait(int64_t ns)
-{
-    if (fs__mon_epfd < 0) {
-        fs__mon_sleep(ns < 0 || ns > FS_MON_MAX_NS ? FS_MON_MAX_NS : ns);
-        return;
-    }
-    struct epoll_event evs[8];
-    struct timespec ts = {ns / 1000000000, ns % 1000000000};
-    long n = fs__sys6(SYS_epoll_pwait2, fs__mon_epfd, evs, 8, ns < 0 ? NULL : &ts, NULL, 8);
-    if (n == -ENOSYS) /* before Linux 5.11: millisecond timeouts, rounded up */
-        fs__sys6(SYS_epoll_pwait, fs__mon_epfd, evs, 8,
-                 ns < 0 ? -1L : (long)((ns + 999999) / 1000000), NULL, 8);
-}
-
-/* Keeps the epoll instance of carrier i registered in the monitor's while,
- * and only while, it is judged stuck: readiness there is for the monitor
- * to harvest, and would otherwise wake nobody while the monitor parks. */
-static void fs__mon_nest(struct fs_mon_view *v, unsigned i, struct fs_sched *s)
-{
-    if (fs__mon_epfd < 0)
-        return;
-    if (v->stuck && v->nested < 0) {
-        struct epoll_event e = {.events = EPOLLIN | EPOLLET, .data.u64 = i + 1};
-        if (fs__sys4(SYS_epoll_ctl, fs__mon_epfd, EPOLL_CTL_ADD, s->epfd, &e) == 0)
-            v->nested = s->epfd;
-    } else if (!v->stuck && v->nested >= 0) {
-        fs__sys4(SYS_epoll_ctl, fs__mon_epfd, EPOLL_CTL_DEL, v->nested, NULL);
-        v->nested = -1;
-    }
-}
-
-/* The monitor is about to park on a quiet sample (see Backing off at the
- * top): after storing fs__mon_parked, reads again what pokers publish
- * before they poke. False: something changed since the sample, so the
- * monitor must sample again instead of parking. */
-static bool fs__mon_quiet_recheck(const struct fs_mon_view *v, unsigned n)
-{
-    if (atomic_load_explicit(&fs__g.global_len, memory_order_relaxed) != 0 ||
-        atomic_load_explicit(&fs__g.nstarted, memory_order_relaxed) != n)
-        return false;
-    for (unsigned i = 0; i < n; i++) {
-        struct fs_sched *s = fs__g.scheds[i];
-        if (atomic_load_explicit(&s->defunct, memory_order_relaxed))
-            continue;
-        if (v[i].stuck ? atomic_load_explicit(&s->st.switches, memory_order_relaxed) != v[i].switches
-                       : !atomic_load_explicit(&s->sleeping, memory_order_relaxed))
-            return false;
-    }
-    return true;
 }
 
 /* CPU time used by kernel thread tid (Linux's per-thread CPU clock id,
@@ -355,35 +187,16 @@ static void *fs__monitor(void *arg)
     struct fs_mon_view *v = calloc(cap, sizeof *v);
     if (!v)
         return NULL;
-    for (unsigned i = 0; i < cap; i++) {
+    for (unsigned i = 0; i < cap; i++)
         v[i].cpu_at = -1;
-        v[i].nested = -1;
-    }
-    fs__mon_wait_init();
-    int64_t delay = FS_MON_MIN_NS, wait = FS_MON_MIN_NS;
-    /* Since the last park, activity has come only in short stretches
-     * (see Backing off); when the current stretch of samples that found
-     * work began, or 0. */
-    bool after_park = false, parked = false;
-    int64_t active_since = 0, parked_at = 0;
+    int64_t delay = FS_MON_MIN_NS;
     for (;;) {
-        fs__mon_wait(wait);
-        /* Whoever woke us, we sample now: no poke is wanted meanwhile. */
-        atomic_store_explicit(&fs__mon_parked, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&fs__mon_samples, 1, memory_order_relaxed);
+        fs__mon_sleep(delay);
         int64_t now = fs_now();
-        if (parked) { /* the first sample after a park */
-            parked = false;
-            if (now - parked_at < FS_MON_BURST_NS)
-                after_park = false; /* a short park: steady activity */
-        }
-        bool busy = false, waiting = false, anystuck = false;
-        int64_t stuck_dl = INT64_MAX;
+        bool busy = false, waiting = false;
         unsigned nstuck = 0, capable = 0;
         unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
-        if (n > cap)
-            n = cap;
-        for (unsigned i = 0; i < n; i++) {
+        for (unsigned i = 0; i < n && i < cap; i++) {
             struct fs_sched *s = fs__g.scheds[i];
             if (atomic_load_explicit(&s->defunct, memory_order_relaxed))
                 continue;
@@ -397,36 +210,15 @@ static void *fs__monitor(void *arg)
                 v[i].cpu_at = -1;
                 busy |= !sleeping;
             } else {
+                busy = true;
                 v[i].stuck = now - v[i].since >= FS_STUCK_NS && fs__mon_judge(&v[i], s, now);
-                /* Running the same fiber, not judged (yet): watch it. A
-                 * carrier judged stuck needs watching only for what it
-                 * holds, below. */
-                busy |= !v[i].stuck;
             }
-            /* The mark that sends what s wakes to the global queue (fs__ready)
-             * outlives the verdict by FS_STUCK_KEEP_NS: a fiber that blocked
-             * in an unseen call once is likely to again (an io_uring
-             * completion thread that parked on a mutex in between), and
-             * the fibers it wakes meanwhile would wait in its runnext for
-             * the next verdict, 10 to 15 ms. Routing them through the
-             * global queue costs a push and a wakep instead. */
-            if (v[i].stuck) {
-                v[i].stuck_at = now;
-                if (!atomic_load_explicit(&s->mon_watch, memory_order_relaxed))
-                    atomic_store_explicit(&s->mon_watch, true, memory_order_relaxed);
-            }
-            bool mark = v[i].stuck || (v[i].stuck_at && now - v[i].stuck_at < FS_STUCK_KEEP_NS);
-            if (atomic_load_explicit(&s->mon_stuck, memory_order_relaxed) != mark)
-                atomic_store_explicit(&s->mon_stuck, mark, memory_order_relaxed);
-            fs__mon_nest(&v[i], i, s);
+            if (atomic_load_explicit(&s->mon_stuck, memory_order_relaxed) != v[i].stuck)
+                atomic_store_explicit(&s->mon_stuck, v[i].stuck, memory_order_relaxed);
             if (v[i].stuck) {
                 /* An exclusive sched (main's) holds no work others may
                  * take, but its epoll may hold others' readiness. */
                 bool more = fs__mon_rescue(s, now);
-                anystuck = true;
-                int64_t dl = atomic_load_explicit(&s->next_deadline, memory_order_relaxed);
-                if (dl < stuck_dl)
-                    stuck_dl = dl;
                 if (!s->exclusive) {
                     nstuck++;
                     waiting |= more;
@@ -437,7 +229,6 @@ static void *fs__monitor(void *arg)
         }
         unsigned workers = fs__g.nsched - atomic_load_explicit(&fs__g.nexclusive, memory_order_relaxed);
         waiting |= atomic_load_explicit(&fs__g.global_len, memory_order_relaxed) != 0;
-        bool acted = true;
         if (nstuck && waiting) {
             if (capable < workers)
                 fs__mon_handoff(v, n);
@@ -445,41 +236,11 @@ static void *fs__monitor(void *arg)
                 fs__wakep(); /* a carrier that can take it may be asleep */
         } else if (capable > workers) {
             fs__mon_retire(v, n);
-        } else {
-            acted = false;
         }
-
-        /* The next wait (see Backing off at the top). */
-        if (busy || waiting || acted) {
-            if (!active_since)
-                active_since = now;
-            else if (now - active_since >= FS_MON_BURST_NS)
-                after_park = false; /* sustained activity: back to the doubling */
-            delay = wait = FS_MON_MIN_NS;
-            continue;
-        }
-        active_since = 0;
-        unsigned pokes = anystuck ? FS_MON_POKE_WORK : 0;
-        if (delay < FS_MON_MAX_NS && !after_park) {
-            delay = delay * 2 < FS_MON_MAX_NS ? delay * 2 : FS_MON_MAX_NS;
-            wait = delay;
-        } else {
-            pokes |= FS_MON_POKE_WAKE;
-            wait = -1;
-            after_park = parked = true;
-            parked_at = now;
-        }
-        if (stuck_dl != INT64_MAX && (wait < 0 || stuck_dl - now < wait))
-            wait = stuck_dl > now ? stuck_dl - now : 0;
-        if (pokes && fs__mon_epfd >= 0) {
-            atomic_store_explicit(&fs__mon_parked, pokes, memory_order_seq_cst);
-            atomic_thread_fence(memory_order_seq_cst); /* store parked, then read (Dekker) */
-            if (!fs__mon_quiet_recheck(v, n)) {
-                atomic_store_explicit(&fs__mon_parked, 0, memory_order_relaxed);
-                delay = wait = FS_MON_MIN_NS;
-                parked = false;
-            }
-        }
+        if (nstuck || busy)
+            delay = FS_MON_MIN_NS;
+        else if (delay < FS_MON_MAX_NS)
+            delay *= 2;
     }
     return NULL;
 }
@@ -517,12 +278,4 @@ void fs__monitor_atfork_child(void)
 {
     atomic_store(&started, 0);
     atomic_store(&fs__monitor_tried, 0);
-    /* The parent's epoll instance and eventfd (shared with it: close
-     * only our descriptors); the child's monitor makes its own. */
-    atomic_store(&fs__mon_parked, 0);
-    if (fs__mon_epfd >= 0)
-        fs__sys1(SYS_close, fs__mon_epfd);
-    if (fs__mon_evfd >= 0)
-        fs__sys1(SYS_close, fs__mon_evfd);
-    fs__mon_epfd = fs__mon_evfd = -1;
 }

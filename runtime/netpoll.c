@@ -99,7 +99,7 @@ static struct fs_pollfd *fs__pd_get(int fd)
 /* Moves a runtime fd to the top of the fd range, so the program's own
  * fds keep the numbers they would have without the shim, and marks it
  * internal (the shim refuses to let the program close it). */
-long fs__fd_hide(long fd, unsigned slot)
+static long fs__fd_hide(long fd, unsigned slot)
 {
     struct fs_rlim {
         uint64_t cur, max;
@@ -295,17 +295,7 @@ int fs__netpoll(struct fs_sched *s, int64_t timeout_ns)
              * s sleeps on, and with s->notified still set every later
              * kick skips the write. Post it again, so that s gets an edge
              * of its own (at worst s returns once for nothing). */
-            /* Only if s sleeps now: otherwise s is awake (or never
-             * slept), and looks at its queues before it sleeps again. Not
-             * posting then matters: the monitor, parked, is woken by
-             * readiness in a stuck carrier's epoll (monitor.c), and a
-             * kick posted again into a stuck carrier's epoll would wake
-             * the monitor to harvest it again, forever. The epoll_wait
-             * that took the kick orders this read after the kicker's,
-             * which saw sleeping set. */
-            atomic_thread_fence(memory_order_seq_cst);
-            if (FS_UNLIKELY(fs__cur_sched() != s) &&
-                atomic_load_explicit(&s->sleeping, memory_order_relaxed)) {
+            if (FS_UNLIKELY(fs__cur_sched() != s)) {
                 uint64_t one = 1;
                 fs__sys3(SYS_write, s->wakefd, &one, sizeof one);
             }

@@ -189,7 +189,6 @@ int fs__start_carriers(void)
         atomic_store_explicit(&fs__g.nstarted, i + 1, memory_order_release);
     }
     fs__spin_unlock(&fs__g.start_lock);
-    fs__monitor_poke(FS_MON_POKE_WAKE); /* new carriers: a parked monitor rechecks nstarted */
     fs__monitor_start();
     fs__tls_wrap_setxid(); /* glibc's first pthread_create installed its handler */
     return atomic_load(&fs__g.nstarted) ? 0 : rc;
@@ -297,7 +296,6 @@ int fs_adopt_thread(fs_fiber **out)
     fs__spin_unlock(&fs__g.start_lock);
     fs__fault_thread_init(s);
     *out = f;
-    fs__monitor_poke(FS_MON_POKE_WAKE); /* a new carrier, running its fiber */
     return 0;
 }
 

@@ -58,9 +58,6 @@ void fs__global_push(struct fs_fiber *f)
     fs__fifo_push(&fs__g.global, f);
     atomic_store_explicit(&fs__g.global_len, fs__fifo_len(&fs__g.global), memory_order_release);
     fs__spin_unlock(&fs__g.global_lock);
-    /* With a carrier stuck, maybe nobody but a spare the monitor starts
-     * can run it (monitor.c). */
-    fs__monitor_poke(FS_MON_POKE_WORK);
 }
 
 static struct fs_fiber *fs__global_pop(struct fs_sched *s, uint32_t max)
@@ -444,8 +441,6 @@ static struct fs_fiber *fs__find_runnable_blocking(struct fs_sched *s)
         /* release: busy_since is stored before sleeping clears (fs__busy_ns) */
         atomic_store_explicit(&s->sleeping, 0, memory_order_release);
         atomic_store_explicit(&s->notified, 0, memory_order_release);
-        /* A parked monitor saw us sleeping; we may run fibers now. */
-        fs__monitor_poke(FS_MON_POKE_WAKE);
     }
 }
 
@@ -461,24 +456,6 @@ static inline void fs__after_switch(struct fs_sched *s)
     }
 }
 
-/* The monitor judged s stuck (sched.mon_watch), yet s switches after all:
- * it is not stuck any more. Owner only. Counts a switch, even when the
- * fiber leaves for the idle loop (which counts none otherwise: a stuck
- * fiber that exits may leave nothing to run), so that the monitor sees
- * progress at its next sample instead of judging s stuck again on its
- * old CPU reading, and pokes a parked monitor, whose recheck reads the
- * switch count (Dekker: counted, fenced in the poke, then the flag read;
- * see monitor.c, Backing off). Once per verdict: the monitor sets
- * mon_watch again only when it judges s stuck again. */
-static inline void fs__sched_unstuck(struct fs_sched *s)
-{
-    if (FS_UNLIKELY(atomic_load_explicit(&s->mon_watch, memory_order_relaxed))) {
-        atomic_store_explicit(&s->mon_watch, false, memory_order_relaxed);
-        fs__stat_inc(&s->st.switches);
-        fs__monitor_poke(FS_MON_POKE_WORK);
-    }
-}
-
 static inline void fs__run_prepare(struct fs_sched *s, struct fs_fiber *f)
 {
     s->cur = f;
@@ -487,7 +464,6 @@ static inline void fs__run_prepare(struct fs_sched *s, struct fs_fiber *f)
     f->home = s;
     atomic_store_explicit(&f->state, FS_F_RUNNING, memory_order_relaxed);
     fs__stat_inc(&s->st.switches);
-    fs__sched_unstuck(s); /* the idle loop found work: it may have been judged stuck */
 }
 
 /* Where the leaving fiber's fake stack is kept across the switch, or NULL
@@ -525,10 +501,6 @@ void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll)
      * a volatile pointer. */
     int *(*volatile errloc)(void) = __errno_location;
     bool shared_tls = !fs__tls.on;
-    /* Leaving the fiber that held s: whether to another fiber or to the
-     * idle loop (a stuck fiber that exits leaves nothing to run, and no
-     * switch is counted then), s is not stuck any more. */
-    fs__sched_unstuck(s);
     if (shared_tls)
         self->saved_errno = *errloc();
 
