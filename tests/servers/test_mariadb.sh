@@ -54,7 +54,8 @@ set -u
 # Known failures: none. (shim/wakeups and shim-c1/wakeups were: the
 # monitor sampled every 5 ms for good while InnoDB's io_uring completion
 # thread held a carrier in io_uring_enter, made by liburing with an inline
-# syscall; it backs off and parks now, runtime/monitor.c.)
+# syscall; that thread's waits now park on the ring fd, shim/uring.c, so no
+# carrier is stuck while the server idles and the monitor backs off.)
 XFAIL=""
 
 lib=${1:-}
