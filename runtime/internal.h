@@ -414,6 +414,7 @@ struct fs_sched *fs__start_extra(void);
 extern _Atomic int fs__monitor_tried;
 void fs__monitor_start(void);
 uint64_t fs__monitor_harvests(void);
+int64_t fs__thread_cpu_ns(int tid);
 void fs__monitor_atfork_child(void);
 
 /* futex.c */

@@ -71,8 +71,10 @@ static void fs__mon_sleep(int64_t ns)
 }
 
 /* CPU time used by kernel thread tid (Linux's per-thread CPU clock id,
- * as pthread_getcpuclockid makes it), or -1. */
-static int64_t fs__thread_cpu_ns(int tid)
+ * MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED), as pthread_getcpuclockid
+ * makes it), or -1. A raw system call: inside libfibershim.so
+ * clock_gettime is the shim's. Any thread. */
+int64_t fs__thread_cpu_ns(int tid)
 {
     clockid_t id = (clockid_t)((~(unsigned)tid) << 3) | 6; /* CPUCLOCK_SCHED, per thread */
     struct timespec ts;

@@ -359,20 +359,6 @@ static uint64_t fs__busy_ns(struct fs_sched *s)
     }
 }
 
-/* The CPU time of kernel thread tid, or 0: its scheduler clock, the
- * kernel's MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED) = ~tid << 3 | 6. On
- * a machine shared with other work a carrier's busy time (fs__busy_ns)
- * also counts the time it was preempted, and a carrier that rarely sleeps
- * collects more of it; the CPU time is what it ran. A raw system call:
- * inside libfibershim.so clock_gettime is the shim's. Any thread. */
-static uint64_t fs__thread_cpu_ns(int tid)
-{
-    struct timespec ts;
-    if (tid <= 0 || fs__sys2(SYS_clock_gettime, (clockid_t)(~(unsigned)tid << 3 | 6), &ts) != 0)
-        return 0;
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
 {
     unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
@@ -381,7 +367,12 @@ int fs_carrier_stats(unsigned i, struct fs_carrier_stats *cs)
     struct fs_sched *s = fs__g.scheds[i];
     cs->fibers_run = LD(s->st.fibers_run);
     cs->busy_ns = fs__busy_ns(s);
-    cs->cpu_ns = fs__thread_cpu_ns(atomic_load_explicit(&s->tid, memory_order_relaxed));
+    /* On a machine shared with other work a carrier's busy time
+     * (fs__busy_ns) also counts the time it was preempted, and a carrier
+     * that rarely sleeps collects more of it; the CPU time is what it ran. */
+    int tid = atomic_load_explicit(&s->tid, memory_order_relaxed);
+    int64_t cpu = tid > 0 ? fs__thread_cpu_ns(tid) : -1;
+    cs->cpu_ns = cpu < 0 ? 0 : (uint64_t)cpu;
     cs->switches = LD(s->st.switches);
     cs->runq_len = fs__ring_len(&s->ring) + fs__fifo_len(&s->local);
     cs->sleeping = atomic_load(&s->sleeping) != 0;
