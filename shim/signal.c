@@ -456,16 +456,8 @@ static void shim__poke(fs_fiber *f)
     if (!atomic_load_explicit(&shim__poke_on, memory_order_relaxed))
         return;
     int tid = fs_fiber_running_tid(f);
-    if (!tid)
-        return;
-    siginfo_t si;
-    memset(&si, 0, sizeof si);
-    si.si_signo = SHIM_SIGPOKE;
-    si.si_code = SI_QUEUE;
-    si.si_pid = (pid_t)fs__sys0(SYS_getpid);
-    si.si_uid = getuid();
-    si.si_value.sival_ptr = SHIM_POKE_VALUE;
-    fs__sys4(SYS_rt_tgsigqueueinfo, si.si_pid, tid, SHIM_SIGPOKE, &si);
+    if (tid)
+        shim__sig_poke_thread(tid, SHIM_POKE_VALUE);
 }
 
 void shim__sig_poke(fs_fiber *f)
