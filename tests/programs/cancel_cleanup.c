@@ -13,6 +13,8 @@
  *    does not act again;
  *  - pthread_cancel of a thread that ended returns 0.
  */
+#include "common.h" /* FAIL */
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -20,16 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define FAIL(...)                                                                                  \
-    do {                                                                                           \
-        fflush(stdout);                                                                            \
-        printf("FAIL %s:%d ", __FILE__, __LINE__);                                                 \
-        printf(__VA_ARGS__);                                                                       \
-        printf("\n");                                                                              \
-        fflush(stdout);                                                                            \
-        _exit(1);                                                                                  \
-    } while (0)
 
 static char order[512];
 static pthread_mutex_t order_mu = PTHREAD_MUTEX_INITIALIZER;

@@ -9,6 +9,8 @@
  * non-cancellation point (pthread_mutex_lock, sem_trywait) with a cancel
  * pending returns. Handed-off calls (waitpid, a FIFO open, an F_SETLKW wait)
  * are among the blocked ones. */
+#include "common.h" /* FAIL */
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -32,16 +34,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#define FAIL(...)                                                                                  \
-    do {                                                                                           \
-        fflush(stdout);                                                                            \
-        printf("FAIL %s:%d ", __FILE__, __LINE__);                                                 \
-        printf(__VA_ARGS__);                                                                       \
-        printf("\n");                                                                              \
-        fflush(stdout);                                                                            \
-        _exit(1);                                                                                  \
-    } while (0)
 
 /* What the blocked calls wait on; set up once by main. */
 static int pipe_empty[2];             /* nothing is ever written */
