@@ -14,6 +14,8 @@
  *                 back and forth with syscall(SYS_futex, FUTEX_WAKE) and
  *                 FUTEX_WAIT, as a latch hands itself to its waiter; ns
  *                 from one side's wake to the other side running
+ *   broadcast     64 threads meeting at a mutex + condvar barrier (the last
+ *                 one broadcasts with the mutex held), rounds/s
  *
  * Measurements run on created threads (under the shim: fibers).
  *
@@ -21,7 +23,7 @@
  *   sync_bench ROW [N]          one row, N runs (default 10), each run's
  *                               figure on its own line, then min/median/max;
  *                               ROW: uncontended, pingpong, pool, contention,
- *                               futex. The contention target is on the
+ *                               futex, broadcast. The contention target is on the
  *                               worst run, which the medians hide.
  */
 #include <linux/futex.h>
@@ -235,6 +237,57 @@ static double contention(void)
     return cont_counter / dt;
 }
 
+/* ---- broadcast: a mutex + condvar barrier ------------------------------------------- */
+
+/* BC_THREADS threads meet BC_ROUNDS times at a barrier built the usual
+ * way: the last to arrive bumps the generation and broadcasts, with the
+ * mutex held, and every other one waits for the generation to change. Each
+ * broadcast wakes BC_THREADS - 1 waiters that all need the mutex the
+ * broadcaster holds (what wait morphing is for). Rounds per second. */
+#define BC_THREADS 64
+#define BC_ROUNDS 2000
+
+static pthread_mutex_t bc_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bc_c = PTHREAD_COND_INITIALIZER;
+static int bc_arrived;
+static unsigned bc_gen;
+
+static void *bc_worker(void *arg)
+{
+    (void)arg;
+    for (int r = 0; r < BC_ROUNDS; r++) {
+        pthread_mutex_lock(&bc_m);
+        unsigned gen = bc_gen;
+        if (++bc_arrived == BC_THREADS) {
+            bc_arrived = 0;
+            bc_gen++;
+            pthread_cond_broadcast(&bc_c);
+        } else {
+            while (bc_gen == gen)
+                pthread_cond_wait(&bc_c, &bc_m);
+        }
+        pthread_mutex_unlock(&bc_m);
+    }
+    return NULL;
+}
+
+static double broadcast(void)
+{
+    static pthread_t t[BC_THREADS];
+    bc_arrived = 0;
+    bc_gen = 0;
+    double t0 = now_s();
+    for (int i = 0; i < BC_THREADS; i++)
+        t[i] = spawn(bc_worker, NULL);
+    for (int i = 0; i < BC_THREADS; i++)
+        pthread_join(t[i], NULL);
+    if (bc_gen != BC_ROUNDS) {
+        fprintf(stderr, "broadcast: %u rounds\n", bc_gen);
+        exit(1);
+    }
+    return BC_ROUNDS / (now_s() - t0);
+}
+
 /* ---- raw futex hand-over ------------------------------------------------------- */
 
 #define FX_ROUNDS 200000
@@ -273,14 +326,16 @@ static int cmp_run(const void *a, const void *b)
 /* One row, n runs. */
 static int one_row(const char *name, int n)
 {
-    static const char *const names[] = {"uncontended", "pingpong", "pool", "contention", "futex"};
-    static const char *const units[] = {"ns", "ns", "items/s", "ops/s", "ns"};
+    static const char *const names[] = {"uncontended", "pingpong", "pool",
+                                        "contention",  "futex",    "broadcast"};
+    static const char *const units[] = {"ns", "ns", "items/s", "ops/s", "ns", "rounds/s"};
     int k = -1;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         if (strcmp(name, names[i]) == 0)
             k = i;
     if (k < 0 || n < 1 || n > 1000) {
-        fprintf(stderr, "usage: sync_bench [uncontended|pingpong|pool|contention|futex [runs]]\n");
+        fprintf(stderr, "usage: sync_bench [uncontended|pingpong|pool|contention|futex|broadcast "
+                        "[runs]]\n");
         return 2;
     }
     double *v = calloc((size_t)n, sizeof *v);
@@ -290,7 +345,8 @@ static int one_row(const char *name, int n)
         case 1: v[r] = ping_pong(); break;
         case 2: v[r] = pool(); break;
         case 3: v[r] = contention(); break;
-        default: v[r] = futex_handover(); break;
+        case 4: v[r] = futex_handover(); break;
+        default: v[r] = broadcast(); break;
         }
         printf("%s run %d: %.1f %s\n", name, r + 1, v[r], units[k]);
         fflush(stdout);
@@ -306,15 +362,16 @@ int main(int argc, char **argv)
 {
     if (argc > 1)
         return one_row(argv[1], argc > 2 ? atoi(argv[2]) : 10);
-    double u[REPS], pp[REPS], pl[REPS], ct[REPS], fx[REPS];
+    double u[REPS], pp[REPS], pl[REPS], ct[REPS], fx[REPS], bc[REPS];
     for (int r = 0; r < REPS; r++) {
         pthread_join(spawn(uncontended, &u[r]), NULL);
         pp[r] = ping_pong();
         pl[r] = pool();
         ct[r] = contention();
         fx[r] = futex_handover();
-        fprintf(stderr, "rep %d: %.1f ns, %.0f ns, %.0f items/s, %.0f ops/s, %.0f ns\n", r + 1,
-                u[r], pp[r], pl[r], ct[r], fx[r]);
+        bc[r] = broadcast();
+        fprintf(stderr, "rep %d: %.1f ns, %.0f ns, %.0f items/s, %.0f ops/s, %.0f ns, %.0f rounds/s\n",
+                r + 1, u[r], pp[r], pl[r], ct[r], fx[r], bc[r]);
     }
     printf("| benchmark | result |\n|---|---|\n");
     printf("| uncontended lock+unlock | %.1f ns |\n", median(u));
@@ -322,5 +379,7 @@ int main(int argc, char **argv)
     printf("| pool, %d consumers | %.0f items/s |\n", POOL_THREADS, median(pl));
     printf("| %d threads on one mutex | %.0f ops/s |\n", CONT_THREADS, median(ct));
     printf("| raw futex hand-over (FUTEX_WAKE to the waiter running) | %.0f ns |\n", median(fx));
+    printf("| %d-thread mutex + condvar barrier (broadcast under the mutex) | %.0f rounds/s |\n",
+           BC_THREADS, median(bc));
     return 0;
 }

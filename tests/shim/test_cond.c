@@ -361,3 +361,82 @@ Test(cond, process_shared_wakes_fibers_of_this_process_at_once)
     cr_assert_eq(shim__pthread_cond_destroy(&psp_c), 0);
     cr_assert_eq(shim__pthread_mutex_destroy(&psp_m), 0);
 }
+
+/* ---- signal or broadcast with the mutex held throughout ------------------------- */
+
+/* One carrier, so the order is fixed: N waiters wait; S takes the mutex,
+ * signals (N == 1) or broadcasts, yields a few times with the mutex still
+ * held, then unlocks. Nobody may get past the mutex while S holds it, and
+ * every waiter must get through once S lets go: woken waiters that found
+ * the mutex held parked on it (FS_PARK_MUTEX, logged: N here) and the
+ * unlocks must wake them one after another. */
+#define HELD_WAITERS 8
+static pthread_mutex_t held_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t held_c = PTHREAD_COND_INITIALIZER;
+static int held_go;            /* under held_m */
+static _Atomic int held_waiting, held_done;
+
+static void *held_waiter(void *arg)
+{
+    FCHECK_EQ(shim__pthread_mutex_lock(&held_m), 0);
+    atomic_fetch_add(&held_waiting, 1);
+    while (!held_go)
+        FCHECK_EQ(shim__pthread_cond_wait(&held_c, &held_m), 0);
+    held_go--; /* each wake lets exactly one through */
+    FCHECK_EQ(shim__pthread_mutex_unlock(&held_m), 0);
+    atomic_fetch_add(&held_done, 1);
+    return NULL;
+}
+
+static void *held_signaller(void *arg)
+{
+    int n = (int)(intptr_t)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&held_m), 0);
+    held_go = n;
+    if (n == 1)
+        FCHECK_EQ(shim__pthread_cond_signal(&held_c), 0);
+    else
+        FCHECK_EQ(shim__pthread_cond_broadcast(&held_c), 0);
+    for (int i = 0; i < 4; i++)
+        fs_yield();
+    FCHECK_EQ(atomic_load(&held_done), 0); /* nobody got past the held mutex */
+    FCHECK_EQ(shim__pthread_mutex_unlock(&held_m), 0);
+    return NULL;
+}
+
+static void held_case(int waiters)
+{
+    start_runtime(1);
+    held_go = 0;
+    atomic_store(&held_waiting, 0);
+    atomic_store(&held_done, 0);
+    fs_fiber *w[HELD_WAITERS];
+    for (int i = 0; i < waiters; i++)
+        w[i] = spawn(held_waiter, NULL);
+    while (atomic_load(&held_waiting) < waiters)
+        sleep_ns(1000000);
+    /* They queue before they release the mutex: taking it proves it. */
+    cr_assert_eq(shim__pthread_mutex_lock(&held_m), 0);
+    cr_assert_eq(shim__pthread_mutex_unlock(&held_m), 0);
+    struct fs_stats st;
+    fs_stats_get(&st);
+    uint64_t before = st.parks[FS_PARK_MUTEX];
+    cr_assert_null(join(spawn(held_signaller, (void *)(intptr_t)waiters)));
+    for (int i = 0; i < waiters; i++)
+        cr_assert_null(join(w[i]));
+    cr_assert_eq(atomic_load(&held_done), waiters);
+    cr_assert_eq(held_go, 0);
+    fs_stats_get(&st);
+    cr_log_info("%d waiter(s): %lu mutex parks", waiters,
+                (unsigned long)(st.parks[FS_PARK_MUTEX] - before));
+}
+
+Test(cond, signal_with_the_mutex_held_throughout)
+{
+    held_case(1);
+}
+
+Test(cond, broadcast_with_the_mutex_held_throughout)
+{
+    held_case(HELD_WAITERS);
+}
