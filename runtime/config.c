@@ -109,11 +109,11 @@ int fs_config_from_env(struct fs_config *cfg, char *err, size_t errlen)
         if (fs__parse_uint(v, 0, FS_MAX_IDLE_SPIN_NS, &n)) {
             snprintf(err, errlen,
                      "FIBERSHIM_IDLE_SPIN_NS=\"%s\" is invalid: expected an integer from 0 "
-                     "(sleep at once, the default) to %ld",
-                     v, FS_MAX_IDLE_SPIN_NS);
+                     "(sleep at once) to %ld (default %ld)",
+                     v, FS_MAX_IDLE_SPIN_NS, FS_DEFAULT_IDLE_SPIN_NS);
             return -EINVAL;
         }
-        cfg->idle_spin_ns = (long)n;
+        cfg->idle_spin_ns = n ? (long)n : FS_IDLE_SPIN_OFF;
     }
     if ((v = secure_getenv("FIBERSHIM_HANDOFF_MAX")) && *v) {
         if (fs__parse_uint(v, 0, FS_MAX_CARRIERS, &n)) {

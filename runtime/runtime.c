@@ -52,8 +52,12 @@ static int fs__init_locked(const struct fs_config *cfg)
     /* A stack size of 0 stays 0: glibc's default, read at each spawn. */
     if (c.stack_size && (c.stack_size < FS_MIN_STACK_SIZE || c.stack_size > FS_MAX_STACK_SIZE))
         return -EINVAL;
-    if (c.idle_spin_ns < 0 || c.idle_spin_ns > FS_MAX_IDLE_SPIN_NS)
+    if (c.idle_spin_ns < FS_IDLE_SPIN_OFF || c.idle_spin_ns > FS_MAX_IDLE_SPIN_NS)
         return -EINVAL;
+    /* From here on, the spin in effect: 0 is none. */
+    c.idle_spin_ns = c.idle_spin_ns == 0                  ? FS_DEFAULT_IDLE_SPIN_NS
+                     : c.idle_spin_ns == FS_IDLE_SPIN_OFF ? 0
+                                                          : c.idle_spin_ns;
     fs__g.cfg = c;
     fs__tls_init(&c);
     fs__g.migrate = c.migrate == FS_MIGRATE_ON || (c.migrate == FS_MIGRATE_AUTO && fs__tls.on);

@@ -80,19 +80,23 @@ struct fs_config {
      * runtime also falls back to shared TLS where glibc's layout is not
      * one it checked, see fs_fiber_tls). */
     bool fiber_tls_off;
-    /* How long an idle carrier keeps looking for work (its own queues,
-     * the others' rings, the global queue) before it sleeps in epoll_wait,
+    /* How long an idle carrier watches the run queues before it sleeps,
      * in nanoseconds, at most FS_MAX_IDLE_SPIN_NS: a wake that lands
      * meanwhile costs no eventfd write and no kernel wake-up of the
      * carrier. The spin ends early at the carrier's next timer, and a
      * carrier spins once per stretch of idleness, then sleeps until woken.
-     * 0 (the default): sleep at once. On a shared, oversubscribed machine
-     * spinning made wakes slower, not faster (README, idle policy). */
-    long idle_spin_ns;
+     * 0: the default, FS_DEFAULT_IDLE_SPIN_NS; FS_IDLE_SPIN_OFF: sleep at
+     * once. On an idle 2-vCPU VM a cross-carrier wake took 22 us asleep
+     * and 0.5 us with the default spin; on a shared, oversubscribed
+     * machine spinning did not help (README, idle policy). */
+        long idle_spin_ns;
 };
 
-/* The longest idle spin accepted (1 ms). */
+/* The longest idle spin accepted (1 ms), the default (10 us), and the
+ * fs_config value for none. */
 #define FS_MAX_IDLE_SPIN_NS 1000000L
+#define FS_DEFAULT_IDLE_SPIN_NS 10000L
+#define FS_IDLE_SPIN_OFF (-1L)
 
 /* Fills *cfg from FIBERSHIM_CARRIERS, FIBERSHIM_STACK_SIZE,
  * FIBERSHIM_MIGRATE, FIBERSHIM_HANDOFF_MAX (0 = off),

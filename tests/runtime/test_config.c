@@ -146,9 +146,9 @@ Test(config, idle_spin)
 {
     struct fs_config cfg;
     expect_ok(NULL, NULL, &cfg);
-    cr_assert_eq(cfg.idle_spin_ns, 0);
+    cr_assert_eq(cfg.idle_spin_ns, 0); /* unset: fs_init applies the default */
     expect_ok("FIBERSHIM_IDLE_SPIN_NS", "0", &cfg);
-    cr_assert_eq(cfg.idle_spin_ns, 0);
+    cr_assert_eq(cfg.idle_spin_ns, FS_IDLE_SPIN_OFF);
     expect_ok("FIBERSHIM_IDLE_SPIN_NS", "5000", &cfg);
     cr_assert_eq(cfg.idle_spin_ns, 5000);
     expect_ok("FIBERSHIM_IDLE_SPIN_NS", "1000000", &cfg);

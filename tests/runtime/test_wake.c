@@ -201,5 +201,6 @@ Test(wake, idle_spin_out_of_range_is_refused)
     cr_assert_eq(fs_init(&(struct fs_config){.carriers = 2,
                                              .idle_spin_ns = FS_MAX_IDLE_SPIN_NS + 1}),
                  -EINVAL);
-    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 2, .idle_spin_ns = -1}), -EINVAL);
+    cr_assert_eq(fs_init(&(struct fs_config){.carriers = 2, .idle_spin_ns = FS_IDLE_SPIN_OFF - 1}),
+                 -EINVAL);
 }
