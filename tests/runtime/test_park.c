@@ -52,7 +52,18 @@ struct race {
     struct ev ack_ev; /* the parker sleeps on it until ack is its token */
     int *rc;          /* per iteration: what fs_park returned */
     bool *woke;       /* per iteration: what fs_unpark returned */
+    _Atomic bool *ended; /* per iteration: the parker's fs_park returned */
 };
+
+/* In a timeout race (a deadline and random unpark delays), every fourth
+ * iteration settles the outcome by construction, so that both occur in
+ * every run whatever the machine's timer slack or load: i % 4 == 0 parks
+ * with a 10 s deadline (the unpark wins), i % 4 == 3 unparks only once the
+ * park has returned (the timer won). The other iterations race. */
+static bool race_timed(const struct race *r)
+{
+    return r->max_delay_ns && r->park_timeout > 0 && r->park_timeout != FS_NO_DEADLINE;
+}
 
 static void *race_parker(void *arg)
 {
@@ -62,9 +73,11 @@ static void *race_parker(void *arg)
     for (int i = 0; i < r->iters; i++) {
         fs_park_token tok = fs_park_prepare();
         atomic_store(&r->pub, tok);
-        int64_t dl = r->park_timeout == FS_NO_DEADLINE ? fs_now() + 10000 * MS
-                                                       : fs_now() + r->park_timeout;
+        int64_t dl = r->park_timeout == FS_NO_DEADLINE || (race_timed(r) && i % 4 == 0)
+                         ? fs_now() + 10000 * MS
+                         : fs_now() + r->park_timeout;
         r->rc[i] = fs_park(tok, FS_PARK_OTHER, r, dl, NULL, NULL);
+        atomic_store(&r->ended[i], true);
         while (atomic_load(&r->ack) != tok)
             ev_wait(&r->ack_ev);
     }
@@ -88,7 +101,13 @@ static void *race_unparker(void *arg)
         fs_park_token tok;
         while ((tok = atomic_load(&r->pub)) == last)
             spin_pause(&n);
-        if (r->max_delay_ns) {
+        if (race_timed(r) && i % 4 == 3) {
+            /* Until the park has timed out (bounded: a timer that never
+             * fires shows up as a lost timeout below, not as a hang). */
+            int64_t end = fs_now() + 5000 * MS;
+            while (!atomic_load(&r->ended[i]) && fs_now() < end)
+                spin_pause(&n);
+        } else if (r->max_delay_ns) {
             rng = rng * 1664525u + 1013904223u;
             int64_t end = fs_now() + (int64_t)((rng >> 8) % (uint32_t)r->max_delay_ns);
             while (fs_now() < end)
@@ -111,7 +130,8 @@ static void race_run(struct race *r, bool unparker_is_fiber)
 {
     r->rc = calloc((size_t)r->iters, sizeof *r->rc);
     r->woke = calloc((size_t)r->iters, sizeof *r->woke);
-    cr_assert(r->rc && r->woke);
+    r->ended = calloc((size_t)r->iters, sizeof *r->ended);
+    cr_assert(r->rc && r->woke && r->ended);
     fs_fiber *p, *u = NULL;
     pthread_t t;
     if (unparker_is_fiber) {
@@ -168,8 +188,14 @@ static void check_timeout_race(struct race *r)
         timed_out += r->rc[i] == -ETIMEDOUT;
     }
     cr_log_info("%d woken, %d timed out", woken, timed_out);
-    /* Unparks land 0-100 us after a 50 us deadline is set: both outcomes
-     * occur, many times, in any run. */
+    /* Both outcomes occur in every run (race_timed): a quarter of the parks
+     * are certain to be woken, a quarter certain to time out; the rest
+     * race, unparks landing 0-100 us after a 50 us deadline was set. */
+    for (int i = 0; i < r->iters; i += 4) {
+        cr_assert_eq(r->rc[i], 0, "park %d (10 s deadline) was not woken", i);
+        if (i + 3 < r->iters)
+            cr_assert_eq(r->rc[i + 3], -ETIMEDOUT, "park %d did not time out within 5 s", i + 3);
+    }
     cr_assert_gt(woken, 0);
     cr_assert_gt(timed_out, 0);
 }
