@@ -8,8 +8,9 @@
  * Usage: sleeping_threads [N]   (default 1,000,000)
  *
  * Threads have default attributes (glibc's 8 MiB stack, or what
- * FIBERSHIM_STACK_SIZE says under the shim); even ones sleep in 200 ms
- * nanosleep loops, odd ones wait on one condition variable. Once all have
+ * FIBERSHIM_STACK_SIZE says under the shim); even ones sleep in timed
+ * waits (pthread_cond_timedwait, 60 s: a timer each), odd ones wait on a
+ * condition variable without a timeout. Once all have
  * started it prints how long creating them took, then VmRSS, VmHWM (peak
  * resident) and VmPTE (page tables) from /proc/self/status; then it
  * releases them and prints how long joining them took. If pthread_create
@@ -24,15 +25,21 @@
 #include <time.h>
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER, timed_cv = PTHREAD_COND_INITIALIZER;
 static int released; /* under mu */
-static atomic_int started, stop;
+static atomic_int started;
 
 static void *sleeper(void *arg)
 {
+    pthread_mutex_lock(&mu);
     atomic_fetch_add(&started, 1);
-    while (!atomic_load(&stop))
-        nanosleep(&(struct timespec){0, 200000000}, NULL);
+    while (!released) {
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += 60;
+        pthread_cond_timedwait(&timed_cv, &mu, &dl);
+    }
+    pthread_mutex_unlock(&mu);
     return arg;
 }
 
@@ -96,10 +103,10 @@ int main(int argc, char **argv)
     printf("%ld threads asleep, created in %.1f s; VmRSS %.2f GiB, VmHWM %.2f GiB, VmPTE %.2f GiB\n",
            n, t1 - t0, status_kib("VmRSS") / gib, status_kib("VmHWM") / gib,
            status_kib("VmPTE") / gib);
-    atomic_store(&stop, 1);
     pthread_mutex_lock(&mu);
     released = 1;
     pthread_cond_broadcast(&cv);
+    pthread_cond_broadcast(&timed_cv);
     pthread_mutex_unlock(&mu);
     for (long i = 0; i < n; i++)
         pthread_join(t[i], NULL);
