@@ -89,7 +89,7 @@ struct fs_config {
      * once. On an idle 2-vCPU VM a cross-carrier wake took 22 us asleep
      * and 0.5 us with the default spin; on a shared, oversubscribed
      * machine spinning did not help (README, idle policy). */
-        long idle_spin_ns;
+    long idle_spin_ns;
 };
 
 /* The longest idle spin accepted (1 ms), the default (10 us), and the
