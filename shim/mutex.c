@@ -10,8 +10,11 @@
  * Lock word (offset 0):
  *   LOCKED   held. Uncontended lock and unlock are one CAS each: 0 <-> LOCKED.
  *   WAITERS  the queue may be non-empty: unlock must look at it.
- * Unlock with waiters dequeues the oldest one. Normally it clears LOCKED
- * and wakes that waiter, which then competes with newcomers (barging
+ *   WOKEN    a waiter was woken and has not yet competed: unlocks leave
+ *            the queue alone until it has (Go's mutexWoken).
+ * Unlock with waiters and no woken one dequeues the oldest. Normally it
+ * clears LOCKED and wakes that waiter, which then competes with newcomers
+ * (barging
  * keeps the lock on a running fiber: no switch per acquisition). But once
  * that waiter has waited more than SHIM_MX_STARVE_NS, unlock hands the
  * lock to it directly, without ever clearing LOCKED, so nobody can barge
@@ -20,11 +23,20 @@
  * keeps relocking never lets a woken waiter of its own carrier run, but
  * after a hand-off its next lock attempt parks it. A woken waiter that
  * loses the race requeues at the head with its original queueing time,
- * so the queue stays in arrival order.
+ * so the queue stays in arrival order. Without WOKEN, every unlock of a
+ * fiber that relocks in a loop woke one more waiter, which lost to the
+ * next relock and queued again: 1,000 threads on one mutex fell from
+ * 30-140M ops/s to 4-10M in 2 runs of 10, a convoy of wakes that
+ * snowballed into hand-offs once the woken had waited 1 ms.
  *
- * Locking: q.lock protects the queue, WAITERS changes and the hand-off
- * decision. LOCKED is taken without the lock by CAS, so every update of
- * the word is a CAS or an atomic and/or.
+ * Spinning: a contender spins briefly, and only while the holder runs on
+ * another carrier. Normal and adaptive mutexes name their last taker in
+ * owner for that (a hint, stored by every lock, fast path included, as
+ * glibc stores __owner); the others spin only while nobody queued.
+ *
+ * Locking: q.lock protects the queue, WAITERS and WOKEN changes and the
+ * hand-off decision. LOCKED is taken without the lock by CAS, so every
+ * update of the word is a CAS or an atomic and/or.
  *
  * Process-shared, robust and priority-inheritance/protect mutexes stay
  * glibc's: pthread_mutex_init hands them to glibc, whose __kind then
@@ -41,9 +53,11 @@
 struct shim__mutex {
     _Atomic uint32_t word;    /* SHIM_MX_* (__lock) */
     uint32_t count;           /* recursive depth, holder only (__count) */
-    _Atomic uint64_t owner;   /* holder of a recursive/errorcheck mutex (__owner, __nusers) */
+    _Atomic uint64_t owner;   /* holder of a recursive/errorcheck mutex; last taker's
+                                 fs_fiber of a normal/adaptive one (__owner, __nusers) */
     int kind;                 /* PTHREAD_MUTEX_* type, or glibc's kind (__kind) */
-    uint32_t unused;          /* (__spins, __elision) */
+    uint32_t skips;           /* unlocks that left the queue to a woken waiter; holder
+                                 only (__spins, __elision) */
     struct shim__waitq q;     /* waiters (__list) */
 };
 _Static_assert(sizeof(struct shim__mutex) == sizeof(pthread_mutex_t), "mutex size");
@@ -52,6 +66,7 @@ _Static_assert(offsetof(struct shim__mutex, kind) == offsetof(pthread_mutex_t, _
 
 #define SHIM_MX_LOCKED 1u
 #define SHIM_MX_WAITERS 2u
+#define SHIM_MX_WOKEN 4u
 
 /* glibc's __kind bits for robust (0x10), priority inheritance (0x20),
  * priority protect (0x40) and process-shared (0x80) mutexes. */
@@ -60,8 +75,23 @@ _Static_assert(offsetof(struct shim__mutex, kind) == offsetof(pthread_mutex_t, _
 /* fs_waiter.data of a mutex waiter: when it first queued (fs_now()), and
  * HANDOFF once the unlocker gave it the lock. */
 #define SHIM_MX_W_HANDOFF (1ull << 63)
+#define SHIM_MX_W_WOKEN (1ull << 62)
 
-#define SHIM_MX_SPINS 100
+/* A contender whose holder runs on another carrier spins in rounds of
+ * 1, 2 and 4 pauses (7 in all, about 170 ns on this machine's 25 ns
+ * PAUSE: near what a park and a wake cost a fiber), each ending in one
+ * look at the word. Longer spins bought nothing once unlocks stopped
+ * waking a waiter each (SHIM_MX_WOKEN): 1,000 threads on one mutex,
+ * worst of 10 runs, 52-56M ops/s with these 3 rounds, 41-57M with 2
+ * pauses, 34-53M with 127 pauses in 6 rounds, 44M with the former 100
+ * (glibc: 26-31M); the 10,000-consumer pool and the 64-thread barrier
+ * did best with the shortest spins (bench/sync_bench contention 10,
+ * pool 5, broadcast 5). */
+#define SHIM_MX_SPIN_ROUNDS 3
+
+/* Unlocks that pass the queue by for a woken waiter before one looks at
+ * it for a starving waiter (a few microseconds of a relocking loop). */
+#define SHIM_MX_WOKEN_SKIPS 1024
 #define SHIM_MX_STARVE_NS 1000000
 
 static inline int shim__mutex_kind(const struct shim__mutex *m)
@@ -87,28 +117,70 @@ static inline bool shim__mutex_try_acquire(struct shim__mutex *m)
     return false;
 }
 
+/* Normal and adaptive mutexes keep in owner the fiber that took them last
+ * (0: a plain thread), a hint for spinners only; recursive and errorcheck
+ * ones keep their holder's identity there (shim__self_owner), written by
+ * shim__mutex_lock_slow. */
+static inline bool shim__mutex_owner_is_hint(const struct shim__mutex *m)
+{
+    int type = shim__mutex_kind(m) & 3;
+    return type == PTHREAD_MUTEX_NORMAL || type == PTHREAD_MUTEX_ADAPTIVE_NP;
+}
+
+static inline void shim__mutex_note_owner(struct shim__mutex *m, fs_fiber *f)
+{
+    if (shim__mutex_owner_is_hint(m))
+        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)f, memory_order_relaxed);
+}
+
+/* Whether a busy lock may come free while we spin: its holder (the hint)
+ * runs on another carrier. Without a hint (a plain thread took it, or a
+ * recursive or errorcheck mutex), while nobody has queued yet. */
+static inline bool shim__mutex_spin_worth(const struct shim__mutex *m, const fs_fiber *self)
+{
+    if (shim__mutex_owner_is_hint(m)) {
+        const fs_fiber *o =
+            (const fs_fiber *)(uintptr_t)atomic_load_explicit(&m->owner, memory_order_relaxed);
+        if (o)
+            return o != self && fs_fiber_running(o);
+    }
+    return !(atomic_load_explicit(&m->word, memory_order_relaxed) & SHIM_MX_WAITERS);
+}
+
+/* Spins briefly while the lock may be about to come free: while its
+ * holder runs on another carrier (shim__mutex_spin_worth). A holder that
+ * does not run cannot let go while we spin, and may be runnable on this
+ * very carrier, where spinning only delays it, by the whole spin, on
+ * every acquisition: that was the collapse of 1,000 threads on one mutex
+ * into hand-offs (0.4M ops/s instead of 30-100M). Returns 0 (acquired),
+ * EBUSY (a trylock) or EAGAIN (go and wait). */
+static int shim__mutex_spin(struct shim__mutex *m, enum shim__lock_mode mode, fs_fiber *self)
+{
+    for (int i = 0; i < SHIM_MX_SPIN_ROUNDS; i++) {
+        if (shim__mutex_try_acquire(m)) {
+            shim__mutex_note_owner(m, self);
+            return 0;
+        }
+        if (mode == SHIM_TRYLOCK)
+            return EBUSY;
+        if (!shim__mutex_spin_worth(m, self))
+            break;
+        for (int k = 1 << i; k > 0; k--)
+            __builtin_ia32_pause();
+    }
+    return EAGAIN;
+}
+
 /* Acquires LOCKED, waiting if needed. Returns 0, EBUSY (try), EINVAL (a bad
  * deadline, checked only once the lock turned out busy, as glibc does) or
  * ETIMEDOUT. */
 static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode, clockid_t clock,
                                const struct timespec *abs)
 {
-    /* Spin briefly while the lock may be about to come free: held, but
-     * nobody queued. Once fibers queue, the holder may well be one of
-     * them, handed the lock and runnable on this very carrier, where it
-     * cannot run while we spin (fibers are not preempted): spinning then
-     * only delays it, by the whole spin, on every acquisition. That was
-     * the collapse of 1,000 threads on one mutex into starvation mode
-     * (0.4M ops/s instead of 30-100M). */
-    for (int i = 0; i < SHIM_MX_SPINS; i++) {
-        if (shim__mutex_try_acquire(m))
-            return 0;
-        if (mode == SHIM_TRYLOCK)
-            return EBUSY;
-        if (atomic_load_explicit(&m->word, memory_order_relaxed) & SHIM_MX_WAITERS)
-            break;
-        __builtin_ia32_pause();
-    }
+    fs_fiber *self = fs_self();
+    int rc = shim__mutex_spin(m, mode, self);
+    if (rc != EAGAIN)
+        return rc;
     struct shim__deadline d;
     if (shim__deadline_init(&d, clock, mode == SHIM_TIMEDLOCK ? abs : NULL))
         return EINVAL;
@@ -131,6 +203,7 @@ static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode,
                                                           memory_order_acquire,
                                                           memory_order_relaxed)) {
                     fs__spin_unlock(&m->q.lock);
+                    shim__mutex_note_owner(m, self);
                     return 0;
                 }
             } else if ((v & SHIM_MX_WAITERS) ||
@@ -144,14 +217,25 @@ static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode,
             shim__waitq_push_head_locked(&m->q, &w);
         else
             shim__waitq_push_tail_locked(&m->q, &w);
-        int rc = shim__waitq_wait(&m->q, &w, FS_PARK_MUTEX, m, &d);
+        rc = shim__waitq_wait(&m->q, &w, FS_PARK_MUTEX, m, &d);
         if (rc == -ETIMEDOUT)
             return ETIMEDOUT;
-        /* The waker wrote data before its wake, under the queue lock. */
+        /* The waker wrote data before its wake, under the queue lock; a
+         * wake that lost the race for our park (rc != 0) gave us nothing. */
         if (rc == 0 && (w.data & SHIM_MX_W_HANDOFF))
-            return 0; /* the unlocker kept LOCKED for us */
-        if (shim__mutex_try_acquire(m))
-            return 0;
+            return 0; /* the unlocker kept LOCKED for us, and named us */
+        if (rc == 0 && (w.data & SHIM_MX_W_WOKEN)) {
+            /* We are the one woken waiter: from now on unlocks wake the
+             * next again (before we compete, so an unlock that we lose
+             * to wakes someone for the round after). Under the queue
+             * lock: our waker sets WOKEN after its wake, still under it,
+             * and we may run before that. */
+            fs__spin_lock(&m->q.lock);
+            atomic_fetch_and_explicit(&m->word, ~SHIM_MX_WOKEN, memory_order_relaxed);
+            fs__spin_unlock(&m->q.lock);
+        }
+        if ((rc = shim__mutex_spin(m, SHIM_LOCK, self)) != EAGAIN)
+            return rc;
         requeue = true;
     }
 }
@@ -163,31 +247,61 @@ static void shim__mutex_release(struct shim__mutex *m)
     for (;;) {
         if (!(v & SHIM_MX_LOCKED))
             return; /* a normal mutex unlocked twice: glibc shrugs too */
-        if (v & SHIM_MX_WAITERS)
-            break;
+        /* With a woken waiter still to run, it is the one to compete
+         * (Go's mutexWoken): waking one per unlock made a convoy of
+         * wakes that lose to the next barger and queue again. But every
+         * SHIM_MX_WOKEN_SKIPS such unlocks the queue is looked at all the
+         * same, for a waiter starving: the woken one may sit behind a
+         * fiber that relocks without ever yielding its carrier (fibers
+         * pinned, or no carrier free to steal it), and only a hand-off
+         * makes that fiber park. skips is ours while we hold LOCKED. */
+        if (v & SHIM_MX_WAITERS) {
+            if (!(v & SHIM_MX_WOKEN))
+                break;
+            if (++m->skips >= SHIM_MX_WOKEN_SKIPS) {
+                m->skips = 0;
+                break;
+            }
+        }
         if (atomic_compare_exchange_weak_explicit(&m->word, &v, v & ~SHIM_MX_LOCKED,
                                                   memory_order_release, memory_order_relaxed))
             return;
     }
     fs__spin_lock(&m->q.lock);
-    bool handoff = false;
+    bool handoff = false, woke = false;
+    /* Under q.lock, where it changes. */
+    bool woken_pending = atomic_load_explicit(&m->word, memory_order_relaxed) & SHIM_MX_WOKEN;
     struct fs_waiter *w;
     int64_t now = 0;
-    while ((w = shim__waitq_pop_locked(&m->q))) {
+    while ((w = m->q.head)) {
         if (!now)
             now = fs_now();
         bool starving = now - (int64_t)w->data > SHIM_MX_STARVE_NS;
-        if (starving)
+        if (woken_pending && !starving)
+            break; /* the woken one competes; nobody is owed a hand-off */
+        shim__waitq_remove_locked(&m->q, w);
+        if (starving) {
             w->data |= SHIM_MX_W_HANDOFF;
+            /* Its holder from now on, not running yet: spinners park. */
+            shim__mutex_note_owner(m, w->fiber);
+        } else {
+            w->data |= SHIM_MX_W_WOKEN;
+        }
         if (fs_waiter_wake(w)) {
             handoff = starving;
+            woke = true;
             break;
         }
     }
     uint32_t clear = (handoff ? 0 : SHIM_MX_LOCKED) | (m->q.head ? 0 : SHIM_MX_WAITERS);
+    uint32_t set = woke && !handoff ? SHIM_MX_WOKEN : 0;
     /* release: publishes the critical section to the next holder (a
-     * handed-off waiter gets it through the wake instead). */
-    atomic_fetch_and_explicit(&m->word, ~clear, memory_order_release);
+     * handed-off waiter gets it through the wake instead). WOKEN goes in
+     * with LOCKED's clearing: a barger's unlock after it sees it. */
+    v = atomic_load_explicit(&m->word, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&m->word, &v, (v | set) & ~clear,
+                                                  memory_order_release, memory_order_relaxed))
+        ;
     fs__spin_unlock(&m->q.lock);
 }
 
@@ -250,8 +364,10 @@ int shim__pthread_mutex_lock(pthread_mutex_t *mp)
     if (SHIM_LIKELY(shim__mutex_kind(m) == PTHREAD_MUTEX_NORMAL) &&
         SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
                                                             memory_order_acquire,
-                                                            memory_order_relaxed)))
+                                                            memory_order_relaxed))) {
+        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)fs_self(), memory_order_relaxed);
         return 0;
+    }
     return shim__mutex_lock_slow(m, SHIM_LOCK, CLOCK_REALTIME, NULL);
 }
 SHIM_ALIAS(pthread_mutex_lock)
@@ -263,8 +379,10 @@ int shim__pthread_mutex_trylock(pthread_mutex_t *mp)
     if (SHIM_LIKELY(shim__mutex_kind(m) == PTHREAD_MUTEX_NORMAL) &&
         SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
                                                             memory_order_acquire,
-                                                            memory_order_relaxed)))
+                                                            memory_order_relaxed))) {
+        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)fs_self(), memory_order_relaxed);
         return 0;
+    }
     return shim__mutex_lock_slow(m, SHIM_TRYLOCK, CLOCK_REALTIME, NULL);
 }
 SHIM_ALIAS(pthread_mutex_trylock)
@@ -280,8 +398,10 @@ int shim__pthread_mutex_clocklock(pthread_mutex_t *mp, clockid_t clock, const st
     if (SHIM_LIKELY(shim__mutex_kind(m) == PTHREAD_MUTEX_NORMAL) &&
         SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
                                                             memory_order_acquire,
-                                                            memory_order_relaxed)))
+                                                            memory_order_relaxed))) {
+        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)fs_self(), memory_order_relaxed);
         return 0;
+    }
     return shim__mutex_lock_slow(m, SHIM_TIMEDLOCK, clock, abs);
 }
 SHIM_ALIAS(pthread_mutex_clocklock)

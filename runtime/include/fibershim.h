@@ -190,6 +190,11 @@ FS_API fs_fiber *fs_self(void);
 /* A stable, unique id (never reused within a process). */
 FS_API uint64_t fs_fiber_id(const fs_fiber *f);
 
+/* Whether f is running on a carrier at this instant: a hint for spinning
+ * (it may stop the next instant). f may be a fiber that has ended: fiber
+ * records stay mapped, so the answer is then only stale, never a fault. */
+FS_API bool fs_fiber_running(const fs_fiber *f);
+
 /* The fiber's usable stack: [*lo, *lo + *size), every byte of it
  * writable (the fiber's own record and first frames live at its top, as a
  * thread's descriptor and TLS do in glibc's). A runtime-allocated stack

@@ -22,6 +22,9 @@ SHIM_DECL(pthread_mutex_timedlock)
 SHIM_DECL(pthread_mutex_clocklock)
 SHIM_DECL(pthread_mutex_unlock)
 SHIM_DECL(pthread_mutex_destroy)
+SHIM_DECL(pthread_cond_wait)
+SHIM_DECL(pthread_cond_signal)
+SHIM_DECL(pthread_cond_broadcast)
 
 struct mx_ops {
     int (*init)(pthread_mutex_t *, const pthread_mutexattr_t *);
@@ -415,6 +418,97 @@ Test(mutex, no_waiter_starves)
 }
 
 /* ---- contention: wakes and hand-offs ------------------------------------------------ */
+
+/* Unlocks wake one waiter at a time (WOKEN): the woken one re-arms the
+ * wakes when it runs, and on another carrier it may run before its waker
+ * has even published WOKEN. A stale WOKEN would silence every later
+ * unlock and leave the queue asleep. This load, a work queue whose
+ * consumers come back from their condition wait into the mutex
+ * (bench/sync_bench's pool, smaller) and whose producer is a plain
+ * thread, hung 6 runs in 6 when the woken waiter re-armed outside the
+ * queue lock (on 2 CPUs: the kernel preempts the unlocker inside its wake
+ * for the carrier it woke, which runs the waiter at once). */
+enum { WOKEN_CONSUMERS = 2000, WOKEN_ITEMS = 1000000 };
+static pthread_mutex_t woken_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t woken_nonempty = PTHREAD_COND_INITIALIZER;
+static long woken_queued, woken_taken, woken_started;
+static bool woken_closed;
+
+static void *woken_consumer(void *arg)
+{
+    (void)arg;
+    FCHECK_EQ(shim__pthread_mutex_lock(&woken_m), 0);
+    woken_started++;
+    for (;;) {
+        while (woken_queued == 0 && !woken_closed)
+            FCHECK_EQ(shim__pthread_cond_wait(&woken_nonempty, &woken_m), 0);
+        if (woken_queued == 0)
+            break;
+        woken_queued--;
+        woken_taken++;
+        FCHECK_EQ(shim__pthread_mutex_unlock(&woken_m), 0);
+        for (volatile int i = 0; i < 100; i++) /* the work */
+            ;
+        FCHECK_EQ(shim__pthread_mutex_lock(&woken_m), 0);
+    }
+    FCHECK_EQ(shim__pthread_mutex_unlock(&woken_m), 0);
+    return NULL;
+}
+
+static void *woken_producer(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < WOKEN_ITEMS; i++) {
+        FCHECK_EQ(shim__pthread_mutex_lock(&woken_m), 0);
+        woken_queued++;
+        FCHECK_EQ(shim__pthread_cond_signal(&woken_nonempty), 0);
+        FCHECK_EQ(shim__pthread_mutex_unlock(&woken_m), 0);
+    }
+    return NULL;
+}
+
+static long woken_read(long *v)
+{
+    FCHECK_EQ(shim__pthread_mutex_lock(&woken_m), 0);
+    long r = *v;
+    FCHECK_EQ(shim__pthread_mutex_unlock(&woken_m), 0);
+    return r;
+}
+
+static void *woken_main(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < WOKEN_CONSUMERS; i++)
+        cr_assert_eq(fs_spawn(NULL, woken_consumer, NULL,
+                              &(struct fs_spawn_attr){.detached = true}),
+                     0);
+    while (woken_read(&woken_started) < WOKEN_CONSUMERS)
+        sleep_ns(1000000);
+    /* The producer is a plain thread: a third kernel thread on the
+     * machine's CPUs, which the kernel preempts for a carrier that its
+     * wake brought back. */
+    pthread_t p = plain_thread(woken_producer, NULL);
+    /* Well under a second; 30 s allow for a loaded machine. A lost wake
+     * leaves the consumers asleep for ever and the count short. */
+    for (int waited = 0; waited < 3000 && woken_read(&woken_taken) < WOKEN_ITEMS; waited++)
+        sleep_ns(10000000);
+    long taken = woken_read(&woken_taken);
+    FCHECK_EQ(taken, (long)WOKEN_ITEMS);
+    plain_join(p);
+    FCHECK_EQ(shim__pthread_mutex_lock(&woken_m), 0);
+    woken_closed = true;
+    FCHECK_EQ(shim__pthread_cond_broadcast(&woken_nonempty), 0);
+    FCHECK_EQ(shim__pthread_mutex_unlock(&woken_m), 0);
+    return (void *)taken;
+}
+
+Test(mutex, a_woken_waiter_that_runs_first_keeps_the_wakes_coming)
+{
+    start_runtime(2);
+    long taken = (long)join(spawn(woken_main, NULL));
+    cr_assert_eq(taken, (long)WOKEN_ITEMS, "%ld of %d items consumed", taken, WOKEN_ITEMS);
+}
+
 
 static uint64_t mutex_parks(void)
 {
