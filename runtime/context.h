@@ -59,9 +59,18 @@ void fs__context_switch(struct fs_context *from, struct fs_context *to);
 
 /* Prepares ctx so that the first switch to it calls entry(arg) on the
  * stack [lo, lo + size). entry must never return. The new context starts
- * with the default MXCSR (0x1f80) and x87 control word (0x037f). */
+ * with the default MXCSR (0x1f80) and x87 control word (0x037f). The frame
+ * the first switch pops lies at the top of the stack. */
 void fs__context_make(struct fs_context *ctx, void *lo, size_t size, void (*entry)(void *),
                       void *arg);
+
+/* The same, with the first frame in *frame (8-byte aligned), which must
+ * stay untouched until the first switch to ctx has popped it. The stack
+ * itself is not written: its pages are first touched by whichever carrier
+ * runs the context (a new fiber's record lies on a page its spawner
+ * touches anyway; the stack below it then costs that spawner nothing). */
+void fs__context_make_at(struct fs_context *ctx, struct fs_switch_frame *frame, void *lo,
+                         size_t size, void (*entry)(void *), void *arg);
 #endif
 
 #endif

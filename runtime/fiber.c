@@ -92,6 +92,8 @@ void fs__fiber_free(struct fs_fiber *f)
         /* Free exactly what fs__stack_alloc handed out: the allocator finds
          * the size class by that size (the reported stack is smaller). */
         struct fs_stack st = f->stack_map; /* f lives inside st */
+        if (f->guard_pending) /* it never ran: the free list has guards */
+            fs__stack_guard_finish(&st);
         fs__stack_free(&st);
     } else {
         fs__struct_to_pool(f);
@@ -119,6 +121,11 @@ void fs__fiber_entry(void *arg)
 {
     struct fs_fiber *f = arg;
     fs__asan_finish(NULL); /* a new context (asan.h) */
+    if (f->guard_pending) {
+        /* Deferred by fs_spawn to the carrier that runs it first. */
+        fs__stack_guard_finish(&f->stack_map);
+        f->guard_pending = false;
+    }
     if (f->tls_live)
         fs__tls_first_run(); /* before the hook: it may run a signal handler */
     fs__fiber_start_hook();
@@ -160,12 +167,15 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         if (no_guard)
             guard = 0;
         struct fs_stack st;
-        if ((rc = fs__stack_alloc_guard(fs__tls_stack_size(size), guard, &st)))
+        bool guard_pending;
+        if ((rc = fs__stack_alloc_guard_lazy(fs__tls_stack_size(size), guard, &st,
+                                             &guard_pending)))
             return rc;
         uintptr_t top = ((uintptr_t)st.lo + st.size - sizeof(struct fs_fiber)) & ~(uintptr_t)63;
         f = (struct fs_fiber *)top;
         fs__fiber_init(f);
         f->own_stack = true;
+        f->guard_pending = guard_pending;
         f->stack_map = st;
         f->stack = st;
         /* glibc reports the guard asked for, in whole pages; the runtime
@@ -195,7 +205,9 @@ int fs_spawn(fs_fiber **out, void *(*fn)(void *), void *arg, const struct fs_spa
         f->join = FS_J_DETACHED;
     if (attr)
         f->local = attr->local;
-    fs__context_make(&f->ctx, f->stack.lo, run_size, fs__fiber_entry, f);
+    /* The first frame in the record: the spawner touches no stack page
+     * below the record's (fs__context_make_at). */
+    fs__context_make_at(&f->ctx, &f->first_frame, f->stack.lo, run_size, fs__fiber_entry, f);
 
     struct fs_sched *s = fs__cur_sched();
     bool local = s && s->cur;
@@ -329,6 +341,11 @@ int fs_detach(fs_fiber *f)
 uint64_t fs_fiber_id(const fs_fiber *f)
 {
     return f->id;
+}
+
+bool fs_fiber_running(const fs_fiber *f)
+{
+    return atomic_load_explicit(&f->state, memory_order_relaxed) == FS_F_RUNNING;
 }
 
 bool fs_fiber_adopted(const fs_fiber *f)

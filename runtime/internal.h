@@ -86,6 +86,9 @@ enum { FS_J_JOINABLE, FS_J_DETACHED, FS_J_JOINED };
 
 struct fs_fiber {
     struct fs_context ctx;       /* saved stack pointer while switched out */
+    /* The frame of its first switch (fs__context_make_at): dead once it
+     * has run. */
+    struct fs_switch_frame first_frame;
     struct fs_fiber *next;       /* run-queue link; owner of the queue */
     struct fs_sched *home;       /* sched it is pinned to; NULL until first run */
     _Atomic uint64_t park;       /* park word, see FS_PW_* */
@@ -101,6 +104,7 @@ struct fs_fiber {
      * (unpin); read by whoever queues it, after the park word's acquire. */
     _Atomic uint32_t pins;
     bool own_stack;              /* stack came from fs__stack_alloc */
+    bool guard_pending;          /* its first run installs stack_map's guard */
     /* CPU time (cputime.c): written only by the carrier running the fiber,
      * at its switches; read by any thread under cpu_seq. */
     _Atomic uint32_t cpu_seq;    /* odd while a switch-out updates the two below */

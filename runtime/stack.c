@@ -348,6 +348,11 @@ static int class_carve(struct size_class *c, char **lo)
 
 int fs__stack_alloc_guard(size_t size, size_t guard, struct fs_stack *out)
 {
+    return fs__stack_alloc_guard_lazy(size, guard, out, NULL);
+}
+
+int fs__stack_alloc_guard_lazy(size_t size, size_t guard, struct fs_stack *out, bool *pending)
+{
     int saved_errno = errno;
     int rc = 0;
     char *lo = NULL;
@@ -378,11 +383,20 @@ int fs__stack_alloc_guard(size_t size, size_t guard, struct fs_stack *out)
     size_t cguard = c ? c->guard : 0;
     stack_unlock();
 
+    if (pending)
+        *pending = false;
     if (rc == 0 && fresh && cguard) {
-        /* On failure the slot stays carved and unused: it costs address
-         * space only, and failure here means the system is out of memory
-         * or mappings anyway. */
-        rc = guard_install(lo - cguard, cguard);
+        if (pending && atomic_load_explicit(&guard_mode, memory_order_relaxed) == GUARD_MADV) {
+            /* mprotect's guards stay eager: they fail for want of
+             * mappings (vm.max_map_count), which pthread_create must
+             * report as EAGAIN. */
+            *pending = true;
+        } else {
+            /* On failure the slot stays carved and unused: it costs
+             * address space only, and failure here means the system is
+             * out of memory or mappings anyway. */
+            rc = guard_install(lo - cguard, cguard);
+        }
     }
     if (rc == 0) {
         out->lo = lo;
@@ -392,6 +406,17 @@ int fs__stack_alloc_guard(size_t size, size_t guard, struct fs_stack *out)
     }
     errno = saved_errno;
     return rc;
+}
+
+void fs__stack_guard_finish(const struct fs_stack *st)
+{
+    int saved_errno = errno;
+    if (guard_install(st->guard, st->guard_size) != 0) {
+        static const char msg[] = "fibershim: out of memory installing a thread's stack guard\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        abort();
+    }
+    errno = saved_errno;
 }
 
 int fs__stack_alloc(size_t size, struct fs_stack *out)

@@ -41,6 +41,21 @@ struct fs_stack {
  * can be had (pthread_create reports EAGAIN for that too). Any thread. */
 int fs__stack_alloc_guard(size_t size, size_t guard, struct fs_stack *out);
 
+/* The same, except that a guard that must be installed afresh (a newly
+ * carved slot, with MADV_GUARD_INSTALL) is left to the caller: *pending
+ * then says so, and fs__stack_guard_finish(out) must run before anything
+ * runs deep on the stack or frees it. The fiber's first run does it, on
+ * whichever carrier runs it, so that a spawner of many fibers does not
+ * pay every guard's system call itself. The deferred install can fail
+ * only where the kernel has no page for a page table, where the fiber's
+ * first stack page could not be had either. */
+int fs__stack_alloc_guard_lazy(size_t size, size_t guard, struct fs_stack *out, bool *pending);
+
+/* Installs the guard of st that fs__stack_alloc_guard_lazy left pending.
+ * Out of memory for it, panics with a message (a stack without its guard
+ * would let an overflow corrupt the stack below unnoticed). Any thread. */
+void fs__stack_guard_finish(const struct fs_stack *st);
+
 /* fs__stack_alloc_guard(size, one page, out): glibc's default guard. */
 int fs__stack_alloc(size_t size, struct fs_stack *out);
 

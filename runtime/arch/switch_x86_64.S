@@ -75,10 +75,19 @@ fs__context_switch:
     .size   fs__context_switch, .-fs__context_switch
 
 /*
- * First frame of every fiber. fs__context_make leaves a switch frame whose
- * r12 holds the argument, r13 the entry function and whose return address
- * is this label, so the first switch "returns" here with rsp 16-byte
- * aligned. rip is marked undefined in the CFI: gdb, libunwind and the C++
+ * First frame of every fiber. fs__context_make_at leaves a switch frame
+ * whose r12 holds the argument, r13 the entry function, r14 the top of
+ * the fiber's stack (16-byte aligned) and whose return address is this
+ * label. The first switch pops that frame wherever it lies (at the top of
+ * the stack, or in the fiber's record) and "returns" here; rsp moves to
+ * r14, so entry runs on the fiber's stack with the ABI's alignment:
+ *
+ *   r14 -> +----------------+  16-byte aligned; 64 bytes of slack above
+ *          | return address |  pushed by the call below (into this code)
+ *          +----------------+  <- entry's rsp on entry: 8 mod 16
+ *          | entry's frames |
+ *
+ * rip is marked undefined in the CFI: gdb, libunwind and the C++
  * unwinder stop here, at the fiber's first frame, instead of walking into
  * whatever bytes lie above the stack.
  */
@@ -89,6 +98,7 @@ fs__context_switch:
 fs__context_entry:
     .cfi_startproc
     .cfi_undefined rip
+    movq    %r14, %rsp                  /* onto the fiber's own stack */
     xorl    %ebp, %ebp                  /* end of the frame-pointer chain */
     movq    %r12, %rdi                  /* entry(arg) */
     callq   *%r13

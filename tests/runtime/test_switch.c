@@ -252,6 +252,35 @@ Test(switch, entry_stack_is_abi_aligned)
     free(stack);
 }
 
+/* The first frame may lie outside the stack (fs_spawn puts it in the
+ * fiber's record): entry still runs on the stack, ABI-aligned, and the
+ * stack is not written before the switch. */
+Test(switch, first_frame_outside_the_stack)
+{
+#ifdef __SANITIZE_ADDRESS__
+    cr_skip_test("AddressSanitizer moves locals to its own redzoned frames");
+#endif
+    char *stack = new_stack();
+    static const size_t offs[] = {0, 8, 1, 40};
+    static const size_t cut[] = {0, 8, 3, 100};
+    for (size_t i = 0; i < sizeof offs / sizeof offs[0]; i++) {
+        struct fs_switch_frame frame;
+        memset(stack, 0xa5, STACK_SIZE);
+        entry_frame = entry_local = 1;
+        fs__context_make_at(&fib_ctx, &frame, stack + offs[i], STACK_SIZE - offs[i] - cut[i],
+                            align_entry, NULL);
+        for (size_t b = 0; b < STACK_SIZE; b++)
+            cr_assert_eq((unsigned char)stack[b], 0xa5, "case %zu: byte %zu written", i, b);
+        fs__context_switch(&main_ctx, &fib_ctx);
+        cr_assert_eq(entry_frame % 16, 0, "case %zu: frame %#lx", i, (unsigned long)entry_frame);
+        cr_assert_eq(entry_local % 16, 0, "case %zu: local %#lx", i, (unsigned long)entry_local);
+        cr_assert(entry_frame > (uintptr_t)stack + offs[i] &&
+                  entry_frame < (uintptr_t)stack + STACK_SIZE - cut[i],
+                  "case %zu: frame %#lx off the stack", i, (unsigned long)entry_frame);
+    }
+    free(stack);
+}
+
 static uintptr_t spawned_frame;
 
 static __attribute__((noinline)) void *spawned_align(void *arg)
