@@ -52,7 +52,11 @@ __attribute__((noinline)) static void *blocked_in_mutex(void *arg)
 
 static int pp[2][2];
 
-/* Side 0 writes pp[0] and reads pp[1]; side 1 the other way round. */
+/* Side 0 writes pp[0] and reads pp[1]; side 1 the other way round. A
+ * side that sees stop closes its write end, so that the other one, which
+ * may have seen stop still clear a moment earlier and gone back to read
+ * (the other side's whole round fits between a write and the check of
+ * stop after it), reads end-of-file instead of waiting for ever. */
 static void *pinger(void *arg)
 {
     long side = (long)arg;
@@ -65,6 +69,7 @@ static void *pinger(void *arg)
         if (write(pp[side][1], &c, 1) != 1)
             break;
     }
+    close(pp[side][1]);
     return NULL;
 }
 
