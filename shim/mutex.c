@@ -117,6 +117,24 @@ static inline bool shim__mutex_try_acquire(struct shim__mutex *m)
     return false;
 }
 
+/* The calling fiber (NULL on a plain thread), for the owner hint on every
+ * lock. With per-fiber TLS each fiber has its own copy of this variable,
+ * so after the first call it costs one load through %fs instead of a call
+ * into the runtime; where fibers share their carrier's TLS it is not
+ * cached. */
+static __thread fs_fiber *shim__mutex_me __attribute__((tls_model("initial-exec")));
+
+static inline fs_fiber *shim__mutex_self(void)
+{
+    fs_fiber *f = shim__mutex_me;
+    if (SHIM_LIKELY(f))
+        return f;
+    f = fs_self();
+    if (f && fs_fiber_tls())
+        shim__mutex_me = f;
+    return f;
+}
+
 /* Normal and adaptive mutexes keep in owner the fiber that took them last
  * (0: a plain thread), a hint for spinners only; recursive and errorcheck
  * ones keep their holder's identity there (shim__self_owner), written by
@@ -177,7 +195,7 @@ static int shim__mutex_spin(struct shim__mutex *m, enum shim__lock_mode mode, fs
 static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode, clockid_t clock,
                                const struct timespec *abs)
 {
-    fs_fiber *self = fs_self();
+    fs_fiber *self = shim__mutex_self();
     int rc = shim__mutex_spin(m, mode, self);
     if (rc != EAGAIN)
         return rc;
@@ -365,7 +383,8 @@ int shim__pthread_mutex_lock(pthread_mutex_t *mp)
         SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
                                                             memory_order_acquire,
                                                             memory_order_relaxed))) {
-        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)fs_self(), memory_order_relaxed);
+        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)shim__mutex_self(),
+                              memory_order_relaxed);
         return 0;
     }
     return shim__mutex_lock_slow(m, SHIM_LOCK, CLOCK_REALTIME, NULL);
@@ -380,7 +399,8 @@ int shim__pthread_mutex_trylock(pthread_mutex_t *mp)
         SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
                                                             memory_order_acquire,
                                                             memory_order_relaxed))) {
-        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)fs_self(), memory_order_relaxed);
+        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)shim__mutex_self(),
+                              memory_order_relaxed);
         return 0;
     }
     return shim__mutex_lock_slow(m, SHIM_TRYLOCK, CLOCK_REALTIME, NULL);
@@ -399,7 +419,8 @@ int shim__pthread_mutex_clocklock(pthread_mutex_t *mp, clockid_t clock, const st
         SHIM_LIKELY(atomic_compare_exchange_strong_explicit(&m->word, &v, SHIM_MX_LOCKED,
                                                             memory_order_acquire,
                                                             memory_order_relaxed))) {
-        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)fs_self(), memory_order_relaxed);
+        atomic_store_explicit(&m->owner, (uint64_t)(uintptr_t)shim__mutex_self(),
+                              memory_order_relaxed);
         return 0;
     }
     return shim__mutex_lock_slow(m, SHIM_TIMEDLOCK, clock, abs);
