@@ -7,10 +7,23 @@
  * gives rip, rsp, rbp and the other callee-saved registers libunwind
  * needs. The fiber may be woken while we walk; we then stop at that frame
  * and say so. A running fiber is only named (its stack is live).
+ *
+ * libunwind is loaded at the first dump with dlopen(RTLD_LOCAL), never
+ * linked: libunwind.so.8 also defines the whole _Unwind_* API of libgcc_s
+ * (_Unwind_Resume, _Unwind_GetLanguageSpecificData, ...), and as a
+ * dependency of the preloaded library it came before libgcc_s in the
+ * global scope of every program without libgcc_s among its own
+ * dependencies (most C programs). Unwinds that libgcc_s drives (glibc's
+ * pthread_cancel and pthread_exit, the shim's, C++ exceptions raised by a
+ * library loaded later) then ran libgcc's personality routines against
+ * libunwind's context accessors and skipped cleanups: a pthread_once
+ * routine cancelled in the middle stayed "running" for ever. Without
+ * libunwind installed the dump has no backtraces.
  */
 #define UNW_LOCAL_ONLY
 #include "internal.h"
 
+#include <dlfcn.h>
 #include <libunwind.h>
 #include <stdarg.h>
 #include <string.h>
@@ -53,6 +66,36 @@ static const char *fs__state_name(int st)
     }
 }
 
+/* libunwind's local-unwinding entry points (what the unw_* macros name
+ * under UNW_LOCAL_ONLY), resolved at the first dump. */
+static struct {
+    _Atomic int state; /* 0 not tried, 1 loaded, -1 unavailable */
+    int (*init_local)(unw_cursor_t *, unw_context_t *);
+    int (*get_reg)(unw_cursor_t *, unw_regnum_t, unw_word_t *);
+    int (*get_proc_name)(unw_cursor_t *, char *, size_t, unw_word_t *);
+    int (*step)(unw_cursor_t *);
+} fs__uw;
+
+/* Loads libunwind if not yet tried; racing first dumps load it twice,
+ * which dlopen's reference count absorbs. */
+static bool fs__uw_load(void)
+{
+    int st = atomic_load_explicit(&fs__uw.state, memory_order_acquire);
+    if (st)
+        return st > 0;
+    void *h = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+    if (h) {
+        fs__uw.init_local = (int (*)(unw_cursor_t *, unw_context_t *))dlsym(h, "_ULx86_64_init_local");
+        fs__uw.get_reg = (int (*)(unw_cursor_t *, unw_regnum_t, unw_word_t *))dlsym(h, "_ULx86_64_get_reg");
+        fs__uw.get_proc_name = (int (*)(unw_cursor_t *, char *, size_t, unw_word_t *))dlsym(
+            h, "_ULx86_64_get_proc_name");
+        fs__uw.step = (int (*)(unw_cursor_t *))dlsym(h, "_ULx86_64_step");
+    }
+    bool ok = h && fs__uw.init_local && fs__uw.get_reg && fs__uw.get_proc_name && fs__uw.step;
+    atomic_store_explicit(&fs__uw.state, ok ? 1 : -1, memory_order_release);
+    return ok;
+}
+
 static void fs__dump_backtrace(int fd, struct fs_fiber *f)
 {
     uint64_t pw = atomic_load(&f->park);
@@ -70,16 +113,17 @@ static void fs__dump_backtrace(int fd, struct fs_fiber *f)
     u->uc_mcontext.gregs[REG_R14] = (greg_t)fr.r14;
     u->uc_mcontext.gregs[REG_R15] = (greg_t)fr.r15;
     unw_cursor_t c;
-    if (unw_init_local(&c, &uc) < 0) {
+    if (atomic_load_explicit(&fs__uw.state, memory_order_acquire) <= 0 ||
+        fs__uw.init_local(&c, &uc) < 0) {
         fs__dump_printf(fd, "    (no backtrace)\n");
         return;
     }
     for (int depth = 0; depth < 32; depth++) {
         unw_word_t ip, off;
         char sym[256];
-        if (unw_get_reg(&c, UNW_REG_IP, &ip) < 0 || ip == 0)
+        if (fs__uw.get_reg(&c, UNW_REG_IP, &ip) < 0 || ip == 0)
             break;
-        if (unw_get_proc_name(&c, sym, sizeof sym, &off) == 0)
+        if (fs__uw.get_proc_name(&c, sym, sizeof sym, &off) == 0)
             fs__dump_printf(fd, "    #%-2d 0x%016lx %s+0x%lx\n", depth, (unsigned long)ip, sym,
                             (unsigned long)off);
         else
@@ -88,7 +132,7 @@ static void fs__dump_backtrace(int fd, struct fs_fiber *f)
             fs__dump_printf(fd, "    (woken during the dump)\n");
             return;
         }
-        if (unw_step(&c) <= 0)
+        if (fs__uw.step(&c) <= 0)
             break;
     }
 }
@@ -96,6 +140,7 @@ static void fs__dump_backtrace(int fd, struct fs_fiber *f)
 void fs_dump(int fd)
 {
     int64_t now = fs__now_coarse();
+    fs__uw_load(); /* before the lock: dlopen may take a while */
     struct fs_stats st;
     fs_stats_get(&st);
     fs__dump_printf(fd,

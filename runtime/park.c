@@ -464,6 +464,19 @@ int fs_waiter_wait(struct fs_waiter *w, enum fs_park_reason why, const void *wai
                 return -ETIMEDOUT;
             return 0;
         }
+        if (rc == -EINTR && why == FS_PARK_SEM) {
+            /* A semaphore wait also ends for a signal handler, as glibc's
+             * sem_wait does on the same futex call: the kernel restarts
+             * it by itself under SA_RESTART (untimed), so -EINTR here is
+             * the program's to see. Even when a wake came meanwhile (the
+             * handler may have posted the unit itself): glibc returns
+             * EINTR and leaves the unit; the caller passes the wake on
+             * (fs_waiter_woken). Other waits go on, as glibc's lock
+             * waits do. */
+            uint32_t z = 0;
+            atomic_compare_exchange_strong(word, &z, 2);
+            return -EINTR;
+        }
     }
 }
 

@@ -205,6 +205,7 @@ static int shim__mutex_acquire(struct shim__mutex *m, enum shim__lock_mode mode,
     uintptr_t since = (uintptr_t)fs_now();
     bool requeue = false;
     for (;;) {
+        shim__cancel_async_act(); /* it left the queue for one (waitq.h) */
         if (shim__deadline_passed(&d))
             return ETIMEDOUT;
         struct fs_waiter w;

@@ -612,6 +612,18 @@ int shim__mutex_glibc_lock(pthread_mutex_t *m, enum shim__lock_mode mode, clocki
             rc = ETIMEDOUT;
             goto out;
         }
+        if (wrc == 1 && shim__cancel_async_due(fs_self())) {
+            /* Out of the queue for an asynchronous cancel (waitq.h):
+             * leave as a timed-out waiter does, then act. */
+            dead = shim__gm_put_locked(b, e);
+            fs__spin_unlock(&b->q.lock);
+            free(spare);
+            free(dead);
+            shim__cancel_async_act();
+            fs__spin_lock(&b->q.lock); /* not reached: it acted */
+            rc = EINTR;
+            goto out;
+        }
         /* Woken to compete, an early timer, or the mutex was destroyed:
          * look again. */
         requeue = true;

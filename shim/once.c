@@ -6,8 +6,17 @@
  * address hash; the finisher wakes the waiters of its own object only.
  * States: INIT (0, PTHREAD_ONCE_INIT) -> RUNNING [| WAITERS] -> DONE (2,
  * glibc's value too). If the routine parks, its fiber's carrier runs
- * other fibers, and callers on any carrier park until DONE. Cancellation
- * of the routine is not supported.
+ * other fibers, and callers on any carrier park until DONE.
+ *
+ * A routine that does not return, because its thread was cancelled in it
+ * or called pthread_exit, or because it threw (std::call_once calls
+ * pthread_once, and a callable that throws must leave the flag unset),
+ * leaves the object as if pthread_once had never been called, as POSIX
+ * and glibc do: the state goes back to INIT and the waiters wake, one of
+ * them to run the routine. All three unwind the caller's stack (cancel.c,
+ * or the C++ runtime), so this file is built with -fexceptions and the
+ * reset is a cleanup of the frame that called the routine (glibc's
+ * pthread_cleanup_combined_push does the same).
  */
 #include "waitq.h"
 
@@ -28,11 +37,46 @@ static struct shim__waitq *shim__once_queue(const pthread_once_t *o)
     return &shim__once_queues[(h >> 32) % SHIM_ONCE_BUCKETS];
 }
 
+/* Wakes every waiter queued for o (in its bucket's queue). */
+static void shim__once_wake(pthread_once_t *o)
+{
+    struct shim__waitq *q = shim__once_queue(o);
+    fs__spin_lock(&q->lock);
+    struct fs_waiter *w = q->head, *next;
+    for (; w; w = next) {
+        next = shim__waitq_next_locked(q, w);
+        if (w->data == (uintptr_t)o) {
+            shim__waitq_remove_locked(q, w);
+            fs_waiter_wake(w);
+        }
+    }
+    fs__spin_unlock(&q->lock);
+}
+
+struct shim_once_run {
+    pthread_once_t *o;
+    bool running; /* the routine has not returned */
+};
+
+/* The cleanup of the frame that runs the routine: on an unwind through
+ * it, back to INIT. A waiter that queued itself saw RUNNING under its
+ * queue's lock and set WAITERS; this exchange reads the flag, then takes
+ * the lock to wake it, so no waiter sleeps on (the finisher's argument). */
+static void shim__once_unwound(struct shim_once_run *r)
+{
+    if (!r->running)
+        return;
+    int v = atomic_exchange_explicit((_Atomic int *)r->o, SHIM_ONCE_INIT, memory_order_acq_rel);
+    if (v & SHIM_ONCE_WAITERS)
+        shim__once_wake(r->o);
+}
+
 static int shim__once_slow(pthread_once_t *o, void (*fn)(void))
 {
     _Atomic int *st = (_Atomic int *)o;
     struct shim__waitq *q = shim__once_queue(o);
     for (;;) {
+        shim__cancel_async_act(); /* it left the queue for one (waitq.h) */
         int v = atomic_load_explicit(st, memory_order_acquire);
         if (v == SHIM_ONCE_DONE)
             return 0;
@@ -41,21 +85,15 @@ static int shim__once_slow(pthread_once_t *o, void (*fn)(void))
                                                          memory_order_acquire,
                                                          memory_order_acquire))
                 continue;
-            fn();
+            {
+                struct shim_once_run run __attribute__((cleanup(shim__once_unwound))) = {o, true};
+                fn();
+                run.running = false;
+            }
             /* release: what fn wrote is visible to every caller that sees DONE. */
             v = atomic_exchange_explicit(st, SHIM_ONCE_DONE, memory_order_acq_rel);
-            if (v & SHIM_ONCE_WAITERS) {
-                fs__spin_lock(&q->lock);
-                struct fs_waiter *w = q->head, *next;
-                for (; w; w = next) {
-                    next = shim__waitq_next_locked(q, w);
-                    if (w->data == (uintptr_t)o) {
-                        shim__waitq_remove_locked(q, w);
-                        fs_waiter_wake(w);
-                    }
-                }
-                fs__spin_unlock(&q->lock);
-            }
+            if (v & SHIM_ONCE_WAITERS)
+                shim__once_wake(o);
             return 0;
         }
         /* Running elsewhere: announce WAITERS while it is still RUNNING,

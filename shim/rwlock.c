@@ -152,6 +152,7 @@ static int shim__rwlock_rdlock_slow(struct shim__rwlock *rw, enum shim__rw_mode 
                             shim__self_owner()))
         return EDEADLK;
     for (;;) {
+        shim__cancel_async_act(); /* it left the queue for one (waitq.h) */
         struct fs_waiter w;
         fs_waiter_prepare(&w);
         w.data = 0;
@@ -195,6 +196,7 @@ static int shim__rwlock_wrlock_slow(struct shim__rwlock *rw, enum shim__rw_mode 
         shim__owner_is_self(atomic_load_explicit(&rw->owner, memory_order_relaxed), self))
         return EDEADLK;
     for (;;) {
+        shim__cancel_async_act(); /* it left the queue for one (waitq.h) */
         struct fs_waiter w;
         fs_waiter_prepare(&w);
         w.data = SHIM_RW_W_WRITE;

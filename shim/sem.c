@@ -121,6 +121,18 @@ static int shim__sem_wait_slow(struct shim__sem *s, struct shim__deadline *d, bo
             errno = ETIMEDOUT;
             return -1;
         }
+        /* Off a fiber, -EINTR is already the kernel's verdict (park.c). */
+        if (rc == -EINTR && !fs_self()) {
+            /* A wake that landed anyway (a post, perhaps the handler's
+             * own) is passed on with the unit it announced, which stays. */
+            if (fs_waiter_woken(&w) && atomic_load(&s->value) > 0) {
+                fs__spin_lock(&s->q.lock);
+                shim__waitq_wake_one_locked(&s->q);
+                fs__spin_unlock(&s->q.lock);
+            }
+            errno = EINTR;
+            return -1;
+        }
         if (rc == -EINTR && (shim__sem_interrupted(&h, timed) || shim__cancel_due())) {
             errno = EINTR; /* the unit, if one was posted, stays for others */
             return -1;

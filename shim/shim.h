@@ -137,6 +137,13 @@ void shim__sigstate_init(struct shim_sigstate *ss, const sigset_t *mask);
  * alternate signal stack become its fiber's. */
 void shim__adopt_pending(struct shim_sigstate *ss);
 
+/* A point where the calling fiber holds nothing of the shim's and may
+ * run handlers: delivers its due signals now, as the kernel delivers a
+ * thread's at its next system call. Used where a thread leaves the
+ * program's code for good (its exit), so that a signal routed to it while
+ * it ran inside the shim, where pokes wait (signal.c), is not lost with it. */
+void shim__sig_safe_point(void);
+
 /* After a wait returned -EINTR: true if the call should be restarted
  * (every handler that ran had SA_RESTART). */
 bool shim__sig_should_restart(void);

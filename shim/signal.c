@@ -324,6 +324,7 @@ static struct {
     uintptr_t lo, hi;
 } shim__no_poke[2];
 static _Atomic uint32_t shim__repokes; /* fibers marked for a later poke */
+#define SHIM_REPOKE_FIRST_NS 20000 /* the dispatcher's first retry (then doubled) */
 
 static int shim__find_text(struct dl_phdr_info *info, size_t size, void *arg)
 {
@@ -648,6 +649,7 @@ static void *shim__disp_main(void *arg)
     if (sfd < 0)
         return NULL; /* no routing: signals stay pending for the process */
     uint64_t cur = shim__routed;
+    long repoke_ns = SHIM_REPOKE_FIRST_NS;
     for (;;) {
         uint64_t want = shim__routed & ~atomic_load(&shim__disp.held) &
                         ~atomic_load(&shim__disp.assigned);
@@ -666,9 +668,18 @@ static void *shim__disp_main(void *arg)
         while (REAL(read)(kfd, &n, sizeof n) == sizeof n)
             ;
         if (atomic_load(&shim__repokes)) {
-            struct timespec ms = {0, 1000000};
-            REAL(nanosleep)(&ms, NULL); /* let it leave the runtime first */
+            /* Let it leave the runtime first: 20 us, doubled while pokes
+             * keep landing there, up to 1 ms. A fiber poked inside the
+             * shim is nearly always out of it within microseconds (a
+             * lock-free fast path, a short spin), and a program that
+             * sends a CPU-bound thread signal after signal, each waiting
+             * for the last one's handler, got one delivery a millisecond. */
+            struct timespec d = {0, repoke_ns};
+            REAL(nanosleep)(&d, NULL);
             shim__threads_each(shim__repoke_cb, NULL);
+            repoke_ns = repoke_ns * 2 > 1000000 ? 1000000 : repoke_ns * 2;
+        } else {
+            repoke_ns = SHIM_REPOKE_FIRST_NS;
         }
         sigset_t pend;
         if (REAL(sigpending)(&pend) != 0)
@@ -1381,6 +1392,14 @@ void shim__sig_mask_pop(uint64_t saved)
     struct shim_sigstate *ss = shim__sigstate(fs_self());
     if (ss)
         shim__mask_change(ss, saved);
+}
+
+void shim__sig_safe_point(void)
+{
+    fs_fiber *f = fs_self();
+    struct shim_sigstate *ss = f ? shim__sigstate(f) : NULL;
+    if (ss && shim__due(ss))
+        shim__deliver_pending(ss);
 }
 
 void shim__sig_fiber_exit(void)

@@ -961,6 +961,7 @@ static void shim__tsd_run_dtors(struct shim_tsd *tsd)
 __attribute__((noreturn)) void shim__thread_finish(void *ret)
 {
     struct shim_thread *st = shim__cur();
+    shim__sig_safe_point();
     /* C++ thread_local destructors, then TSD destructors: glibc's order
      * (start_thread). */
     fs_tls_run_dtors();

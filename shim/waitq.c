@@ -117,6 +117,19 @@ int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_re
                 fs__spin_unlock(&q->lock);
                 return -EINTR;
             }
+            /* An asynchronous cancel acts anywhere, as glibc's SIGCANCEL
+             * does inside a futex wait: out of the queue, and the caller
+             * goes back to the top of its loop (return 1), where it holds
+             * nothing and acts (shim__cancel_async_act); a lock waiter
+             * leaves as a timed-out one would. Not a barrier's: it would
+             * stay counted in the cycle (glibc's is no better). */
+            if ((why == FS_PARK_MUTEX || why == FS_PARK_RWLOCK || why == FS_PARK_ONCE) &&
+                fs_self() && shim__cancel_async_due(fs_self())) {
+                if (shim__waiter_queued(w))
+                    shim__waitq_remove_locked(q, w);
+                fs__spin_unlock(&q->lock);
+                return 1;
+            }
             /* A lock wait goes on after the handler, as a thread's futex
              * wait is restarted: in place if still queued (re-armed under
              * the lock, where wakers look), else from the top. */

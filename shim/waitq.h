@@ -95,7 +95,10 @@ void shim__deadline_refresh(struct shim__deadline *d);
  * while a waker was handing w a wake that failed: nothing was granted,
  * the caller retries from the top. A handler that runs while w is still
  * queued leaves it queued and the wait goes on, except for FS_PARK_SEM:
- * then -EINTR (w out of the queue), for sem.c to decide. Any thread. */
+ * then -EINTR (w out of the queue), for sem.c to decide. An asynchronous
+ * cancel of the waiting fiber takes w out of the queue and returns 1:
+ * the caller, back at the top of its loop where it holds nothing, calls
+ * shim__cancel_async_act before anything else. Any thread. */
 int shim__waitq_wait(struct shim__waitq *q, struct fs_waiter *w, enum fs_park_reason why,
                      const void *obj, struct shim__deadline *d);
 

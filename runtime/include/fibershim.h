@@ -376,7 +376,12 @@ FS_API void fs_waiter_prepare(struct fs_waiter *w);
 /* Blocks until fs_waiter_wake(w) or the deadline. For fibers commit runs as
  * for fs_park(); for plain threads it runs before the futex wait. Returns 0
  * or -ETIMEDOUT (the caller must then take w out of its queue itself, and
- * a concurrent wake may still have fired: check fs_waiter_woken()). */
+ * a concurrent wake may still have fired: check fs_waiter_woken()); a
+ * fiber's also -EINTR as fs_park() does, a plain thread's only for
+ * FS_PARK_SEM, when a signal handler interrupted its futex wait and the
+ * kernel did not restart it (then as for -ETIMEDOUT, even if a wake
+ * fired meanwhile: fs_waiter_woken() says so, and the caller passes that
+ * wake on). */
 FS_API int fs_waiter_wait(struct fs_waiter *w, enum fs_park_reason why, const void *wait_obj,
                           int64_t deadline, bool (*commit)(void *arg), void *arg);
 
