@@ -89,6 +89,7 @@
 #include "offload.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -588,6 +589,68 @@ int shim__close(int fd)
     return REAL(close)(fd);
 }
 SHIM_ALIAS(close)
+
+/* close_range and closefrom (glibc's calls close_range itself): the
+ * program's fds in the range are closed, as close closes one, and the
+ * runtime's own (fs_fd_is_internal, all at or above
+ * fs_fd_internal_lowest()) are left open: a program that closes every fd
+ * but 0-2 after its first thread (daemons, a child before exec) must not
+ * take the shim's eventfds and epoll instances with them. The part of the
+ * range below the lowest internal fd is one system call; the rest, a few
+ * hundred fds at most, is closed one fd at a time around the internal
+ * ones. With CLOSE_RANGE_CLOEXEC nothing is closed and the call passes
+ * through. Not a cancellation point (glibc's is not). */
+static void shim__fd_forget_range(unsigned first, unsigned last)
+{
+    struct rlimit rl;
+    unsigned top = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (1u << 24)
+                       ? (unsigned)rl.rlim_cur
+                       : (1u << 24);
+    for (unsigned fd = first; fd <= last && fd < top; fd++) {
+        if (fs_fd_is_internal((int)fd))
+            continue;
+        fs_fd_close((int)fd);
+        shim__fd_reset((int)fd);
+    }
+}
+
+int shim__close_range(unsigned first, unsigned last, int flags)
+{
+    if (first > last || (flags & CLOSE_RANGE_CLOEXEC))
+        return REAL(close_range)(first, last, flags);
+    int lo = fs_fd_internal_lowest();
+    if (lo == INT_MAX || last < (unsigned)lo) {
+        shim__fd_forget_range(first, last);
+        return REAL(close_range)(first, last, flags);
+    }
+    shim__fd_forget_range(first, last);
+    if (first < (unsigned)lo && REAL(close_range)(first, (unsigned)lo - 1, flags) != 0)
+        return -1;
+    /* CLOSE_RANGE_UNSHARE, if asked, has been done by the call above, or
+     * is done now by this one (on an empty range). */
+    if (first >= (unsigned)lo && (flags & CLOSE_RANGE_UNSHARE) &&
+        REAL(close_range)(~0u, ~0u, CLOSE_RANGE_UNSHARE) != 0)
+        return -1;
+    struct rlimit rl;
+    unsigned top = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (1u << 24)
+                       ? (unsigned)rl.rlim_cur
+                       : (1u << 24);
+    int saved = errno;
+    for (unsigned fd = first > (unsigned)lo ? first : (unsigned)lo; fd <= last && fd < top; fd++)
+        if (!fs_fd_is_internal((int)fd))
+            REAL(close)((int)fd); /* EBADF for the unused ones */
+    errno = saved;
+    return 0;
+}
+SHIM_ALIAS(close_range)
+
+void shim__closefrom(int lowfd)
+{
+    if (lowfd < 0)
+        lowfd = 0;
+    shim__close_range((unsigned)lowfd, ~0u, 0);
+}
+SHIM_ALIAS(closefrom)
 
 int shim__dup(int fd)
 {

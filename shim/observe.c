@@ -323,6 +323,8 @@ static void shim__trace_line(int64_t dt_ns, struct fs_stats *prev)
 static void *shim__monitor(void *arg)
 {
     (void)arg;
+    if (shim__dump_sig)
+        fs_dump_prepare(); /* now, not when the program may be stuck in malloc */
     struct fs_stats prev;
     fs_stats_get(&prev);
     int64_t last = fs_now();
@@ -355,6 +357,10 @@ void shim__observe_start(void)
     shim__started = 1;
     if (shim__dump_sig && REAL(pipe2)(shim__dump_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
         shim__dump_pipe[0] = shim__dump_pipe[1] = -1;
+    if (shim__dump_pipe[0] >= 0) { /* out of the program's low fd numbers */
+        shim__dump_pipe[0] = fs_fd_hide(shim__dump_pipe[0]);
+        shim__dump_pipe[1] = fs_fd_hide(shim__dump_pipe[1]);
+    }
     pthread_t t;
     pthread_attr_t a;
     pthread_attr_init(&a);

@@ -1,11 +1,20 @@
 /*
  * process.c - fork, vfork, and the exec family.
  *
- * The runtime's pthread_atfork handlers (registered first, in the library
- * constructor, so that the child's runs before the program's own) rebuild
- * the runtime around the forking fiber; the program's handlers run as
- * glibc always runs them. The forking fiber keeps its pthread_t in the
- * child, and is its only thread.
+ * The runtime's pthread_atfork handlers rebuild the runtime around the
+ * forking fiber; the program's handlers run as glibc always runs them.
+ * The forking fiber keeps its pthread_t in the child, and is its only
+ * thread. Ours must be the first handlers registered in the process:
+ * glibc runs prepare handlers last-registered first, and ours take the
+ * runtime's and the shim's spin locks (the scheduler's among them) until
+ * the fork is made, so any prepare handler run after them that has to
+ * wait for a mutex (jemalloc's takes all of its own: redis-server under
+ * the shim hung in BGSAVE's fork) parks a fiber with the scheduler
+ * locked. A library's constructor may run before ours (libjemalloc's
+ * does, registering its handlers), so __register_atfork, which
+ * pthread_atfork calls, is interposed: whichever registration comes
+ * first, ours are made before it. Then ours also run first in the child,
+ * before the program's own.
  *
  * vfork becomes fork. A vfork child shares the parent's memory until it
  * calls exec or _exit, and a close() or dup2() it makes before exec would
@@ -36,10 +45,12 @@
 #include "fd.h"
 #include "observe.h"
 #include "offload.h"
+#include "spinlock.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
 #include <spawn.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
@@ -47,6 +58,8 @@
 extern char **environ;
 
 void shim__thread_atfork_child(void);
+void shim__thread_fork_prepare(void);
+void shim__thread_fork_done(void);
 
 static void shim__atfork_parent(void)
 {
@@ -64,6 +77,74 @@ static void shim__atfork_child(void)
     shim__fd_forked();
 }
 
+/* glibc's registration, under pthread_atfork (libc_nonshared.a). */
+extern int __register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
+                             void *dso);
+extern void *__dso_handle;
+
+static _Atomic int shim__atfork_state; /* 0 not yet, 1 being made, 2 made */
+
+/* Registers the shim's fork handlers, once, before anything else. The
+ * runtime's prepare takes its locks after the shim's (thread.c's)
+ * records: they are registered in that order, and prepare handlers run in
+ * the opposite one. */
+static void shim__atfork_register_first(void)
+{
+    int z = 0;
+    if (atomic_load_explicit(&shim__atfork_state, memory_order_acquire) == 2)
+        return;
+    if (!atomic_compare_exchange_strong(&shim__atfork_state, &z, 1)) {
+        while (atomic_load_explicit(&shim__atfork_state, memory_order_acquire) != 2)
+            __builtin_ia32_pause(); /* another thread is making them */
+        return;
+    }
+    REAL(__register_atfork)(fs_atfork_prepare, shim__atfork_parent, shim__atfork_child,
+                            &__dso_handle);
+    REAL(__register_atfork)(shim__thread_fork_prepare, shim__thread_fork_done,
+                            shim__thread_fork_done, &__dso_handle);
+    atomic_store_explicit(&shim__atfork_state, 2, memory_order_release);
+}
+
+/* Registrations made through us, to drop an exact repeat: libjemalloc
+ * initialises itself twice when the shim's early calloc (pthread_setspecific
+ * during start-up) reaches it before its own constructor, and registers
+ * its handlers twice; its second prepare then relocks every mutex the
+ * first took (a single-threaded fork under the shim hung, and so did
+ * redis-server's BGSAVE). A program that means to register the same three
+ * handlers twice gets them once: glibc would run them twice. */
+#define SHIM_ATFORK_SEEN 64
+static struct {
+    void (*prepare)(void), (*parent)(void), (*child)(void);
+    void *dso;
+} shim__atfork_seen[SHIM_ATFORK_SEEN];
+static unsigned shim__atfork_nseen;
+static fs_spinlock shim__atfork_lock = FS_SPINLOCK_INIT;
+
+int shim____register_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void),
+                            void *dso)
+{
+    shim__atfork_register_first();
+    fs__spin_lock(&shim__atfork_lock);
+    for (unsigned i = 0; i < shim__atfork_nseen; i++) {
+        if (shim__atfork_seen[i].prepare == prepare && shim__atfork_seen[i].parent == parent &&
+            shim__atfork_seen[i].child == child && shim__atfork_seen[i].dso == dso &&
+            (prepare || parent || child)) {
+            fs__spin_unlock(&shim__atfork_lock);
+            return 0;
+        }
+    }
+    if (shim__atfork_nseen < SHIM_ATFORK_SEEN) {
+        unsigned i = shim__atfork_nseen++;
+        shim__atfork_seen[i].prepare = prepare;
+        shim__atfork_seen[i].parent = parent;
+        shim__atfork_seen[i].child = child;
+        shim__atfork_seen[i].dso = dso;
+    }
+    fs__spin_unlock(&shim__atfork_lock);
+    return REAL(__register_atfork)(prepare, parent, child, dso);
+}
+SHIM_ALIAS(__register_atfork)
+
 /* The C library's exec and spawn functions, resolved at load time. */
 static struct {
     __typeof__(execve) *execve;
@@ -79,7 +160,7 @@ static char shim__lib_name[256];
 
 void shim__process_init(void)
 {
-    pthread_atfork(fs_atfork_prepare, shim__atfork_parent, shim__atfork_child);
+    shim__atfork_register_first();
     shim__real_exec.execve = shim__resolve("execve", NULL);
     shim__real_exec.execvpe = shim__resolve("execvpe", NULL);
     shim__real_exec.fexecve = shim__resolve("fexecve", NULL);

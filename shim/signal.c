@@ -648,6 +648,7 @@ static void *shim__disp_main(void *arg)
     int sfd = signalfd(-1, &w, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0)
         return NULL; /* no routing: signals stay pending for the process */
+    sfd = fs_fd_hide(sfd);
     uint64_t cur = shim__routed;
     long repoke_ns = SHIM_REPOKE_FIRST_NS;
     for (;;) {
@@ -708,6 +709,7 @@ static void shim__disp_start(void)
         atomic_store(&shim__disp.state, 0);
         return;
     }
+    kfd = fs_fd_hide(kfd); /* not fd 3 of the program's */
     atomic_store_explicit(&shim__disp.kickfd, kfd, memory_order_release);
     pthread_attr_t a;
     pthread_attr_init(&a);

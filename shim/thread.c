@@ -730,14 +730,14 @@ static void shim__thread_start_hook(struct shim_thread *st)
 
 /* fork() while another thread holds a lock of this file must not leave it
  * held in the child (nor the quarantine half linked). */
-static void shim__locks_fork_prepare(void)
+void shim__thread_fork_prepare(void)
 {
     fs__spin_lock(&shim__attr_lock);
     fs__spin_lock(&shim__tcb_lock);
     fs__spin_lock(&shim__pool_lock);
 }
 
-static void shim__locks_fork_done(void)
+void shim__thread_fork_done(void)
 {
     fs__spin_unlock(&shim__pool_lock);
     fs__spin_unlock(&shim__tcb_lock);
@@ -790,13 +790,6 @@ int shim__adopt_current(void)
     }
     shim__main_thread = st;
     atomic_fetch_add(&shim__threads_alive, 1);
-    /* Once per process; a forked child keeps the registration (and
-     * adopts again only if a plain thread forked it). */
-    static bool registered;
-    if (!registered) {
-        registered = true;
-        pthread_atfork(shim__locks_fork_prepare, shim__locks_fork_done, shim__locks_fork_done);
-    }
     return 0;
 }
 
