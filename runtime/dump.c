@@ -78,7 +78,7 @@ static struct {
 
 /* Loads libunwind if not yet tried; racing first dumps load it twice,
  * which dlopen's reference count absorbs. */
-static bool fs__uw_load(void)
+bool fs_dump_prepare(void)
 {
     int st = atomic_load_explicit(&fs__uw.state, memory_order_acquire);
     if (st)
@@ -140,7 +140,7 @@ static void fs__dump_backtrace(int fd, struct fs_fiber *f)
 void fs_dump(int fd)
 {
     int64_t now = fs__now_coarse();
-    fs__uw_load(); /* before the lock: dlopen may take a while */
+    fs_dump_prepare(); /* before the lock: dlopen may take a while */
     struct fs_stats st;
     fs_stats_get(&st);
     fs__dump_printf(fd,

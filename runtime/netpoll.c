@@ -30,6 +30,8 @@
  * registration; counters are also readable without it.
  */
 #include "internal.h"
+
+#include <limits.h>
 #include "sys.h"
 
 #include <errno.h>
@@ -79,6 +81,16 @@ static struct fs_pollfd *fs__pd_lookup(int fd)
     return c ? &c[(unsigned)fd % FS_PD_CHUNK] : NULL;
 }
 
+static _Atomic int fs__fd_hidden_min = INT_MAX; /* the lowest internal fd */
+static _Atomic unsigned fs__fd_hide_slot = 64;  /* carriers use 0..63 (2 each) */
+
+static void fs__fd_hidden_note(int fd)
+{
+    int lo = atomic_load(&fs__fd_hidden_min);
+    while (fd < lo && !atomic_compare_exchange_weak(&fs__fd_hidden_min, &lo, fd))
+        ;
+}
+
 static struct fs_pollfd *fs__pd_get(int fd)
 {
     struct fs_pollfd *pd = fs__pd_lookup(fd);
@@ -125,6 +137,18 @@ bool fs_fd_is_internal(int fd)
     return pd && pd->internal;
 }
 
+int fs_fd_hide(int fd)
+{
+    int nfd = (int)fs__fd_hide(fd, atomic_fetch_add(&fs__fd_hide_slot, 1));
+    fs__fd_hidden_note(nfd);
+    return nfd;
+}
+
+int fs_fd_internal_lowest(void)
+{
+    return atomic_load(&fs__fd_hidden_min);
+}
+
 int fs__netpoll_init(struct fs_sched *s)
 {
     long ep = fs__sys1(SYS_epoll_create1, EPOLL_CLOEXEC);
@@ -137,6 +161,7 @@ int fs__netpoll_init(struct fs_sched *s)
     }
     ep = fs__fd_hide(ep, 2 * s->id);
     ev = fs__fd_hide(ev, 2 * s->id + 1);
+    fs__fd_hidden_note((int)(ep < ev ? ep : ev));
     /* Edge-triggered: each kick is a new edge, so the counter never needs
      * to be read back (it would take 2^64 kicks to fill). */
     struct epoll_event e = {.events = EPOLLIN | EPOLLET, .data.u64 = FS_WAKE_KEY};

@@ -541,6 +541,17 @@ FS_API void fs_fd_close(int fd);
  * the top of the fd range; the shim keeps the program from closing them. */
 FS_API bool fs_fd_is_internal(int fd);
 
+/* Makes fd one of those: moves it (F_DUPFD_CLOEXEC, closing fd) near the
+ * top of the RLIMIT_NOFILE range, so the program's own fds keep the
+ * numbers they would have without the runtime (a program that dup2s onto
+ * fd 3 or calls closefrom(3) must not hit one of ours), and marks it
+ * internal. Returns the new fd (fd itself if it could not move). */
+FS_API int fs_fd_hide(int fd);
+
+/* The lowest internal fd, INT_MAX if none: every fd below it is the
+ * program's. */
+FS_API int fs_fd_internal_lowest(void);
+
 /* ---- statistics ------------------------------------------------------- */
 
 struct fs_stats {
@@ -600,6 +611,13 @@ FS_API const char *fs_park_reason_name(enum fs_park_reason why);
  * runtime's fiber-list lock. Fibers keep running meanwhile; a fiber woken
  * during the dump is shown as it was when its backtrace was taken. */
 FS_API void fs_dump(int fd);
+
+/* Loads what fs_dump needs for backtraces (libunwind, with dlopen), if
+ * not yet done; true if backtraces are available. fs_dump does it itself
+ * at its first call, but dlopen allocates, and a dump is wanted most when
+ * the program is stuck, perhaps holding its malloc's lock in a parked
+ * fiber: a monitor thread calls this when it starts. */
+FS_API bool fs_dump_prepare(void);
 
 #ifdef __cplusplus
 }
