@@ -1080,6 +1080,14 @@ static void shim__sig_hook(fs_fiber *f)
         return;
     shim__carrier_follow(ss);
     shim__alt_follow(&ss->alt);
+    /* The interrupted wait's wrapper asks right after this whether every
+     * handler that ran had SA_RESTART (shim__sig_should_restart): those
+     * run here, for this wait. A handler without it that ran elsewhere
+     * (delivered by a poke, at an unblock, or in a sleep that ends with
+     * EINTR anyway and never asks) must not make a later wait fail:
+     * after a handled kill(), the next blocking read of the thread
+     * returned EINTR at its next interrupt of any kind. */
+    atomic_store(&ss->restart, 1);
     if (atomic_load_explicit(&ss->pending, memory_order_relaxed) |
         atomic_load_explicit(&ss->ppending, memory_order_relaxed))
         shim__deliver_pending(ss);
