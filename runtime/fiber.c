@@ -271,9 +271,13 @@ void fs_exit(void *ret)
 #ifdef FS_ASAN
     self->asan_exiting = true; /* its fake stack goes with it (asan.h) */
 #endif
-    fs__switch_out(s, self, true); /* exit completes after the switch; no lock held */
-    FS_CHECK(!"a dead fiber was resumed");
-    __builtin_unreachable();
+    /* The exit completes after the switch, on the idle loop: it frees the
+     * fiber's dtv and dynamic TLS blocks with free(), and the next fiber
+     * may be one parked in the middle of malloc (jemalloc's locks are
+     * pthread mutexes, which park), whose malloc state a free() on its
+     * TLS would corrupt (a crash in jemalloc's free, 1 fork in 50 of
+     * programs/jemalloc_fork). One more switch per thread exit. */
+    fs__switch_out_idle(s, self);
 }
 
 struct fs_join_commit {

@@ -326,6 +326,9 @@ void fs__ready(struct fs_fiber *f);
 void fs__sched_kick(struct fs_sched *s);
 void fs__wakep(void);
 void fs__switch_out(struct fs_sched *s, struct fs_fiber *self, bool may_poll);
+/* A dying fiber's last switch: to the idle loop, which completes its exit
+ * (s->after_fn) on the carrier's own TLS, never on another fiber's. */
+void fs__switch_out_idle(struct fs_sched *s, struct fs_fiber *self) __attribute__((noreturn));
 void fs__carrier_main_loop(struct fs_sched *s) __attribute__((noreturn));
 int fs__sched_init(struct fs_sched *s, unsigned id);
 int fs__sched_make_idle_stack(struct fs_sched *s);
