@@ -575,9 +575,8 @@ SHIM_ALIAS(pipe)
 
 /* ---- closing and duplication ----------------------------------------------- */
 
-int shim__close(int fd)
+int shim__fd_release(int fd)
 {
-    shim__cancel_point(); /* glibc's close is one: a pending cancel leaves fd open */
     if (fs_fd_is_internal(fd)) {
         errno = EBADF; /* the runtime's own fd: not the program's to close */
         return -1;
@@ -586,6 +585,14 @@ int shim__close(int fd)
      * reused by another thread's open. */
     fs_fd_close(fd);
     shim__fd_reset(fd);
+    return 0;
+}
+
+int shim__close(int fd)
+{
+    shim__cancel_point(); /* glibc's close is one: a pending cancel leaves fd open */
+    if (shim__fd_release(fd))
+        return -1;
     return REAL(close)(fd);
 }
 SHIM_ALIAS(close)
@@ -600,18 +607,19 @@ SHIM_ALIAS(close)
  * hundred fds at most, is closed one fd at a time around the internal
  * ones. With CLOSE_RANGE_CLOEXEC nothing is closed and the call passes
  * through. Not a cancellation point (glibc's is not). */
-static void shim__fd_forget_range(unsigned first, unsigned last)
+/* One past the highest fd the process may have (RLIMIT_NOFILE, capped at
+ * the netpoller's table). */
+static unsigned shim__fd_top(void)
 {
     struct rlimit rl;
-    unsigned top = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (1u << 24)
-                       ? (unsigned)rl.rlim_cur
-                       : (1u << 24);
-    for (unsigned fd = first; fd <= last && fd < top; fd++) {
-        if (fs_fd_is_internal((int)fd))
-            continue;
-        fs_fd_close((int)fd);
-        shim__fd_reset((int)fd);
-    }
+    return getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (1u << 24) ? (unsigned)rl.rlim_cur
+                                                                          : (1u << 24);
+}
+
+static void shim__fd_forget_range(unsigned first, unsigned last, unsigned top)
+{
+    for (unsigned fd = first; fd <= last && fd < top; fd++)
+        (void)shim__fd_release((int)fd); /* EBADF for internal ones: kept */
 }
 
 int shim__close_range(unsigned first, unsigned last, int flags)
@@ -619,11 +627,12 @@ int shim__close_range(unsigned first, unsigned last, int flags)
     if (first > last || (flags & CLOSE_RANGE_CLOEXEC))
         return REAL(close_range)(first, last, flags);
     int lo = fs_fd_internal_lowest();
-    if (lo == INT_MAX || last < (unsigned)lo) {
-        shim__fd_forget_range(first, last);
+    unsigned top = shim__fd_top();
+    int saved = errno;
+    shim__fd_forget_range(first, last, top);
+    errno = saved;
+    if (lo == INT_MAX || last < (unsigned)lo)
         return REAL(close_range)(first, last, flags);
-    }
-    shim__fd_forget_range(first, last);
     if (first < (unsigned)lo && REAL(close_range)(first, (unsigned)lo - 1, flags) != 0)
         return -1;
     /* CLOSE_RANGE_UNSHARE, if asked, has been done by the call above, or
@@ -631,11 +640,6 @@ int shim__close_range(unsigned first, unsigned last, int flags)
     if (first >= (unsigned)lo && (flags & CLOSE_RANGE_UNSHARE) &&
         REAL(close_range)(~0u, ~0u, CLOSE_RANGE_UNSHARE) != 0)
         return -1;
-    struct rlimit rl;
-    unsigned top = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (1u << 24)
-                       ? (unsigned)rl.rlim_cur
-                       : (1u << 24);
-    int saved = errno;
     for (unsigned fd = first > (unsigned)lo ? first : (unsigned)lo; fd <= last && fd < top; fd++)
         if (!fs_fd_is_internal((int)fd))
             REAL(close)((int)fd); /* EBADF for the unused ones */

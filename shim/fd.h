@@ -87,6 +87,12 @@ struct shim_fd *shim__fd_peek(int fd);
 /* Forgets fd (it was closed, or is about to be reused). */
 void shim__fd_reset(int fd);
 
+/* What close does before the real call: -1 with EBADF for one of the
+ * runtime's own fds, else wakes its waiters (EBADF), forgets its state
+ * and returns 0. For every call that closes an fd behind glibc's close
+ * (mq_close, close_range). */
+int shim__fd_release(int fd);
+
 /* A new fd: forget whatever the number meant before. */
 void shim__fd_created(int fd);
 

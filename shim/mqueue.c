@@ -144,12 +144,8 @@ SHIM_ALIAS(mq_receive)
 
 int shim__mq_close(mqd_t mq)
 {
-    if (fs_fd_is_internal(mq)) {
-        errno = EBADF; /* the runtime's own fd: not the program's to close */
+    if (shim__fd_release(mq))
         return -1;
-    }
-    fs_fd_close(mq);
-    shim__fd_reset(mq);
     return REAL(mq_close)(mq);
 }
 SHIM_ALIAS(mq_close)
