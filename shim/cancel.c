@@ -24,7 +24,7 @@
  * running fiber through the poke of signal.c: the poke handler, on the
  * fiber's stack, acts on the cancel from the interrupted instruction, as
  * glibc's SIGCANCEL handler does, unless the fiber was inside the shim or
- * the runtime, where it is poked again a millisecond later.
+ * the runtime, where it is poked again 20 us to 1 ms later.
  *
  * Acting: like glibc's __do_cancel, pthread_exit(PTHREAD_CANCELED). It
  * unwinds the fiber's stack with _Unwind_ForcedUnwind of libgcc_s, loaded

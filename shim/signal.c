@@ -309,8 +309,8 @@ int shim__sigaction_wrapped(int sig, const struct sigaction *act, struct sigacti
  * effect when our handler returns, as for a thread), unless the fiber
  * was interrupted inside the runtime or the shim (a spin lock held, a park
  * half made: the program counter is in this library or the vDSO), where
- * no handler may run: then the dispatcher pokes it again a millisecond
- * later. glibc's own SIGCANCEL (SI_TKILL, for a plain thread) never comes
+ * no handler may run: then the dispatcher pokes it again 20 us later,
+ * doubling up to a millisecond while pokes keep landing there. glibc's own SIGCANCEL (SI_TKILL, for a plain thread) never comes
  * here: glibc installs its handler over ours in pthread_cancel, and pokes
  * then do nothing (delivery at the next switch). */
 
@@ -364,7 +364,7 @@ static bool shim__due(struct shim_sigstate *ss)
     return (atomic_load(&ss->pending) | atomic_load(&ss->ppending)) & ~shim__mask_of(ss);
 }
 
-/* Marks the fiber for a poke a millisecond from now (the dispatcher). */
+/* Marks the fiber for another poke by the dispatcher (20 us .. 1 ms). */
 static void shim__repoke_later(struct shim_sigstate *ss)
 {
     if (!atomic_exchange(&ss->repoke, 1))
