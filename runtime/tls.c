@@ -532,19 +532,28 @@ static int fs__tls_libc_cb(struct dl_phdr_info *info, size_t n, void *arg)
     return 1;
 }
 
-/* Whether word w (a pointer read from TLS) is a glibc tcache holding p:
- * tcache_perthread_struct is uint16_t counts[64], then tcache_entry
- * *entries[64], and a freed chunk's entry is its user pointer. */
+/* Whether word w (a pointer read from TLS) is the glibc tcache of the
+ * thread that just ran p = malloc(40); free(p). tcache_perthread_struct
+ * is uint16_t counts[64], then tcache_entry *entries[64] (640 bytes, in
+ * a chunk of its own: 656 bytes with the header), indexed by chunk size
+ * ((size - 32) / 16). After the free the bin of p's size holds p, or,
+ * when malloc filled the bin from the arena's fastbins or small bins
+ * (glibc stashes up to seven chunks of the size it serves there), other
+ * chunks of that size: then p itself went to a fastbin. A program whose
+ * main arena is busy, CPython's, gives the second case. */
 static bool fs__tls_is_tcache(uintptr_t w, void *p)
 {
     if (w < 4096 || w % 16)
         return false;
+    size_t hdr = ((const size_t *)w)[-1] & ~(size_t)7;
+    size_t csz = ((const size_t *)p)[-1] & ~(size_t)7;
+    if (hdr != 64 * sizeof(uint16_t) + 64 * sizeof(void *) + 2 * sizeof(size_t) ||
+        csz < 32 || (csz - 32) / 16 >= 64)
+        return false;
     const uint16_t *counts = (const uint16_t *)w;
     void *const *entries = (void *const *)(w + 64 * sizeof(uint16_t));
-    for (int i = 0; i < 64; i++)
-        if (entries[i] == p)
-            return counts[i] == 1;
-    return false;
+    size_t i = (csz - 32) / 16;
+    return counts[i] >= 1 && entries[i] != NULL;
 }
 
 /* Finds glibc malloc's tcache and arena words (see "malloc" above) by
