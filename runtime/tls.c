@@ -120,8 +120,8 @@
  * never switches inside malloc). Their offsets are not published either:
  * fs__tls_init finds them by running malloc(40) + free() once on a scratch
  * TCB and diffing libc's TLS block. Exactly two words must change: the
- * tcache, recognised by holding the freed chunk in one of its bins with a
- * count of one, and the arena. Anything else refuses per-fiber TLS. When
+ * tcache, recognised by its shape (fs__tls_is_tcache), and the arena.
+ * Anything else refuses per-fiber TLS. When
  * malloc is not glibc's (jemalloc, tcmalloc), it keeps its own per-fiber
  * state and frees it with a TSD destructor, which runs at fiber exit.
  *
@@ -532,28 +532,29 @@ static int fs__tls_libc_cb(struct dl_phdr_info *info, size_t n, void *arg)
     return 1;
 }
 
-/* Whether word w (a pointer read from TLS) is the glibc tcache of the
- * thread that just ran p = malloc(40); free(p). tcache_perthread_struct
- * is uint16_t counts[64], then tcache_entry *entries[64] (640 bytes, in
- * a chunk of its own: 656 bytes with the header), indexed by chunk size
- * ((size - 32) / 16). After the free the bin of p's size holds p, or,
- * when malloc filled the bin from the arena's fastbins or small bins
- * (glibc stashes up to seven chunks of the size it serves there), other
- * chunks of that size: then p itself went to a fastbin. A program whose
- * main arena is busy, CPython's, gives the second case. */
-static bool fs__tls_is_tcache(uintptr_t w, void *p)
+/* Whether word w (a pointer read from TLS) is the glibc tcache the
+ * thread just made. tcache_perthread_struct is uint16_t counts[64], then
+ * tcache_entry *entries[64]: 640 bytes, in a chunk of its own (656 bytes
+ * with its header), where a bin's entry is set exactly when its count is
+ * not zero. What the bins hold after malloc(40) and free() varies: the
+ * freed chunk; or seven others of its size, when malloc filled the bin
+ * from the main arena's fastbins or small bins (a busy heap, CPython's)
+ * and the freed one went to a fastbin; or nothing, with the tcache
+ * tunables (glibc.malloc.tcache_count=0, tcache_max below 40). So the
+ * shape is what is checked, not the contents. */
+static bool fs__tls_is_tcache(uintptr_t w)
 {
     if (w < 4096 || w % 16)
         return false;
-    size_t hdr = ((const size_t *)w)[-1] & ~(size_t)7;
-    size_t csz = ((const size_t *)p)[-1] & ~(size_t)7;
-    if (hdr != 64 * sizeof(uint16_t) + 64 * sizeof(void *) + 2 * sizeof(size_t) ||
-        csz < 32 || (csz - 32) / 16 >= 64)
+    size_t hdr = ((const size_t *)w)[-1] & ~(size_t)7; /* less the flag bits */
+    if (hdr != 64 * sizeof(uint16_t) + 64 * sizeof(void *) + 2 * sizeof(size_t))
         return false;
     const uint16_t *counts = (const uint16_t *)w;
     void *const *entries = (void *const *)(w + 64 * sizeof(uint16_t));
-    size_t i = (csz - 32) / 16;
-    return counts[i] >= 1 && entries[i] != NULL;
+    for (int i = 0; i < 64; i++)
+        if ((counts[i] == 0) != (entries[i] == NULL))
+            return false;
+    return true;
 }
 
 /* Finds glibc malloc's tcache and arena words (see "malloc" above) by
@@ -628,7 +629,7 @@ static bool fs__tls_probe_malloc(void)
                 continue;
             nchanged++;
             ptrdiff_t off = l.tpoff + (ptrdiff_t)(i * sizeof w);
-            if (!tcache && fs__tls_is_tcache(w, p))
+            if (!tcache && fs__tls_is_tcache(w))
                 tcache = off;
             else
                 other = off;

@@ -7,11 +7,15 @@
  * fastbins, and the chunk it frees next goes to a fastbin, not to the
  * tcache. The shim's probe for glibc's per-thread malloc words once took
  * that for a malloc it did not know and turned per-fiber TLS off: threads
- * sharing a kernel thread then shared their __thread variables.
+ * sharing a kernel thread then shared their __thread variables. So did
+ * the tcache tunables (an empty tcache). The program runs once as it is,
+ * then again, by exec, with GLIBC_TUNABLES=glibc.malloc.tcache_count=0
+ * and again with glibc.malloc.tcache_max=16.
  */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 enum { NTHREADS = 16, ROUNDS = 20, NCHUNKS = 256 };
@@ -39,7 +43,7 @@ static void *worker(void *arg)
     return (void *)(long)bad;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     /* Free chunks of 48 bytes in the main arena, each between two chunks
      * in use so that they cannot coalesce: seven fill main's own tcache,
@@ -70,9 +74,24 @@ int main(void)
             bad = 1;
         }
     }
-    printf("%d threads, %d rounds: __thread variables %s\n", NTHREADS, ROUNDS,
-           bad ? "shared" : "per thread");
+    printf("%s: %d threads, %d rounds: __thread variables %s\n",
+           argc > 1 ? argv[1] : "default malloc", NTHREADS, ROUNDS, bad ? "shared" : "per thread");
     for (int i = 0; i < NCHUNKS; i++)
         free(keep[i]);
+    fflush(stdout);
+
+    static const char *const next[][2] = {
+        {"default malloc", "glibc.malloc.tcache_count=0"},
+        {"glibc.malloc.tcache_count=0", "glibc.malloc.tcache_max=16"},
+    };
+    const char *me = argc > 1 ? argv[1] : "default malloc";
+    for (size_t i = 0; i < sizeof next / sizeof next[0]; i++) {
+        if (strcmp(me, next[i][0]) != 0)
+            continue;
+        setenv("GLIBC_TUNABLES", next[i][1], 1);
+        execl("/proc/self/exe", argv[0], next[i][1], (char *)NULL);
+        perror("exec");
+        return 1;
+    }
     return 0;
 }
