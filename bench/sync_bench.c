@@ -16,19 +16,25 @@
  *                 from one side's wake to the other side running
  *   broadcast     64 threads meeting at a mutex + condvar barrier (the last
  *                 one broadcasts with the mutex held), rounds/s
+ *   gil           CPython's GIL hand-over (timed condvar waits, forced
+ *                 switching): main gives it up for a 1 ms sleep and takes
+ *                 it back from 4 computing threads, 40 times; seconds
  *
- * Measurements run on created threads (under the shim: fibers).
+ * Measurements run on created threads (under the shim: fibers), but for
+ * gil's, where main is the thread measured.
  *
  *   sync_bench                  the table (medians of 5)
  *   sync_bench ROW [N]          one row, N runs (default 10), each run's
  *                               figure on its own line, then min/median/max;
  *                               ROW: uncontended, pingpong, pool, contention,
- *                               futex, broadcast. The contention target is on the
+ *                               futex, broadcast, gil. The contention target is on the
  *                               worst run, which the medians hide.
  */
+#include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -318,6 +324,121 @@ static double futex_handover(void)
     return (now_s() - t0) * 1e9 / (2.0 * FX_ROUNDS);
 }
 
+/* ---- GIL hand-back -------------------------------------------------------------- */
+
+/* CPython's GIL (Python/ceval_gil.h, FORCE_SWITCHING): a mutex, a flag and
+ * a condvar; a waiter times out every 5 ms and then asks the holder to
+ * drop it; a holder that drops on request waits until another thread has
+ * taken it. GIL_SPINNERS threads compute holding it; main (CPython's
+ * main thread, doing I/O) gives it up for a 1 ms sleep GIL_ROUNDS times
+ * and takes it back. Result: seconds for the rounds. Run by main, unlike
+ * the other rows: main is where CPython does it, and under the shim main
+ * keeps a kernel thread of its own. The switch condvar is signalled under
+ * its mutex (CPython 3.11 signals it without), so that no wake is lost
+ * when a run ends. */
+#define GIL_SPINNERS 4
+#define GIL_ROUNDS 40
+
+static pthread_mutex_t gil_m = PTHREAD_MUTEX_INITIALIZER, gil_sw_m = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gil_c, gil_sw_c = PTHREAD_COND_INITIALIZER;
+static atomic_int gil_locked, gil_drop, gil_stop;
+static atomic_long gil_holder;
+static unsigned long gil_switches; /* under gil_m */
+
+static void gil_take(long me)
+{
+    pthread_mutex_lock(&gil_m);
+    while (atomic_load(&gil_locked)) {
+        unsigned long saved = gil_switches;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 5000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        if (pthread_cond_timedwait(&gil_c, &gil_m, &ts) == ETIMEDOUT &&
+            atomic_load(&gil_locked) && gil_switches == saved)
+            atomic_store(&gil_drop, 1);
+    }
+    atomic_store(&gil_locked, 1);
+    if (atomic_load(&gil_holder) != me) {
+        atomic_store(&gil_holder, me);
+        gil_switches++;
+    }
+    pthread_mutex_lock(&gil_sw_m);
+    pthread_cond_signal(&gil_sw_c);
+    pthread_mutex_unlock(&gil_sw_m);
+    atomic_store(&gil_drop, 0);
+    pthread_mutex_unlock(&gil_m);
+}
+
+static void gil_give(long me)
+{
+    pthread_mutex_lock(&gil_m);
+    atomic_store(&gil_locked, 0);
+    pthread_cond_signal(&gil_c);
+    pthread_mutex_unlock(&gil_m);
+    if (atomic_load(&gil_drop)) {
+        pthread_mutex_lock(&gil_sw_m);
+        if (atomic_load(&gil_holder) == me) {
+            atomic_store(&gil_drop, 0);
+            pthread_cond_wait(&gil_sw_c, &gil_sw_m);
+        }
+        pthread_mutex_unlock(&gil_sw_m);
+    }
+}
+
+static void *gil_spinner(void *arg)
+{
+    long me = (long)arg;
+    volatile unsigned long x = 0;
+    gil_take(me);
+    while (!atomic_load(&gil_stop)) {
+        for (int i = 0; i < 1000; i++)
+            x++;
+        if (atomic_load(&gil_drop)) {
+            gil_give(me);
+            gil_take(me);
+        }
+    }
+    gil_give(me);
+    return NULL;
+}
+
+static double gil_handback(void)
+{
+    static bool once;
+    if (!once) {
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&gil_c, &ca);
+        once = true;
+    }
+    atomic_store(&gil_stop, 0);
+    atomic_store(&gil_drop, 0);
+    pthread_t t[GIL_SPINNERS];
+    gil_take(0);
+    for (long i = 0; i < GIL_SPINNERS; i++) {
+        gil_give(0);
+        t[i] = spawn(gil_spinner, (void *)(i + 1));
+        gil_take(0);
+    }
+    double t0 = now_s();
+    for (int r = 0; r < GIL_ROUNDS; r++) {
+        gil_give(0);
+        usleep(1000);
+        gil_take(0);
+    }
+    double s = now_s() - t0;
+    atomic_store(&gil_stop, 1);
+    gil_give(0);
+    for (int i = 0; i < GIL_SPINNERS; i++)
+        pthread_join(t[i], NULL);
+    return s;
+}
+
 static int cmp_run(const void *a, const void *b)
 {
     return cmp(a, b);
@@ -326,16 +447,16 @@ static int cmp_run(const void *a, const void *b)
 /* One row, n runs. */
 static int one_row(const char *name, int n)
 {
-    static const char *const names[] = {"uncontended", "pingpong", "pool",
-                                        "contention",  "futex",    "broadcast"};
-    static const char *const units[] = {"ns", "ns", "items/s", "ops/s", "ns", "rounds/s"};
+    static const char *const names[] = {"uncontended", "pingpong",  "pool", "contention",
+                                        "futex",       "broadcast", "gil"};
+    static const char *const units[] = {"ns", "ns", "items/s", "ops/s", "ns", "rounds/s", "s"};
     int k = -1;
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         if (strcmp(name, names[i]) == 0)
             k = i;
     if (k < 0 || n < 1 || n > 1000) {
-        fprintf(stderr, "usage: sync_bench [uncontended|pingpong|pool|contention|futex|broadcast "
-                        "[runs]]\n");
+        fprintf(stderr, "usage: sync_bench [uncontended|pingpong|pool|contention|futex|broadcast|"
+                        "gil [runs]]\n");
         return 2;
     }
     double *v = calloc((size_t)n, sizeof *v);
@@ -346,14 +467,16 @@ static int one_row(const char *name, int n)
         case 2: v[r] = pool(); break;
         case 3: v[r] = contention(); break;
         case 4: v[r] = futex_handover(); break;
-        default: v[r] = broadcast(); break;
+        case 5: v[r] = broadcast(); break;
+        default: v[r] = gil_handback(); break;
         }
-        printf("%s run %d: %.1f %s\n", name, r + 1, v[r], units[k]);
+        printf("%s run %d: %.*f %s\n", name, r + 1, k == 6 ? 3 : 1, v[r], units[k]);
         fflush(stdout);
     }
     qsort(v, (size_t)n, sizeof *v, cmp_run);
-    printf("%s: min %.1f median %.1f max %.1f %s (%d runs)\n", name, v[0], v[n / 2], v[n - 1],
-           units[k], n);
+    int d = k == 6 ? 3 : 1;
+    printf("%s: min %.*f median %.*f max %.*f %s (%d runs)\n", name, d, v[0], d, v[n / 2], d,
+           v[n - 1], units[k], n);
     free(v);
     return 0;
 }
@@ -362,7 +485,7 @@ int main(int argc, char **argv)
 {
     if (argc > 1)
         return one_row(argv[1], argc > 2 ? atoi(argv[2]) : 10);
-    double u[REPS], pp[REPS], pl[REPS], ct[REPS], fx[REPS], bc[REPS];
+    double u[REPS], pp[REPS], pl[REPS], ct[REPS], fx[REPS], bc[REPS], gl[REPS];
     for (int r = 0; r < REPS; r++) {
         pthread_join(spawn(uncontended, &u[r]), NULL);
         pp[r] = ping_pong();
@@ -370,8 +493,10 @@ int main(int argc, char **argv)
         ct[r] = contention();
         fx[r] = futex_handover();
         bc[r] = broadcast();
-        fprintf(stderr, "rep %d: %.1f ns, %.0f ns, %.0f items/s, %.0f ops/s, %.0f ns, %.0f rounds/s\n",
-                r + 1, u[r], pp[r], pl[r], ct[r], fx[r], bc[r]);
+        gl[r] = gil_handback();
+        fprintf(stderr,
+                "rep %d: %.1f ns, %.0f ns, %.0f items/s, %.0f ops/s, %.0f ns, %.0f rounds/s, %.3f s\n",
+                r + 1, u[r], pp[r], pl[r], ct[r], fx[r], bc[r], gl[r]);
     }
     printf("| benchmark | result |\n|---|---|\n");
     printf("| uncontended lock+unlock | %.1f ns |\n", median(u));
@@ -381,5 +506,8 @@ int main(int argc, char **argv)
     printf("| raw futex hand-over (FUTEX_WAKE to the waiter running) | %.0f ns |\n", median(fx));
     printf("| %d-thread mutex + condvar barrier (broadcast under the mutex) | %.0f rounds/s |\n",
            BC_THREADS, median(bc));
+    printf("| GIL hand-back: main takes a CPython-style GIL back from %d computing threads after a 1 ms "
+           "sleep, %d times | %.3f s |\n",
+           GIL_SPINNERS, GIL_ROUNDS, median(gl));
     return 0;
 }

@@ -98,6 +98,7 @@ void fs_atfork_child(void)
     }
     fs__tls_sched = NULL;
     fs__timers_reserve_reset();
+    fs__timers_watch_reset();
     fs__monitor_atfork_child();
     fs__timers_reserve(atomic_load(&fs__g.live));
     if (!self) {

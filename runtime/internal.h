@@ -152,6 +152,7 @@ struct fs_sched_stats {
     _Atomic uint64_t switches, steals, spins, sleeps, wakes_sent;
     _Atomic uint64_t parks[FS_PARK_NREASONS];
     _Atomic uint64_t epoll_waits, epoll_ctls, timers_armed, timers_fired;
+    _Atomic uint64_t timers_stolen, strands_taken; /* counted by the taker */
     _Atomic uint64_t syscalls_made, syscalls_avoided, fibers_run, busy_ns;
 };
 
@@ -237,6 +238,14 @@ struct fs_sched {
     _Atomic int64_t busy_since;
     uint32_t rng;                /* victim selection */
     struct fs_sched_stats st;
+    /* Owner: the other carrier's runnext occupant it saw last, with that
+     * carrier's switch count and when (sched.c, fs__runnext_strand). */
+    struct fs_strand_seen {
+        struct fs_sched *v;
+        struct fs_fiber *f;
+        uint64_t switches;
+        int64_t since;
+    } strand;
 #ifdef FS_TSAN
     void *tsan;                  /* TSan fiber of the idle loop (tsan.h) */
 #endif
@@ -352,7 +361,14 @@ void fs__timers_reserve_sched(struct fs_sched *s);
 void fs__timers_reserve_reset(void);
 int64_t fs__now_coarse(void);
 bool fs__unpark_as(struct fs_fiber *f, fs_park_token tok, int how);
-void fs__timers_run(struct fs_sched *s, int64_t now);
+unsigned fs__timers_run(struct fs_sched *s, int64_t now);
+
+/* timer_watch.c: idle carriers fire the due timers of busy ones. */
+bool fs__timers_steal(struct fs_sched *s);
+int64_t fs__timers_watch_begin(struct fs_sched *s);
+void fs__timers_watch_end(struct fs_sched *s);
+void fs__timers_watch_note(struct fs_sched *s, int64_t dl);
+void fs__timers_watch_reset(void);
 
 /* ---- CPU time of fibers (cputime.c) -------------------------------------
  *

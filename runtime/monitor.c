@@ -148,6 +148,7 @@ static bool fs__mon_rescue(struct fs_sched *s, int64_t now)
      * handler answered just before it started spinning). */
     struct fs_fiber *f = fs__runnext_steal(s);
     if (f) {
+        atomic_fetch_add_explicit(&s->st.strands_taken, 1, memory_order_relaxed);
         fs__global_push(f);
         return true;
     }
@@ -214,6 +215,22 @@ static void *fs__monitor(void *arg)
             } else {
                 busy = true;
                 v[i].stuck = now - v[i].since >= FS_STUCK_NS && fs__mon_judge(&v[i], s, now);
+                /* No switch for a whole sample, so the fiber its runnext
+                 * holds has waited that long behind a fiber that readied
+                 * it and went on running (a signal-and-go-on: CPython's
+                 * GIL hand-over). An idle carrier takes such a fiber when
+                 * it is awake to see it (fs__runnext_strand); a sleeping
+                 * one is woken for it here, before the stuck verdict. */
+                if (!v[i].stuck && !s->exclusive &&
+                    atomic_load_explicit(&s->runnext, memory_order_relaxed) &&
+                    atomic_load_explicit(&fs__g.nsleeping, memory_order_relaxed)) {
+                    struct fs_fiber *f = fs__runnext_steal(s);
+                    if (f) {
+                        atomic_fetch_add_explicit(&s->st.strands_taken, 1, memory_order_relaxed);
+                        fs__global_push(f);
+                        fs__wakep();
+                    }
+                }
             }
             if (atomic_load_explicit(&s->mon_stuck, memory_order_relaxed) != v[i].stuck)
                 atomic_store_explicit(&s->mon_stuck, v[i].stuck, memory_order_relaxed);

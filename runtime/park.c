@@ -175,10 +175,15 @@ static void fs__timer_arm(struct fs_sched *s, struct fs_fiber *f, fs_park_token 
     fs__spin_lock(&s->timer_lock);
     int rc = fs__timer_heap_insert(&s->timers, &f->timer);
     FS_CHECK(rc == 0); /* room was reserved at spawn (fs__timers_reserve) */
-    atomic_store_explicit(&s->next_deadline, fs__timer_heap_min(&s->timers)->deadline,
-                          memory_order_relaxed);
+    int64_t min = fs__timer_heap_min(&s->timers)->deadline;
+    /* seq_cst: read by a watcher after it published its deadline (timer_watch.c) */
+    atomic_store_explicit(&s->next_deadline, min, memory_order_seq_cst);
     fs__spin_unlock(&s->timer_lock);
     fs__stat_inc(&s->st.timers_armed);
+    /* s is busy (its fiber is parking): a sleeping carrier watches its
+     * deadlines, in case the next fiber here computes for long. */
+    if (min == dl && !s->exclusive)
+        fs__timers_watch_note(s, dl);
 }
 
 static void fs__timer_disarm(struct fs_fiber *f)
@@ -194,12 +199,15 @@ static void fs__timer_disarm(struct fs_fiber *f)
     fs__spin_unlock(&s->timer_lock);
 }
 
-/* Fires every due timer of s. The park-word transition happens under the
- * timer lock: once a fiber has disarmed its timer (also under the lock)
- * no timer of ours can touch it, even if it then exits and is freed. */
-void fs__timers_run(struct fs_sched *s, int64_t now)
+/* Fires every due timer of s; returns how many fibers it woke. Any
+ * thread: s's carrier, an idle carrier (timer_watch.c), the monitor. The
+ * park-word transition happens under the timer lock: once a fiber has
+ * disarmed its timer (also under the lock) no timer of ours can touch it,
+ * even if it then exits and is freed. */
+unsigned fs__timers_run(struct fs_sched *s, int64_t now)
 {
     struct fs_fiber *wake = NULL;
+    unsigned n = 0;
     fs__spin_lock(&s->timer_lock);
     for (;;) {
         struct fs_timer *t = fs__timer_heap_min(&s->timers);
@@ -222,7 +230,9 @@ void fs__timers_run(struct fs_sched *s, int64_t now)
         struct fs_fiber *f = wake;
         wake = f->next;
         fs__ready(f);
+        n++;
     }
+    return n;
 }
 
 /* ---- parking ----------------------------------------------------------- */

@@ -332,6 +332,8 @@ void fs_stats_get(struct fs_stats *st)
         st->epoll_ctl_calls += LD(c->epoll_ctls);
         st->timers_armed += LD(c->timers_armed);
         st->timers_fired += LD(c->timers_fired);
+        st->timers_stolen += LD(c->timers_stolen);
+        st->strands_taken += LD(c->strands_taken);
         st->syscalls_avoided += LD(c->syscalls_avoided);
         st->syscalls_made += LD(c->syscalls_made);
     }

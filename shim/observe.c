@@ -64,6 +64,8 @@ static void shim__stats_write(int fd)
     P("epoll_ctl_calls", st.epoll_ctl_calls);
     P("timers_armed", st.timers_armed);
     P("timers_fired", st.timers_fired);
+    P("timers_stolen", st.timers_stolen);
+    P("strands_taken", st.strands_taken);
     P("syscalls_made", st.syscalls_made);
     P("syscalls_avoided", st.syscalls_avoided);
     P("monitor_harvests", st.monitor_harvests);

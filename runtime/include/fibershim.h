@@ -568,6 +568,9 @@ struct fs_stats {
     uint64_t epoll_ctl_calls;
     uint64_t timers_armed;
     uint64_t timers_fired;
+    uint64_t timers_stolen;    /* due timers of a busy carrier fired by an idle one */
+    uint64_t strands_taken;    /* fibers taken from the runnext slot of a carrier whose
+                                * fiber readied them and went on running */
     uint64_t syscalls_made;    /* I/O syscalls issued on behalf of fibers */
     uint64_t syscalls_avoided; /* I/O attempts skipped because fd known not ready */
     uint64_t monitor_harvests; /* epoll harvests the monitor made for a stuck carrier */

@@ -26,7 +26,8 @@
 #            real, effective, saved and fs uid and gid; the parent stays root
 #   answers  GET /hello.txt is 200 with the static file's body, twice on
 #            one keep-alive connection; GET /missing is 404 (2l: both ports)
-#   load-cN  wrk -t2 -cN -d3s: at least one request, no socket error, no
+#   load-cN  wrk -t2 -cN -d3s: at least one request, no socket error (plain
+#            threads: timeouts are noted, not failed), no
 #            non-2xx answer (2l: 50 connections on each port at once)
 #   alive    the same two children live after the load (none died or was
 #            replaced, no "exit signal" in the error log), and answer again
@@ -251,20 +252,33 @@ load() {
         wrks+=($!)
         i=$((i + 1))
     done
+    local note=""
     for i in "${!wrks[@]}"; do
         wait "${wrks[$i]}"
         rc=$?
         local out="$tmp/$tag.wrk$c.$i"
         n=$(awk '/requests in/ { print $1 }' "$out")
-        if [ $rc -ne 0 ] || [ -z "$n" ] || [ "$n" -eq 0 ] || grep -qE 'Socket errors|Non-2xx' "$out"; then
-            bad="$bad port ${ports[$i]}: wrk rc $rc, ${n:-no} requests $(grep -E 'Socket errors|Non-2xx' "$out" | tr '\n' ' ');"
+        local errs
+        errs=$(grep -E 'Socket errors|Non-2xx' "$out" | tr '\n' ' ')
+        # Plain threads are the reference, not what is tested: requests
+        # that waited over 2 s for one of plain Apache's 1,200 threads on
+        # a machine loaded by the tests running beside this one (207 of
+        # 64,000 at 1,000 connections, once in CI) are noted, not failed.
+        # Any other error fails the plain run too, and under the shim a
+        # timeout is a failure.
+        if [ "$tag" = plain ] && [ $rc -eq 0 ] && [ "${n:-0}" -gt 0 ] &&
+            ! grep -q 'Non-2xx' "$out" &&
+            grep -qE '^ *Socket errors: connect 0, read 0, write 0, timeout [0-9]+ *$' "$out"; then
+            note="$note port ${ports[$i]}: $n requests, $errs"
+        elif [ $rc -ne 0 ] || [ -z "$n" ] || [ "$n" -eq 0 ] || [ -n "$errs" ]; then
+            bad="$bad port ${ports[$i]}: wrk rc $rc, ${n:-no} requests $errs;"
         fi
     done
     if [ -n "$bad" ]; then
         result "$tag/load-c$c" 0 "$bad$(alive || echo " server died: $(log_tail)")"
         return 1
     fi
-    result "$tag/load-c$c" 1 ""
+    result "$tag/load-c$c" 1 "${note:+plain threads too slow for some:$note}"
 }
 
 after_load() {
