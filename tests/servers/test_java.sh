@@ -38,7 +38,7 @@ XFAIL=""
 . "$(dirname "$0")/lib.sh"
 
 if [ -z "$lib" ] || [ ! -f "$lib" ]; then die "the shim library '$lib' is not built"; fi
-[ -f "$src/Conf.java" ] && [ -f "$src/Srv.java" ] || die "Java sources not found in '$src'"
+if [ ! -f "$src/Conf.java" ] || [ ! -f "$src/Srv.java" ]; then die "Java sources not found in '$src'"; fi
 need_pkg() { # COMMAND PACKAGE
     command -v "$1" >/dev/null 2>&1 || die "missing package: $2 ($1 not found; apt-get install $2)"
 }
@@ -156,7 +156,7 @@ load() {
     local w=$!
     if [ "$c" -ge 1000 ]; then
         sleep 2
-        nthreads=$(ls "/proc/$pid/task" 2>/dev/null | wc -l)
+        nthreads=$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
     fi
     wait $w
     local rc=$? n errs
