@@ -63,12 +63,6 @@ fails=0
 if [ -z "$lib" ] || [ ! -f "$lib" ]; then die "the shim library '$lib' is not built"; fi
 [ -f "$conf" ] || die "Apache config '$conf' not found"
 conf=$(cd "$(dirname "$conf")" && pwd)/$(basename "$conf") # apache2 -f reads it from ServerRoot
-need_pkg() { # COMMAND-OR-FILE PACKAGE
-    case $1 in
-        /*) [ -e "$1" ] ;;
-        *) command -v "$1" >/dev/null 2>&1 ;;
-    esac || die "missing package: $2 ($1 not found; apt-get install $2)"
-}
 need_pkg apache2 apache2
 need_pkg /usr/lib/apache2/modules/mod_mpm_worker.so apache2
 need_pkg wrk wrk
@@ -115,6 +109,8 @@ log_tail() {
         tail -3 | cut -c1-200 | tr '\n' ' '
     tail -c 300 "$tmp/$tag.err" 2>/dev/null | tr '\n' ' '
 }
+# What answers_at (lib.sh) quotes when the server died.
+err_tail() { log_tail; }
 free_port() {
     local p i
     for i in $(seq 50); do
@@ -211,17 +207,8 @@ privs() {
 
 # The static file twice on one connection, and a 404, on port $1.
 answers_port() {
-    local name=$1 p=$2 url got
-    url="http://127.0.0.1:$p"
-    got=$(timeout 6 curl -s -m 5 -w '|%{http_code}|%{num_connects}\n' "$url/hello.txt" "$url/hello.txt" \
-        "$url/missing" -o "$tmp/b1" -o "$tmp/b2" -o /dev/null 2>&1)
-    local want='|200|1
-|200|0
-|404|0'
-    if [ "$got" != "$want" ]; then
-        result "$name" 0 "port $p: curl said '$(echo "$got" | tr '\n' ' ')', wanted 200, 200 on the same connection, 404$(alive || echo "; server died: $(log_tail)")"
-        return 1
-    fi
+    local name=$1 p=$2
+    answers_at "$name" "$p" /hello.txt || return 1
     if ! cmp -s "$tmp/b1" "$tmp/hello.txt" || ! cmp -s "$tmp/b2" "$tmp/hello.txt"; then
         result "$name" 0 "port $p: wrong body: '$(head -c 100 "$tmp/b1")'"
         return 1

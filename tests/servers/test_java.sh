@@ -15,7 +15,8 @@
 #                 connection HTTP server on blocking sockets.
 # Checks, each named SERVER/CHECK:
 #   start    "listening PORT" within 30 s
-#   answers  GET / is 200 with the fixed body, twice on one connection
+#   answers  GET / is 200 with the fixed body, twice on one connection,
+#            then GET /missing is 404
 #   load-cN  wrk -t2 -cN -d3s --timeout 2s (after a 2 s warm-up of the JIT
 #            at the same N): at least one request, no socket error, no
 #            non-2xx answer (plain threads: timeouts are noted, not failed)
@@ -39,24 +40,13 @@ XFAIL=""
 
 if [ -z "$lib" ] || [ ! -f "$lib" ]; then die "the shim library '$lib' is not built"; fi
 if [ ! -f "$src/Conf.java" ] || [ ! -f "$src/Srv.java" ]; then die "Java sources not found in '$src'"; fi
-need_pkg() { # COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 || die "missing package: $2 ($1 not found; apt-get install $2)"
-}
 need_pkg java openjdk-17-jdk-headless
 need_pkg javac openjdk-17-jdk-headless
 need_pkg wrk wrk
 need_pkg curl curl
 need_pkg timeout coreutils
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/fibershim-java.XXXXXX") || die "mktemp"
-pid=
-cleanup() {
-    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
-    rm -rf -- "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_tmp java
 # The JVM writes hsperfdata and may write crash logs under these.
 export HOME=$tmp TMPDIR=$tmp
 # Enough descriptors for 1,000 connections.
@@ -101,46 +91,9 @@ fi
 start() {
     tag=$1
     shift
-    port=
     env "$@" java -Xss512k -cp "$tmp" Srv 0 >"$tmp/$tag.out" 2>"$tmp/$tag.err" </dev/null &
     pid=$!
-    local t=0
-    while [ $t -lt 60 ]; do
-        port=$(sed -n 's/^listening \([0-9][0-9]*\)$/\1/p' "$tmp/$tag.out" 2>/dev/null)
-        [ -n "$port" ] && break
-        alive || break
-        sleep 0.5
-        t=$((t + 1))
-    done
-    if [ -n "$port" ]; then
-        result "$tag/start" 1 ""
-        return 0
-    fi
-    if alive; then
-        result "$tag/start" 0 "not listening after 30 s"
-        kill -KILL "$pid" 2>/dev/null
-    else
-        result "$tag/start" 0 "died while starting: $(err_tail)"
-    fi
-    wait "$pid" 2>/dev/null
-    pid=
-    return 1
-}
-
-answers() {
-    local name=$1 url="http://127.0.0.1:$port" got
-    got=$(timeout 6 curl -s -m 5 -w '|%{http_code}|%{num_connects}\n' "$url/" "$url/" \
-        -o "$tmp/b1" -o "$tmp/b2" 2>&1)
-    if [ "$got" != "|200|1
-|200|0" ]; then
-        result "$name" 0 "curl said '$(echo "$got" | tr '\n' ' ')', wanted 200 twice on one connection$(alive || echo "; server died: $(err_tail)")"
-        return 1
-    fi
-    if [ "$(cat "$tmp/b1")" != "Hello, world" ] || ! cmp -s "$tmp/b1" "$tmp/b2"; then
-        result "$name" 0 "wrong body: '$(head -c 100 "$tmp/b1")'"
-        return 1
-    fi
-    result "$name" 1 ""
+    await_listening "$tmp/$tag.out" 30
 }
 
 # load C: a JIT warm-up at C connections, then the measured run; for the
@@ -211,11 +164,11 @@ stop() {
 
 server() { # TAG ENV...
     start "$@" || return
-    answers "$tag/answers"
+    answers "$tag/answers" "Hello, world"
     load 10
     load 100
     load 1000
-    answers "$tag/alive"
+    answers "$tag/alive" "Hello, world"
     stop
 }
 

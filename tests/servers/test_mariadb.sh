@@ -66,10 +66,6 @@ t0=$(date +%s)
 . "$(dirname "$0")/lib.sh"
 
 if [ -z "$lib" ] || [ ! -f "$lib" ]; then die "the shim library '$lib' is not built"; fi
-need_pkg() { # COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ||
-        die "missing package: $2 ($1 not found; apt-get install $2)"
-}
 need_pkg mariadbd mariadb-server
 need_pkg mariadb-install-db mariadb-server
 need_pkg mariadb mariadb-client
