@@ -351,28 +351,25 @@ static bool fs__others_have_work(struct fs_sched *s)
  * connections here, fibers moving away from their warm carrier. */
 #define FS_STRAND_NS (50 * 1000)
 
+/* Whether what s saw last (seen->v's slot holding seen->f, with no switch
+ * of seen->v since) still holds. */
+static bool fs__strand_still(const struct fs_strand_seen *seen)
+{
+    struct fs_sched *v = seen->v;
+    return v && atomic_load_explicit(&v->runnext, memory_order_relaxed) == seen->f &&
+           atomic_load_explicit(&v->st.switches, memory_order_relaxed) == seen->switches &&
+           !atomic_load_explicit(&v->sleeping, memory_order_relaxed);
+}
+
 static bool fs__runnext_strand(struct fs_sched *s)
 {
     struct fs_strand_seen *seen = &s->strand;
-    unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
-    int64_t now = 0;
-    for (unsigned i = 0; i < n; i++) {
-        struct fs_sched *v = fs__g.scheds[i];
-        if (v == s || v->exclusive || atomic_load_explicit(&v->sleeping, memory_order_relaxed))
-            continue;
-        struct fs_fiber *f = atomic_load_explicit(&v->runnext, memory_order_relaxed);
-        if (!f)
-            continue;
-        uint64_t sw = atomic_load_explicit(&v->st.switches, memory_order_relaxed);
-        if (!now)
-            now = fs_now();
-        if (seen->v != v || seen->f != f || seen->switches != sw) {
-            if (seen->v == v || !seen->v) /* a new occupant, or a first look */
-                *seen = (struct fs_strand_seen){v, f, sw, now};
-            continue;
-        }
-        if (now - seen->since < FS_STRAND_NS)
-            continue;
+    if (seen->v && !fs__strand_still(seen))
+        seen->v = NULL; /* taken, or its carrier switched: look again */
+    if (seen->v) {
+        if (fs_now() - seen->since < FS_STRAND_NS)
+            return false;
+        struct fs_sched *v = seen->v;
         seen->v = NULL;
         struct fs_fiber *g = fs__runnext_steal(v);
         if (!g)
@@ -382,6 +379,19 @@ static bool fs__runnext_strand(struct fs_sched *s)
         if (old)
             fs__queue_local(s, old);
         return true;
+    }
+    /* Nothing watched: the first busy carrier with an occupied slot. */
+    unsigned n = atomic_load_explicit(&fs__g.nstarted, memory_order_acquire);
+    for (unsigned i = 0; i < n; i++) {
+        struct fs_sched *v = fs__g.scheds[i];
+        if (v == s || v->exclusive || atomic_load_explicit(&v->sleeping, memory_order_relaxed))
+            continue;
+        struct fs_fiber *f = atomic_load_explicit(&v->runnext, memory_order_relaxed);
+        if (f) {
+            *seen = (struct fs_strand_seen){v, f, atomic_load_explicit(&v->st.switches, memory_order_relaxed),
+                                            fs_now()};
+            break;
+        }
     }
     return false;
 }
@@ -394,10 +404,7 @@ static bool fs__runnext_strand(struct fs_sched *s)
 static int64_t fs__runnext_strand_deadline(struct fs_sched *s)
 {
     struct fs_strand_seen *seen = &s->strand;
-    struct fs_sched *v = seen->v;
-    if (!v || atomic_load_explicit(&v->runnext, memory_order_relaxed) != seen->f ||
-        atomic_load_explicit(&v->st.switches, memory_order_relaxed) != seen->switches ||
-        fs_now() - seen->since < 5000)
+    if (!fs__strand_still(seen) || fs_now() - seen->since < 5000)
         return INT64_MAX;
     return seen->since + FS_STRAND_NS;
 }
