@@ -43,6 +43,7 @@ static bool compute_until(atomic_bool *flag)
 static atomic_bool timer_woke;
 static atomic_bool computer_saw_it;
 static _Atomic(uint64_t *) computer_carrier, sleeper_carrier;
+static _Atomic int64_t sleeper_late; /* ns from its deadline to its waking */
 
 static void *computer(void *arg)
 {
@@ -62,7 +63,9 @@ static void *sleeper(void *arg)
     fs_fiber *x;
     FCHECK(fs_spawn(&x, computer, &timer_woke, NULL) == 0);
     atomic_store(&sleeper_carrier, fs_carrier_local());
-    FCHECK(fs_sleep_until(fs_now() + 2 * MS) == 0);
+    int64_t deadline = fs_now() + 2 * MS;
+    FCHECK(fs_sleep_until(deadline) == 0);
+    atomic_store(&sleeper_late, fs_now() - deadline);
     atomic_store(&timer_woke, true);
     FCHECK(fs_join(x, NULL, FS_NO_DEADLINE) == 0);
     return NULL;
@@ -70,7 +73,11 @@ static void *sleeper(void *arg)
 
 /* The placement can fail on a loaded machine (an idle carrier may take X
  * before P parks, if P's kernel thread is preempted in between): then P's
- * timer is not behind a computing fiber, and the case is run again. */
+ * timer is not behind a computing fiber, and the case is run again. So is
+ * a run where the monitor fired the timer, 8 ms late or more, before the
+ * idle carrier's kernel thread got a CPU (10 copies of this test at once
+ * on 2 CPUs did that once in 10). Without an idle carrier that fires it,
+ * every run is that late: the monitor needs 10 ms without a switch. */
 Test(timer_watch, a_computing_carriers_timer_fires_on_the_idle_one)
 {
     start();
@@ -82,17 +89,22 @@ Test(timer_watch, a_computing_carriers_timer_fires_on_the_idle_one)
         FCHECK_REPORT();
         cr_assert(atomic_load(&computer_saw_it), "the sleeper woke only once X had computed 5 s");
         fs_stats_get(&after);
-        cr_log_info("attempt %d: X %s the sleeper's carrier; timers fired %lu, by an idle carrier %lu",
+        uint64_t stolen = after.timers_stolen - before.timers_stolen;
+        int64_t late = atomic_load(&sleeper_late);
+        cr_log_info("attempt %d: X %s the sleeper's carrier; timers fired %lu, by an idle carrier %lu; "
+                    "woke %.2f ms late",
                     attempt, atomic_load(&computer_carrier) == atomic_load(&sleeper_carrier) ? "on" : "not on",
-                    (unsigned long)(after.timers_fired - before.timers_fired),
-                    (unsigned long)(after.timers_stolen - before.timers_stolen));
+                    (unsigned long)(after.timers_fired - before.timers_fired), (unsigned long)stolen,
+                    late / 1e6);
         if (atomic_load(&computer_carrier) != atomic_load(&sleeper_carrier))
             continue;
-        cr_assert_geq(after.timers_stolen - before.timers_stolen, 1,
-                      "no idle carrier fired the busy one's timer");
+        if (stolen == 0 && late >= 8 * MS)
+            continue;
+        cr_assert_geq(stolen, 1, "the timer fired %.2f ms late, and no idle carrier fired it", late / 1e6);
         return;
     }
-    cr_assert_fail("X never computed on the sleeper's carrier in 10 attempts");
+    cr_assert_fail("in 10 attempts, X never computed on the sleeper's carrier with the timer fired by "
+                   "an idle carrier");
 }
 
 /* ---- strands -------------------------------------------------------------- */
