@@ -114,9 +114,17 @@ static void *crowd_member(void *arg)
     return NULL;
 }
 
+/* No handoff, so no monitor (one carrier). A monitor that judges the
+ * carrier stuck (its thread blocked in the kernel for 10 ms: a page fault
+ * on a loaded machine) moves the fiber in its runnext slot to the global
+ * queue's tail, behind the 344 the ring could not hold, and that fiber
+ * then waits ~20,000 turns. That is what the monitor does to a stuck
+ * carrier, not what this test is about, and the likely cause of the one
+ * failure seen (CI, 2026-11-30: 12,515 turns; 0 in 120 runs here, 60 of
+ * them 10 at once). */
 Test(fairness, more_fibers_than_the_ring_take_turns, .timeout = 60)
 {
-    fs_init(&(struct fs_config){.carriers = 1});
+    fs_init(&(struct fs_config){.carriers = 1, .handoff_off = true});
     static fs_fiber *f[CROWD];
     for (unsigned i = 0; i < CROWD; i++)
         cr_assert_eq(fs_spawn(&f[i], crowd_member, (void *)(uintptr_t)i, NULL), 0);
