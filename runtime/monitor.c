@@ -220,10 +220,14 @@ static void *fs__monitor(void *arg)
                  * it and went on running (a signal-and-go-on: CPython's
                  * GIL hand-over). An idle carrier takes such a fiber when
                  * it is awake to see it (fs__runnext_strand); a sleeping
-                 * one is woken for it here, before the stuck verdict. */
+                 * one is woken for it here, before the stuck verdict. Not
+                 * while the global queue holds fibers: at its tail the
+                 * fiber that was to run next would wait for all of them
+                 * (tests/runtime/test_fairness.c). */
                 if (!v[i].stuck && !s->exclusive &&
                     atomic_load_explicit(&s->runnext, memory_order_relaxed) &&
-                    atomic_load_explicit(&fs__g.nsleeping, memory_order_relaxed)) {
+                    atomic_load_explicit(&fs__g.nsleeping, memory_order_relaxed) &&
+                    !atomic_load_explicit(&fs__g.global_len, memory_order_relaxed)) {
                     struct fs_fiber *f = fs__runnext_steal(s);
                     if (f) {
                         atomic_fetch_add_explicit(&s->st.strands_taken, 1, memory_order_relaxed);
