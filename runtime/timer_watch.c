@@ -122,7 +122,7 @@ int64_t fs__timers_watch_begin(struct fs_sched *s)
     if (atomic_load_explicit(&s->retired, memory_order_relaxed) || s->exclusive)
         return INT64_MAX;
     bool busy;
-    fs__watch_scan(s, &busy);
+    int64_t first = fs__watch_scan(s, &busy);
     if (!busy)
         return INT64_MAX;
     unsigned me = s->id + 1, w = 0;
@@ -130,8 +130,8 @@ int64_t fs__timers_watch_begin(struct fs_sched *s)
         return INT64_MAX;
     /* We sleep until the earlier of the two scans, so no later deadline
      * needs a kick: a timer armed after the publication, at or after the
-     * published deadline, is seen when we wake at it and look again. */
-    int64_t first = fs__watch_scan(s, &busy);
+     * published deadline, is seen when we wake at it and look again; one
+     * armed before it, the second scan sees. */
     atomic_store_explicit(&fs__watch_dl, first, memory_order_seq_cst);
     int64_t again = fs__watch_scan(s, &busy);
     return again < first ? again : first;
