@@ -7,8 +7,22 @@
  * struct lies inside the stack reported to the program, as glibc keeps a
  * thread's descriptor and static TLS inside its reported stack: so the
  * reported [lo, lo + size) is exactly the mapping above the guard, size is
- * what was asked for (in whole pages), and lo - 1 faults. Fibers
- * on caller-owned stacks take their struct from a pool that never returns
+ * what was asked for (in whole pages), and lo - 1 faults.
+ *
+ * Why not records of their own, packed densely: at 8 MiB every stack top
+ * needs a page-table page, and with the struct there the spawner faults
+ * both in (pthread_create returns the TCB, so it must exist by then).
+ * Packed records would leave the stack untouched until the fiber's first
+ * run, on another carrier: 1,000,000 fibers from one spawner took 5.1 s
+ * against 6.5 s (runtime_bench --child fibers 1000000, 8 alternating
+ * runs each, medians; 2026-11-30). But the TCB and the static TLS would
+ * then lie outside the reported stack, where glibc never puts them, and
+ * code that treats [lo, lo + size) as everything the thread owns (a
+ * collector scanning it for roots, __thread variables included; a
+ * checker telling stack from TLS) would go wrong; tests/programs/
+ * thread_self_tcb and test_tls pin it. Not done.
+ *
+ * Fibers on caller-owned stacks take their struct from a pool that never returns
  * memory to malloc. Either way a struct stays mapped forever, so a late
  * fs_unpark() on an exited fiber reads harmless memory, and its park token
  * (seeded from the unique fiber id) fails the compare-and-swap.
