@@ -202,6 +202,12 @@ struct fs_sched {
     /* fs_now() of the last epoll_wait. Atomic (relaxed): the monitor
      * polls a stuck carrier's epoll too (fs__netpoll_foreign). */
     _Atomic int64_t last_poll;
+    /* Fds registered in epfd besides wakefd: incremented by this sched's
+     * own thread as it registers one (netpoll.c registers an fd in the
+     * epoll of the carrier it is first waited on from), decremented by
+     * whoever closes one. While it is 0 no event but a kick can come, so
+     * the idle search makes no non-blocking poll (fs__find_runnable). */
+    _Atomic unsigned nfds;
 
     /* Sleeping protocol (see fs__sched_kick). */
     _Atomic int sleeping;        /* 1 while in, or about to enter, epoll_wait */

@@ -364,6 +364,7 @@ static int fs__pd_register_locked(struct fs_pollfd *pd, int fd, struct fs_sched 
     if (rc < 0)
         return (int)rc;
     pd->sched = s;
+    atomic_fetch_add_explicit(&s->nfds, 1, memory_order_relaxed);
     atomic_fetch_or_explicit(&pd->bits, FS_FD_REGISTERED, memory_order_release);
     return 0;
 }
@@ -562,9 +563,14 @@ void fs_fd_close(int fd)
     /* The registration (if any) goes away with the file's last close; if
      * the file lives on (dup, fork), its events carry the old generation
      * and are dropped. So no EPOLL_CTL_DEL: one epoll_ctl per fd, total. */
-    atomic_store_explicit(&pd->bits, 0, memory_order_release);
+    unsigned was = atomic_exchange_explicit(&pd->bits, 0, memory_order_acq_rel);
     atomic_fetch_add(&pd->redges, 1);
     atomic_fetch_add(&pd->wedges, 1);
+    /* Its sched's count drops now, though a file that lives on stays in
+     * that epoll: what it still reports carries the old generation and
+     * is dropped, so no poll is needed for it. */
+    if ((was & FS_FD_REGISTERED) && pd->sched)
+        atomic_fetch_sub_explicit(&pd->sched->nfds, 1, memory_order_relaxed);
     pd->sched = NULL;
     fs__pd_wake_locked(pd, ~0u, -EBADF);
     fs__spin_unlock(&pd->lock);
