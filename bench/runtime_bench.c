@@ -27,6 +27,12 @@
  *
  * --quick skips 6 and uses 10,000 fibers for 5.
  *
+ *   runtime_bench --child fibers N   row 6 alone: N idle fibers from one
+ *                             spawner; prints RSS and page tables before and
+ *                             after (KiB) and the seconds it took
+ *   runtime_bench --child floor N    the same pages touched by two plain
+ *                             threads, no runtime: the floor under row 6
+ *
  *   runtime_bench --xwake N   row 3 alone (fibers only), N runs of 20,000
  *                             round trips: each run's ns one way and eventfd
  *                             kicks per wake, then the median. For the
@@ -50,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -762,6 +769,53 @@ static int child_threads(long n)
     _exit(0);
 }
 
+/* The page faults a million idle fibers cannot avoid, with no runtime:
+ * two threads (the two carriers) touch, for every 8 MiB slot, the two
+ * pages a fiber's spawner and its first run touch (its record at the
+ * top, its first frames below) and so the slot's page-table page. The
+ * floor under row 6 on this machine. */
+struct floor_part {
+    char *base;
+    long n, first;
+};
+
+static void *floor_touch(void *arg)
+{
+    struct floor_part *p = arg;
+    const size_t slot = (size_t)8 << 20, pg = 4096;
+    for (long i = p->first; i < p->n; i += 2) {
+        char *top = p->base + (size_t)i * slot + slot;
+        top[-1] = 1;
+        top[-(long)pg - 1] = 1;
+    }
+    return NULL;
+}
+
+static int child_floor(long n)
+{
+    long rss0 = read_kb("/proc/self/status", "VmRSS");
+    long pte0 = read_kb("/proc/self/status", "VmPTE");
+    char *m = mmap(NULL, (size_t)n << 23, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        die("mmap", errno);
+    struct floor_part parts[2] = {{m, n, 0}, {m, n, 1}};
+    pthread_t t[2];
+    int64_t t0 = now_ns();
+    for (int i = 0; i < 2; i++) {
+        int rc = pthread_create(&t[i], NULL, floor_touch, &parts[i]);
+        if (rc)
+            die("pthread_create", rc);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    double secs = (double)(now_ns() - t0) / 1e9;
+    printf("%ld %ld %ld %ld %.6f\n", rss0, read_kb("/proc/self/status", "VmRSS"), pte0,
+           read_kb("/proc/self/status", "VmPTE"), secs);
+    fflush(stdout);
+    _exit(0);
+}
+
 static char self_exe[4096];
 
 /* Runs this program with --child kind n; parses its 5 numbers. */
@@ -797,6 +851,8 @@ int main(int argc, char **argv)
             return child_fibers(n, 1);
         if (strcmp(argv[2], "fibers2") == 0)
             return child_fibers(n, 2);
+        if (strcmp(argv[2], "floor") == 0)
+            return child_floor(n);
         return child_threads(n);
     }
     bool xwake_only = argc == 3 && strcmp(argv[1], "--xwake") == 0;
