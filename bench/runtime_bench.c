@@ -37,6 +37,8 @@
  *                             round trips: each run's ns one way and eventfd
  *                             kicks per wake, then the median. For the
  *                             idle-policy table (FIBERSHIM_IDLE_SPIN_NS).
+ *   runtime_bench --xwake-fds N   the same with a socket registered in
+ *                             each carrier's epoll, as a server's are
  *   runtime_bench --idle-cpu  CPU time the process burns, in ms per second:
  *                             truly idle (every fiber asleep for 1 s), and
  *                             with one fiber waking every 1 ms for 1 s.
@@ -58,6 +60,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <time.h>
@@ -383,10 +386,27 @@ struct xwake {
  * placed on A's carrier; both pin themselves there (fs_pin), else
  * migration would pull B onto A's carrier at its first wake (it resumes
  * where it is woken) and the wakes would no longer cross carriers. */
+/* --xwake-fds: each side first registers a socket in its carrier's epoll,
+ * as a server's carriers all have (a carrier with none skips the
+ * non-blocking poll on its way to idle). */
+static bool xwake_fds;
+
+static void xwake_register_fd(void)
+{
+    int sv[2];
+    if (!xwake_fds)
+        return;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+        die("socketpair", errno);
+    if (fs_fd_probe(sv[0]) < 0)
+        die("fs_fd_probe", EINVAL);
+}
+
 static void *xwake_a(void *arg)
 {
     struct xwake *x = arg;
     fs_pin(fs_self());
+    xwake_register_fd();
     x->ta = pthread_self(); /* the carrier thread */
     atomic_store(&x->a_up, 1);
     while (!atomic_load(&x->b_up))
@@ -404,6 +424,7 @@ static void *xwake_b(void *arg)
 {
     struct xwake *x = arg;
     fs_pin(fs_self());
+    xwake_register_fd();
     x->tb = pthread_self();
     atomic_store(&x->b_up, 1);
     for (long i = 0; i < x->iters; i++) {
@@ -855,13 +876,15 @@ int main(int argc, char **argv)
             return child_floor(n);
         return child_threads(n);
     }
-    bool xwake_only = argc == 3 && strcmp(argv[1], "--xwake") == 0;
+    xwake_fds = argc == 3 && strcmp(argv[1], "--xwake-fds") == 0;
+    bool xwake_only = argc == 3 && (strcmp(argv[1], "--xwake") == 0 || xwake_fds);
     bool idle_only = argc == 2 && strcmp(argv[1], "--idle-cpu") == 0;
     for (int i = 1; i < argc && !xwake_only && !idle_only; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = true;
         } else {
-            fprintf(stderr, "usage: %s [--quick | --xwake RUNS | --idle-cpu]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick | --xwake RUNS | --xwake-fds RUNS | --idle-cpu]\n",
+                    argv[0]);
             return 2;
         }
     }
