@@ -382,11 +382,8 @@ struct xwake {
     int64_t t0, t1;
 };
 
-/* Fiber A spins (without yielding) until fiber B runs, so B cannot be
- * placed on A's carrier; both pin themselves there (fs_pin), else
- * migration would pull B onto A's carrier at its first wake (it resumes
- * where it is woken) and the wakes would no longer cross carriers. */
-/* --xwake-fds: each side first registers a socket in its carrier's epoll,
+/* --xwake-fds: each side first registers a socket in its carrier's epoll
+ * (kept open for the life of this short process),
  * as a server's carriers all have (a carrier with none skips the
  * non-blocking poll on its way to idle). */
 static bool xwake_fds;
@@ -402,6 +399,10 @@ static void xwake_register_fd(void)
         die("fs_fd_probe", EINVAL);
 }
 
+/* Fiber A spins (without yielding) until fiber B runs, so B cannot be
+ * placed on A's carrier; both pin themselves there (fs_pin), else
+ * migration would pull B onto A's carrier at its first wake (it resumes
+ * where it is woken) and the wakes would no longer cross carriers. */
 static void *xwake_a(void *arg)
 {
     struct xwake *x = arg;

@@ -430,11 +430,18 @@ static int64_t fs__runnext_strand_deadline(struct fs_sched *s)
  * Not on a retired spare or an exclusive sched (no new work comes to
  * them), and not where it is the only sched (nobody else can ready
  * anything for it but I/O and timers, which the spin does not watch). */
+/* Whether s may watch its queues at all before it sleeps: the spin is
+ * on, and s is neither a retired spare nor the only sched. */
+static bool fs__may_watch(struct fs_sched *s)
+{
+    return fs__g.cfg.idle_spin_ns > 0 && !fs__retired(s) &&
+           atomic_load_explicit(&fs__g.nstarted, memory_order_relaxed) >= 2;
+}
+
 static bool fs__idle_spin(struct fs_sched *s)
 {
     long spin = fs__g.cfg.idle_spin_ns;
-    if (spin <= 0 || fs__retired(s) ||
-        atomic_load_explicit(&fs__g.nstarted, memory_order_relaxed) < 2)
+    if (!fs__may_watch(s))
         return false;
     int64_t now = fs_now(), end = now + spin, yield_from = now + spin / 2;
     int64_t dl = atomic_load_explicit(&s->next_deadline, memory_order_relaxed);
@@ -505,8 +512,7 @@ static struct fs_fiber *fs__find_runnable_blocking(struct fs_sched *s)
         }
         if (!prepoll) {
             prepoll = true;
-            if (fs__g.cfg.idle_spin_ns > 0 &&
-                atomic_load_explicit(&fs__g.nstarted, memory_order_relaxed) > 1 && !fs__retired(s))
+            if (fs__may_watch(s))
                 fs__watch_before_poll(s);
             continue;
         }
@@ -849,7 +855,7 @@ void fs_yield(void)
             fs__timers_run(s, now);
         if (!fs__has_work(s) &&
             (now - atomic_load_explicit(&s->last_poll, memory_order_relaxed) < 50000 ||
-             fs__netpoll(s, 0) == 0))
+             !atomic_load_explicit(&s->nfds, memory_order_relaxed) || fs__netpoll(s, 0) == 0))
             return;
     }
     s->after_fn = fs__after_yield;
